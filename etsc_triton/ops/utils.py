@@ -1,0 +1,133 @@
+"""Shared pieces of every op: backend selection, input validation, jit helpers.
+
+Every public function validates its inputs with the ``check_*`` helpers below (so the Triton path and the
+Torch reference refuse bad input with the same message), then asks :func:`resolve_backend` which
+implementation to run.
+
+Error messages name the argument and say what was expected and what arrived, for example
+``ValueError: ssm_step: state must have shape (2, 5, 33), got (2, 5, 32)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+BACKENDS = ("auto", "triton", "torch")
+
+REAL_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+COMPLEX_DTYPES = (torch.complex64, torch.complex128)
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton kernels run on CPU tensors through Triton's interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(fn_name: str, backend: str, *tensors: torch.Tensor) -> str:
+    """Return ``"triton"`` or ``"torch"`` for a call of ``fn_name`` on ``tensors``.
+
+    ``"auto"`` picks Triton when every tensor is on a CUDA device and the Torch reference otherwise.
+    ``"triton"`` on CPU tensors needs ``TRITON_INTERPRET=1`` set before triton was imported.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"{fn_name}: backend must be one of {BACKENDS}, got {backend!r}")
+    on_cuda = all(t.is_cuda for t in tensors)
+    if backend == "auto":
+        return "triton" if on_cuda else "torch"
+    if backend == "triton" and not on_cuda and not interpreter_enabled():
+        devices = sorted({str(t.device) for t in tensors})
+        raise ValueError(
+            f"{fn_name}: backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before importing "
+            f"triton to run on CPU), got tensors on {devices}"
+        )
+    return backend
+
+
+def check_tensor(
+    fn_name: str,
+    name: str,
+    t: object,
+    *,
+    kind: str | None = None,
+    dtypes: Sequence[torch.dtype] | None = None,
+    ndim: int | None = None,
+    min_ndim: int | None = None,
+    allow_empty: bool = False,
+) -> torch.Tensor:
+    """Validate one tensor argument and return it.
+
+    Args:
+        fn_name: the public function's name, used in the message.
+        name: the argument's name.
+        t: the value to check.
+        kind: ``"real"`` (a real floating dtype), ``"complex"`` (a complex dtype) or ``"float"`` (either);
+            ``None`` skips the dtype-family check.
+        dtypes: the exact dtypes accepted (checked after ``kind``).
+        ndim: the exact number of dimensions, or ``min_ndim`` the least.
+        allow_empty: accept tensors with zero elements.
+    """
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{fn_name}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if kind == "real" and t.dtype not in REAL_FLOAT_DTYPES:
+        what = "complex" if t.is_complex() else str(t.dtype)
+        raise TypeError(f"{fn_name}: {name} must be a real floating tensor, got {what} ({t.dtype})")
+    if kind == "complex" and t.dtype not in COMPLEX_DTYPES:
+        raise TypeError(f"{fn_name}: {name} must be a complex tensor (complex64), got {t.dtype}")
+    if kind == "float" and t.dtype not in REAL_FLOAT_DTYPES + COMPLEX_DTYPES:
+        raise TypeError(f"{fn_name}: {name} must be a floating or complex tensor, got {t.dtype}")
+    if dtypes is not None and t.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{fn_name}: {name} must have dtype in ({names}), got {t.dtype}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{fn_name}: {name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
+    if min_ndim is not None and t.dim() < min_ndim:
+        raise ValueError(
+            f"{fn_name}: {name} must have at least {min_ndim} dimension(s), got shape {tuple(t.shape)}"
+        )
+    if not allow_empty and t.numel() == 0:
+        raise ValueError(f"{fn_name}: {name} must not be empty, got shape {tuple(t.shape)}")
+    return t
+
+
+def check_shape(fn_name: str, name: str, t: torch.Tensor, expected: Iterable[int]) -> None:
+    """Raise ``ValueError`` unless ``t.shape == expected``."""
+    expected = tuple(int(s) for s in expected)
+    if tuple(t.shape) != expected:
+        raise ValueError(f"{fn_name}: {name} must have shape {expected}, got {tuple(t.shape)}")
+
+
+def check_same_device(fn_name: str, **tensors: torch.Tensor | None) -> None:
+    """Raise ``ValueError`` unless every tensor given (``None`` is skipped) lives on one device."""
+    present = {k: v for k, v in tensors.items() if v is not None}
+    devices = {str(v.device) for v in present.values()}
+    if len(devices) > 1:
+        where = ", ".join(f"{k} on {v.device}" for k, v in present.items())
+        raise ValueError(f"{fn_name}: all tensors must be on one device, got {where}")
+
+
+def check_int(fn_name: str, name: str, value: object, *, minimum: int = 0) -> int:
+    """Validate a Python integer argument (``bool`` is refused) that must be ``>= minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{fn_name}: {name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{fn_name}: {name} must be >= {minimum}, got {value}")
+    return value
+
+
+def real_view(z: torch.Tensor) -> torch.Tensor:
+    """``[..., N]`` complex64 -> ``[..., N, 2]`` float32 view (re, im interleaved), contiguous.
+
+    Copies only when ``z`` is not already a contiguous complex64 tensor.
+    """
+    return torch.view_as_real(z.to(torch.complex64).contiguous())
+
+
+@triton.jit
+def complex_mul(ar, ai, br, bi):
+    """(ar + i ai) * (br + i bi) on separate real/imaginary fp32 tensors; returns ``(re, im)``."""
+    return ar * br - ai * bi, ar * bi + ai * br

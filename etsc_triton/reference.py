@@ -1,0 +1,20 @@
+"""The Torch oracles: one naive implementation per public op, with the same signature (no ``backend``).
+
+They validate inputs exactly like the fast path and, for ``ssm_step``, mutate the state exactly as the kernel
+does. They compute in the precision of their inputs, so complex128 / float64 inputs give a float64 oracle.
+"""
+
+from .ops.lsh.naive import lsh_hash, memory_gather, memory_layer
+from .ops.ssm.naive import ssm_scan, ssm_step
+from .ops.toeplitz.naive import ssm_kernel, toeplitz_to_ssm, vandermonde_solve
+
+__all__ = [
+    "toeplitz_to_ssm",
+    "ssm_kernel",
+    "vandermonde_solve",
+    "ssm_scan",
+    "ssm_step",
+    "lsh_hash",
+    "memory_gather",
+    "memory_layer",
+]

@@ -1,0 +1,83 @@
+"""``python -m perf``: run the sweeps, write the long-format results, draw the plots.
+
+    python -m perf                       # every family, full sizes (needs a GPU)
+    python -m perf --only ssm,memory     # some families
+    python -m perf --quick --out DIR     # tiny sizes on a CPU through the interpreter: tests the pipeline
+    python -m perf --plot-only FILE.csv  # redraw plots from a results file
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+FAMILIES = {
+    "conversion": "perf.bench_conversion",
+    "ssm": "perf.bench_ssm",
+    "memory": "perf.bench_memory",
+    "decode": "perf.bench_decode",
+}
+REPO = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m perf", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes; runs on a CPU in the interpreter")
+    parser.add_argument("--only", default="", help=f"comma-separated families from {sorted(FAMILIES)}")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: perf/results/<gpu>/ for results, plots/<gpu>/ for plots)")
+    parser.add_argument("--plot-only", type=Path, default=None, help="redraw the plots of a results CSV")
+    args = parser.parse_args(argv)
+    unknown = sorted(set(filter(None, args.only.split(","))) - set(FAMILIES))
+    if unknown:
+        parser.error(f"unknown families {unknown}; choose from {sorted(FAMILIES)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        os.environ["TRITON_INTERPRET"] = "1"
+    from . import harness, plots
+
+    families = [f for f in FAMILIES if not args.only or f in args.only.split(",")]
+    if args.plot_only is not None:
+        rows = harness.read_results(args.plot_only)
+        out = args.out or args.plot_only.parent
+        paths = plots.draw_all(rows, out, [importlib.import_module(FAMILIES[f]) for f in families])
+        print(f"{len(paths)} plots in {out}")
+        return 0
+    if device == "cpu" and not args.quick:
+        print("python -m perf: full sweeps need a CUDA GPU; use --quick on a CPU", file=sys.stderr)
+        return 2
+
+    gpu = harness.device_name(device)
+    results_dir = args.out or REPO / "perf" / "results" / gpu
+    plots_dir = args.out or REPO / "plots" / gpu
+    floors = harness.measure_floors(device, args.quick)
+    ctx = harness.Context(device=device, quick=args.quick, floors=floors,
+                          progress=harness.progress_printer(total=0))
+    modules = []
+    for family in families:
+        module = importlib.import_module(FAMILIES[family])
+        modules.append(module)
+        ctx.family = family
+        module.run(ctx)
+    results = results_dir / ("results_quick.csv" if args.quick else "results.csv")
+    harness.write_results(ctx.rows, results)
+    paths = plots.draw_all(ctx.rows, plots_dir, modules)
+    print()
+    print(plots.summary_table(ctx.rows, floors))
+    print(f"\n{len(ctx.rows)} rows -> {results}; {len(paths)} plots -> {plots_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Timing, the two floors, and the long-format results file shared by every bench module.
+
+On a GPU each point is timed with CUDA events through ``triton.testing.do_bench`` (median and the 20th / 80th
+percentiles) after warm-up; on a CPU (``--quick``) a wall-clock timer stands in, so the pipeline is exercised
+but the numbers mean nothing. The floors are measured once per run on the machine itself: the device copy
+bandwidth (bytes read + written per second) and the fp32 matrix-product rate.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+COLUMNS = [
+    "op", "provider", "mode", "metric", "unit", "x_name", "x_value", "p50", "p20", "p80", "floor",
+    "config", "gpu", "torch", "triton", "commit", "time",
+]
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: str) -> str:
+    """A folder-friendly GPU name, e.g. ``nvidia_h100_80gb_hbm3``; ``cpu`` on a CPU."""
+    if device != "cuda":
+        return "cpu"
+    return "".join(c if c.isalnum() else "_" for c in torch.cuda.get_device_name().lower()).strip("_")
+
+
+@dataclass
+class Floors:
+    """Measured ceilings of the machine: copy bandwidth (GB/s, read + write) and fp32 FMA rate (TFLOP/s)."""
+
+    copy_gbps: float
+    fp32_tflops: float
+
+    def time_ms(self, nbytes: float | None, flops: float | None) -> float | None:
+        """The floor in ms for moving ``nbytes`` and doing ``flops``: the larger of the two times."""
+        times = []
+        if nbytes and math.isfinite(self.copy_gbps):
+            times.append(nbytes / (self.copy_gbps * 1e9) * 1e3)
+        if flops and math.isfinite(self.fp32_tflops):
+            times.append(flops / (self.fp32_tflops * 1e12) * 1e3)
+        return max(times) if times else None
+
+
+def measure_floors(device: str, quick: bool) -> Floors:
+    """Measure copy bandwidth with a large device-to-device copy and the fp32 rate with a large SGEMM."""
+    if device != "cuda":
+        return Floors(copy_gbps=float("nan"), fp32_tflops=float("nan"))
+    import triton.testing
+
+    n_bytes = 1 << 30
+    src = torch.empty(n_bytes // 4, device=device, dtype=torch.float32).normal_()
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
+    copy_gbps = 2 * n_bytes / (ms * 1e-3) / 1e9
+    del src, dst
+    size = 8192
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        ms = triton.testing.do_bench(lambda: a @ b, warmup=50, rep=300, return_mode="median")
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    return Floors(copy_gbps=copy_gbps, fp32_tflops=2 * size**3 / (ms * 1e-3) / 1e12)
+
+
+def _cpu_time(fn: Callable[[], object], reps: int) -> list[float]:
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+@dataclass
+class Context:
+    """What a bench module's ``run(ctx)`` receives; see perf/README.md."""
+
+    device: str
+    quick: bool
+    floors: Floors
+    rows: list[dict] = field(default_factory=list)
+    family: str = ""
+    progress: Callable[[str], None] = lambda msg: None
+
+    def __post_init__(self):
+        self._meta = {
+            "gpu": device_name(self.device),
+            "torch": torch.__version__,
+            "triton": __import__("triton").__version__,
+            "commit": _git_commit(),
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device == "cuda"
+
+    def sizes(self, *, quick: Sequence, full: Sequence) -> Sequence:
+        """The sweep for this run: ``quick`` values under ``--quick``, else ``full``."""
+        return quick if self.quick else full
+
+    def _row(self, op, provider, mode, metric, unit, x_name, x_value, p50, p20, p80, floor, config) -> dict:
+        row = dict(
+            op=op, provider=provider, mode=mode, metric=metric, unit=unit, x_name=x_name, x_value=x_value,
+            p50=p50, p20=p20, p80=p80, floor=floor, config=json.dumps(config or {}, sort_keys=True),
+        )
+        row.update(self._meta)
+        self.rows.append(row)
+        return row
+
+    def time(
+        self,
+        *,
+        op: str,
+        provider: str,
+        x_name: str,
+        x_value: float,
+        fn: Callable,
+        args: Sequence[tuple] | None = None,
+        config: dict | None = None,
+        mode: str = "fwd",
+        bytes: float | None = None,
+        flops: float | None = None,
+    ) -> float:
+        """Time ``fn`` (median ms, rotating over ``args`` if given) and record it; returns the median.
+
+        With ``bytes`` the achieved bandwidth (GB/s) is recorded too, with ``flops`` the achieved rate
+        (TFLOP/s); the time floor ``max(bytes / copy bandwidth, flops / FMA rate)`` goes in ``floor``.
+        """
+        if args:
+            counter = iter(range(1 << 62))
+
+            def call():
+                return fn(*args[next(counter) % len(args)])
+        else:
+            call = fn
+        self.progress(f"{self.family}: {op} {provider} {x_name}={x_value} {config or ''}")
+        if self.on_gpu:
+            import triton.testing
+
+            p20, p50, p80 = triton.testing.do_bench(call, warmup=25, rep=100, quantiles=[0.2, 0.5, 0.8])
+        else:
+            times = _cpu_time(call, reps=3)
+            p50 = statistics.median(times)
+            p20, p80 = min(times), max(times)
+        floor_ms = self.floors.time_ms(bytes, flops)
+        self._row(op, provider, mode, "time", "ms", x_name, x_value, p50, p20, p80, floor_ms, config)
+        if bytes:
+            gbps = [bytes / (t * 1e-3) / 1e9 for t in (p50, p80, p20)]
+            self._row(op, provider, mode, "bandwidth", "GB/s", x_name, x_value, *gbps, self.floors.copy_gbps,
+                      config)
+        if flops:
+            rate = [flops / (t * 1e-3) / 1e12 for t in (p50, p80, p20)]
+            self._row(op, provider, mode, "rate", "TFLOP/s", x_name, x_value, *rate, self.floors.fp32_tflops,
+                      config)
+        return p50
+
+    def value(
+        self,
+        *,
+        op: str,
+        provider: str,
+        metric: str,
+        value: float,
+        x_name: str,
+        x_value: float,
+        unit: str = "",
+        config: dict | None = None,
+        mode: str = "fwd",
+    ) -> None:
+        """Record a measured value that is not a time (an error, a memory size, a per-token latency...)."""
+        self._row(op, provider, mode, metric, unit, x_name, x_value, value, value, value, None, config)
+
+
+def write_results(rows: list[dict], path: Path) -> None:
+    """Write the long-format results (one row per op / provider / metric / point) as CSV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k) for k in COLUMNS})
+
+
+def read_results(path: Path) -> list[dict]:
+    """Read a results CSV back; numeric columns become floats (empty -> None)."""
+    rows = []
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            for key in ("x_value", "p50", "p20", "p80", "floor"):
+                row[key] = float(row[key]) if row[key] not in ("", "None") else None
+            rows.append(row)
+    return rows
+
+
+def progress_printer(total: int) -> Callable[[str], None]:
+    """A one-line progress display on stderr: ``[  12] family: op provider x=...``."""
+    count = {"n": 0}
+
+    def show(message: str) -> None:
+        count["n"] += 1
+        end = "\n" if not sys.stderr.isatty() else "\r"
+        sys.stderr.write(f"[{count['n']:4d}{'/' + str(total) if total else ''}] {message[:110]:<110}{end}")
+        sys.stderr.flush()
+
+    return show

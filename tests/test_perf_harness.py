@@ -1,0 +1,56 @@
+"""The benchmark pipeline itself: ``python -m perf --quick`` runs, writes the results file and the plots."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from perf import __main__ as perf_main
+from perf import harness, plots
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the quick CPU pipeline is for machines without a GPU")
+def test_quick_run_writes_results_and_plots(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    run = subprocess.run([sys.executable, "-m", "perf", "--quick", "--out", str(tmp_path)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = harness.read_results(tmp_path / "results_quick.csv")
+    families_seen = {row["op"] for row in rows}
+    assert {"toeplitz_to_ssm", "ssm_kernel", "ssm_scan", "ssm_step", "memory_layer"} <= families_seen
+    for op in ("toeplitz_to_ssm", "ssm_scan", "ssm_step", "memory_layer"):
+        providers = {r["provider"] for r in rows if r["op"] == op and r["metric"] == "time"}
+        assert "triton" in providers and len(providers) >= 2, (op, providers)
+    times = [r for r in rows if r["metric"] == "time"]
+    assert all(r["p50"] > 0 and r["p20"] <= r["p50"] <= r["p80"] for r in times)
+    assert all(r["gpu"] == "cpu" and r["torch"] and r["triton"] and r["commit"] for r in rows)
+    assert len(list(tmp_path.glob("*.png"))) >= 5
+    assert "speedup" in run.stdout
+
+
+def test_unknown_family_is_refused():
+    with pytest.raises(SystemExit):
+        perf_main.parse_args(["--only", "nonsense"])
+
+
+def test_floor_is_the_larger_of_memory_and_compute_time():
+    floors = harness.Floors(copy_gbps=1000.0, fp32_tflops=10.0)
+    assert floors.time_ms(1e9, None) == pytest.approx(1.0)
+    assert floors.time_ms(1e9, 1e11) == pytest.approx(10.0)
+    assert floors.time_ms(None, None) is None
+    assert harness.Floors(float("nan"), float("nan")).time_ms(1e9, 1e9) is None
+
+
+def test_summary_reports_speedup_over_best_baseline(tmp_path):
+    ctx = harness.Context(device="cpu", quick=True, floors=harness.Floors(1000.0, 10.0))
+    for provider, ms in (("triton", 1.0), ("torch", 4.0), ("original", 3.0)):
+        ctx._row("op", provider, "fwd", "time", "ms", "n", 8, ms, ms, ms, 0.5, {"d": 2})
+    table = plots.summary_table(ctx.rows, ctx.floors)
+    line = table.splitlines()[-1]
+    assert "original 3.0000" in line and "3.00x" in line and "50%" in line
+    assert plots.draw_all(ctx.rows, tmp_path, [])[0].exists()

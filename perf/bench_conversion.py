@@ -1,0 +1,263 @@
+"""Conversion family: the ETSC solve (toeplitz_to_ssm), the Vandermonde evaluation (ssm_kernel), the
+Vandermonde solve, and the stability study (relative error vs n for the DFT solve, the general solve, Adam).
+
+Providers:
+- ``triton``: ours (default: b compensates the complex64 rounding of lam, op README). The op
+  ``toeplitz_to_ssm_uncompensated`` times ours with ``compensate=False`` (one r2c + one epilogue) under its own
+  op name, so that the summary's best-baseline column keeps comparing ours with the other providers only.
+  ``torch``: our reference oracle (``backend="torch"``). ``compile``: torch.compile of it (GPU).
+- ``original`` (toeplitz_to_ssm): the ETSC paper's torch code: the padded complex vector (t, -sum t),
+  ``torch.fft.ifft``, slice k = 1..n, fold conjugate pairs, lam from ``exp``.
+- ssm_kernel's ``torch`` is the materialised Vandermonde (``lam[..., :, None] ** arange(L)``, einsum with b).
+
+Errors (``rel_err``) are the realised kernel's: ``K_j = Re sum_s b_s lam_s^j`` evaluated in float64 from the
+returned complex64 (lam, b), against the target, relative 2-norm.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+import etsc_triton as et
+from etsc_triton.ops.toeplitz import naive
+
+FAMILY = "conversion"
+
+ERROR_ROWS = 2  # rows of the batch whose realised kernel is evaluated in float64
+MATERIALISED_LIMIT = 8 << 30  # bytes: skip the materialised Vandermonde providers beyond this
+
+
+def original_conversion(t: torch.Tensor, gamma: float = 1.0):
+    """The ETSC paper's torch pipeline (DESIGN 1.1), folded: ifft of the padded complex vector."""
+    n = t.shape[-1]
+    m = n + 1
+    padded = torch.cat([t, -t.sum(-1, keepdim=True)], dim=-1).to(torch.complex64)
+    b = torch.fft.ifft(padded, dim=-1)[..., 1 : n + 1]
+    k = torch.arange(1, n + 1, device=t.device)
+    lam = gamma * torch.exp(-2j * math.pi * k.to(torch.float32) / m)
+    keep = (n + 1) // 2
+    b = b[..., :keep] * torch.where(2 * k[:keep] == m, 1.0, 2.0)
+    return lam[:keep].expand_as(b), b
+
+
+def realised_kernel64(lam: torch.Tensor, b: torch.Tensor, length: int) -> torch.Tensor:
+    """``Re sum_s b_s lam_s^j`` in float64 without the N x L matrix: j = A * block + a, two small matmuls."""
+    lam = lam.to(torch.complex128)
+    b = b.to(torch.complex128)
+    block = max(1, math.isqrt(max(length, 1)))
+    anchors = math.ceil(length / block)
+    log_mag = torch.log(lam.abs()).clamp_min(-1e30)
+    angle = torch.angle(lam)
+
+    def powers(exponent):  # lam^exponent, [..., N, E]
+        e = exponent.to(torch.float64)
+        phase = torch.remainder(angle[..., None] * e, 2 * math.pi)
+        return torch.polar(torch.exp(log_mag[..., None] * e), phase)
+
+    device = lam.device
+    coeff = b[..., :, None] * powers(torch.arange(anchors, device=device) * block)  # [..., N, A]
+    inner = powers(torch.arange(block, device=device))  # [..., N, BL]
+    out = torch.einsum("...sa,...sj->...aj", coeff, inner).real
+    return out.reshape(*out.shape[:-2], anchors * block)[..., :length]
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return (torch.linalg.vector_norm(actual - expected) / torch.linalg.vector_norm(expected)).item()
+
+
+def conversion_error(lam, b, t) -> float:
+    n = t.shape[-1]
+    realised = realised_kernel64(lam[:ERROR_ROWS], b[:ERROR_ROWS], n)
+    return rel_err(realised, t[:ERROR_ROWS].double())
+
+
+def bench_toeplitz_to_ssm(ctx) -> None:
+    compiled = torch.compile(naive.toeplitz_to_ssm) if ctx.on_gpu else None
+    for n in ctx.sizes(quick=[15, 64], full=[64, 256, 1024, 4096, 16384, 65536]):
+        for d in ctx.sizes(quick=[4], full=[64, 512, 4096]):
+            t = torch.randn(d, n, device=ctx.device)
+            modes = (n + 1) // 2
+            nbytes = 4 * d * n + 2 * 8 * d * modes
+            config = {"d": d}
+            providers = {
+                "triton": lambda t=t: et.toeplitz_to_ssm(t, backend="triton"),
+                "original": lambda t=t: original_conversion(t),
+                "torch": lambda t=t: et.toeplitz_to_ssm(t, backend="torch"),
+            }
+            if compiled is not None:
+                providers["compile"] = lambda t=t: compiled(t)
+            runs = [("toeplitz_to_ssm", provider, fn) for provider, fn in providers.items()]
+            runs.append(
+                (
+                    "toeplitz_to_ssm_uncompensated",
+                    "triton",
+                    lambda t=t: et.toeplitz_to_ssm(t, compensate=False, backend="triton"),
+                )
+            )
+            for op, provider, fn in runs:
+                ctx.time(
+                    op=op,
+                    provider=provider,
+                    x_name="n",
+                    x_value=n,
+                    config=config,
+                    fn=fn,
+                    bytes=nbytes,
+                )
+                lam, b = fn()
+                ctx.value(
+                    op=op,
+                    provider=provider,
+                    metric="rel_err",
+                    value=conversion_error(lam, b, t),
+                    x_name="n",
+                    x_value=n,
+                    config=config,
+                )
+
+
+def random_nodes(channels: int, modes: int, device: str):
+    gen = torch.Generator().manual_seed(modes)
+    radius = 0.9 + 0.1 * torch.rand(channels, modes, generator=gen)
+    angle = 2 * math.pi * torch.rand(channels, modes, generator=gen)
+    lam = torch.polar(radius, angle).to(torch.complex64)
+    b = torch.randn(channels, modes, generator=gen, dtype=torch.complex64) / math.sqrt(modes)
+    return lam.to(device), b.to(device)
+
+
+def bench_ssm_kernel(ctx) -> None:
+    compiled = torch.compile(naive.ssm_kernel) if ctx.on_gpu else None
+    channels = ctx.sizes(quick=[4], full=[1024])[0]
+    sweeps = [
+        ("L", length, ctx.sizes(quick=[8], full=[64])[0])
+        for length in ctx.sizes(quick=[63, 130], full=[256, 1024, 4096, 16384])
+    ]
+    sweeps += [
+        ("N", ctx.sizes(quick=[63], full=[4096])[0], modes)
+        for modes in ctx.sizes(quick=[8, 33], full=[16, 64, 256, 1024])
+    ]
+    for x_name, length, modes in sweeps:
+        lam, b = random_nodes(channels, modes, ctx.device)
+        x_value = length if x_name == "L" else modes
+        config = {"D": channels, "N": modes} if x_name == "L" else {"D": channels, "L": length}
+        providers = {
+            "triton": lambda lam=lam, b=b, length=length: et.ssm_kernel(lam, b, length, backend="triton")
+        }
+        if channels * modes * length * 8 <= MATERIALISED_LIMIT:
+            providers["torch"] = lambda lam=lam, b=b, length=length: et.ssm_kernel(
+                lam, b, length, backend="torch"
+            )
+            if compiled is not None:
+                providers["compile"] = lambda lam=lam, b=b, length=length: compiled(lam, b, length)
+        expected = realised_kernel64(lam[:ERROR_ROWS], b[:ERROR_ROWS], length)
+        for provider, fn in providers.items():
+            ctx.time(
+                op="ssm_kernel",
+                provider=provider,
+                x_name=x_name,
+                x_value=x_value,
+                config=config,
+                fn=fn,
+                bytes=4 * channels * length + 16 * channels * modes,
+                flops=8 * channels * modes * length,
+            )
+            ctx.value(
+                op="ssm_kernel",
+                provider=provider,
+                metric="rel_err",
+                x_name=x_name,
+                x_value=x_value,
+                value=rel_err(fn()[:ERROR_ROWS].double(), expected),
+                config=config,
+            )
+
+
+def adam_fit_error(t: torch.Tensor, steps: int) -> float:
+    """Fit (lam, b) with n free complex modes to t by Adam on the MSE of the realised kernel; final rel err."""
+    rows, n = t.shape
+    gen = torch.Generator().manual_seed(n)
+    log_radius = (-0.5 * torch.rand(rows, n, generator=gen)).to(t.device).requires_grad_()
+    angle = (2 * math.pi * torch.rand(rows, n, generator=gen)).to(t.device).requires_grad_()
+    b = (0.1 * torch.randn(rows, n, 2, generator=gen)).to(t.device).requires_grad_()
+    opt = torch.optim.Adam([log_radius, angle, b], lr=1e-2)
+    lags = torch.arange(n, device=t.device, dtype=torch.float32)
+
+    def kernel():
+        mag = torch.exp(log_radius[..., None] * lags)  # [rows, N, n]
+        phase = angle[..., None] * lags
+        return (b[..., 0, None] * mag * torch.cos(phase) - b[..., 1, None] * mag * torch.sin(phase)).sum(-2)
+
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = ((kernel() - t) ** 2).mean()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        lam = torch.polar(torch.exp(log_radius), angle).to(torch.complex64)
+        weights = torch.complex(b[..., 0], b[..., 1]).to(torch.complex64)
+        return rel_err(realised_kernel64(lam, weights, n), t.double())
+
+
+def bench_stability(ctx) -> None:
+    steps = 50 if ctx.quick else 2000
+    for n in ctx.sizes(quick=[8, 16], full=[8, 16, 32, 64, 128, 256, 512, 1024]):
+        gen = torch.Generator().manual_seed(n)
+        t = torch.randn(ERROR_ROWS, n, generator=gen).to(ctx.device)
+        target = t.double()
+        lam, b = et.toeplitz_to_ssm(t, real=False)
+        errors = {"dft_solve": rel_err(realised_kernel64(lam, b, n), target)}
+        dft_nodes = lam
+        real_nodes = (
+            torch.linspace(0.05, 0.95, n, device=ctx.device).to(torch.complex64).expand(ERROR_ROWS, n)
+        )
+        for name, nodes in (("vandermonde_dft_nodes", dft_nodes), ("vandermonde_real_nodes", real_nodes)):
+            weights = et.vandermonde_solve(nodes, t)
+            errors[name] = rel_err(realised_kernel64(nodes, weights, n), target)
+        errors[f"adam_{steps}_steps"] = adam_fit_error(t, steps)
+        for method, error in errors.items():
+            ctx.value(op="stability", provider=method, metric="rel_err", value=error, x_name="n", x_value=n)
+
+
+def run(ctx) -> None:
+    bench_toeplitz_to_ssm(ctx)
+    bench_ssm_kernel(ctx)
+    bench_stability(ctx)
+
+
+def plot(rows: list[dict], out_dir) -> list[Path]:
+    """The stability figure: realised-kernel relative error vs n, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [r for r in rows if r["op"] == "stability" and r["metric"] == "rel_err"]
+    if not points:
+        return []
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in sorted({r["provider"] for r in points}):
+        line = sorted(
+            (float(r["x_value"]), max(float(r["p50"]), 1e-17)) for r in points if r["provider"] == method
+        )
+        ax.plot(*zip(*line), marker="o", label=method)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("n (kernel length = number of modes)")
+    ax.set_ylabel("relative error of the realised kernel")
+    gpu = points[0].get("gpu", "")
+    ax.set_title(
+        f"Toeplitz -> SSM: realised-kernel error vs n ({gpu})\ncomplex64 (lam, b), evaluated in float64",
+        fontsize=10,
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    path = out_dir / "stability.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return [path]

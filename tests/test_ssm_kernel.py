@@ -1,0 +1,157 @@
+"""ssm_kernel: fused Vandermonde evaluation against the float64 materialised oracle, edge nodes, bad input."""
+
+import pytest
+import torch
+from helpers import assert_close, rel_error
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import etsc_triton as et
+from etsc_triton import reference
+
+# Relative 2-norm error vs the float64 oracle, measured ~1.2e-7 at L <= 700: float32 products and sums of
+# unit-size terms (the float64 phase reduction keeps the angle error at ~1 ulp whatever j is).
+RTOL_SMALL = 1e-6
+# The issue's bound for |lam| <= 1, L <= 16384 (GPU test below).
+RTOL_ISSUE = 1e-4
+
+
+def random_ssm(shape, device, radius_power=0.1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    radius = torch.rand(shape, generator=g, dtype=torch.float64) ** radius_power
+    angle = 2 * torch.pi * torch.rand(shape, generator=g, dtype=torch.float64)
+    lam = torch.polar(radius, angle).to(torch.complex64)
+    b = torch.randn(shape, generator=g, dtype=torch.complex64)
+    return lam.to(device), b.to(device)
+
+
+def oracle(lam, b, length):
+    return reference.ssm_kernel(lam.cpu().to(torch.complex128), b.cpu().to(torch.complex128), length)
+
+
+@pytest.mark.parametrize("modes, length", [(33, 63), (1, 17), (16, 200), (47, 301)])
+def test_matches_float64_oracle(device, modes, length):
+    lam, b = random_ssm((3, modes), device, seed=modes)
+    out = et.ssm_kernel(lam, b, length, backend="triton")
+    assert out.dtype == torch.float32 and out.shape == (3, length)
+    assert rel_error(out, oracle(lam, b, length)) <= RTOL_SMALL
+
+
+def test_unit_circle_and_etsc_nodes(device):
+    t = torch.randn(2, 63, device=device)
+    lam, b = et.toeplitz_to_ssm(t, backend="triton")
+    out = et.ssm_kernel(lam, b, 63, backend="triton")
+    assert rel_error(out, oracle(lam, b, 63)) <= RTOL_SMALL
+    assert rel_error(out, t) <= 2e-6  # the round trip realises t (lam rounding, see test_toeplitz_to_ssm)
+
+
+def test_zero_node_and_outside_disc(device):
+    lam = torch.tensor(
+        [[0.0 + 0.0j, 0.5 - 0.5j, 1.01 + 0.0j, -0.3 + 0.9j]], dtype=torch.complex64, device=device
+    )
+    b = torch.tensor(
+        [[1.0 + 2.0j, -1.0 + 0.5j, 0.25 - 0.25j, 2.0 + 0.0j]], dtype=torch.complex64, device=device
+    )
+    out = et.ssm_kernel(lam, b, 50, backend="triton")
+    expected = oracle(lam, b, 50)
+    assert expected[0, 0] == 1.0 - 1.0 + 0.25 + 2.0
+    assert_close(out, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_batch_shapes_non_contiguous_and_empty(device):
+    lam, b = random_ssm((2, 3, 21), device, seed=5)
+    lam_nc = lam.transpose(0, 1)  # [3, 2, 21] non-contiguous
+    b_nc = b.transpose(0, 1)
+    out = et.ssm_kernel(lam_nc, b_nc, 40, backend="triton")
+    assert out.shape == (3, 2, 40)
+    assert rel_error(out, oracle(lam_nc, b_nc, 40)) <= RTOL_SMALL
+    single = et.ssm_kernel(lam[0, 0], b[0, 0], 40, backend="triton")
+    assert single.shape == (40,)
+    assert rel_error(single, oracle(lam[0, 0], b[0, 0], 40)) <= RTOL_SMALL
+    assert et.ssm_kernel(lam, b, 0, backend="triton").shape == (2, 3, 0)
+
+
+def test_torch_backend_and_auto(device):
+    lam, b = random_ssm((2, 9), device, seed=7)
+    expected = oracle(lam, b, 33)
+    for backend in ("torch", "auto"):
+        out = et.ssm_kernel(lam, b, 33, backend=backend)
+        assert out.dtype == torch.float32
+        assert rel_error(out, expected) <= 1e-5  # complex64 pow in the materialised reference
+
+
+def test_nan_node_propagates(device):
+    lam, b = random_ssm((2, 5), device, seed=8)
+    lam[1, 2] = complex(float("nan"), 0.0)
+    out = et.ssm_kernel(lam, b, 20, backend="triton")
+    assert torch.isnan(out[1]).all() and not torch.isnan(out[0]).any()
+
+
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        ((torch.randn(4), torch.randn(4, dtype=torch.complex64), 5), TypeError, "lam must be a complex"),
+        ((torch.randn(4, dtype=torch.complex64), torch.randn(4), 5), TypeError, "b must be a complex"),
+        (
+            (torch.randn(4, dtype=torch.complex64), torch.randn(5, dtype=torch.complex64), 5),
+            ValueError,
+            "shape",
+        ),
+        (
+            (torch.randn(4, dtype=torch.complex64), torch.randn(4, dtype=torch.complex64), -1),
+            ValueError,
+            ">= 0",
+        ),
+        (
+            (torch.randn(4, dtype=torch.complex64), torch.randn(4, dtype=torch.complex64), 5.0),
+            TypeError,
+            "int",
+        ),
+        (
+            (torch.randn(0, dtype=torch.complex64), torch.randn(0, dtype=torch.complex64), 5),
+            ValueError,
+            "empty",
+        ),
+    ],
+)
+def test_bad_input(args, error, match):
+    with pytest.raises(error, match=match):
+        et.ssm_kernel(*args)
+    with pytest.raises(error, match=match):
+        reference.ssm_kernel(*args)
+
+
+@pytest.mark.gpu
+def test_device_mismatch():
+    lam = torch.randn(4, dtype=torch.complex64, device="cuda")
+    with pytest.raises(ValueError, match="device"):
+        et.ssm_kernel(lam, torch.randn(4, dtype=torch.complex64), 5)
+
+
+@settings(derandomize=True, max_examples=8, deadline=None)
+@given(
+    modes=st.integers(1, 40),
+    length=st.integers(1, 130),
+    rows=st.integers(1, 2),
+    power=st.sampled_from([0.05, 1.0]),
+)
+def test_property_matches_oracle(modes, length, rows, power):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lam, b = random_ssm((rows, modes), device, radius_power=power, seed=modes * 1000 + length)
+    assert rel_error(et.ssm_kernel(lam, b, length, backend="triton"), oracle(lam, b, length)) <= RTOL_SMALL
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("modes, length", [(64, 4096), (64, 16384), (512, 16384), (7, 16384)])
+def test_long_kernels_on_gpu(modes, length):
+    lam, b = random_ssm((4, modes), "cuda", radius_power=0.02, seed=length)
+    lam = lam / lam.abs().clamp_min(1.0)  # |lam| <= 1
+    out = et.ssm_kernel(lam, b, length)
+    assert rel_error(out, oracle(lam, b, length)) <= RTOL_ISSUE
+
+
+@pytest.mark.gpu
+def test_torch_compile():
+    lam, b = random_ssm((16, 64), "cuda", seed=3)
+    compiled = torch.compile(lambda x, y: et.ssm_kernel(x, y, 1000, backend="triton"), fullgraph=True)
+    assert_close(compiled(lam, b), et.ssm_kernel(lam, b, 1000, backend="triton"), atol=0, rtol=0)

@@ -1,0 +1,190 @@
+"""Fused diagonal complex SSM scan (prefill) (DESIGN section 1.3).
+
+    u_t = lam * u_{t-1} + b * x_t,    y_t = Re sum_s u_{t,s}
+
+One program owns (batch row, BLOCK_D channels, one block of BLOCK_N modes): the state tile lives in registers
+and the program walks the sequence token by token (a pipelined ``tl.range`` loop, x prefetched), reading
+``x[b, t, d-block]`` and writing ``y[b, t, d-block]``; only the final state goes to memory. The update and the
+mode blocks are those of the step (:mod:`.step`), so L scan tokens and L steps agree to fp32 rounding.
+
+When N needs more than one mode block (N > MAX_MODE_BLOCK), each mode block writes its partial y to an fp32
+workspace ``[n_blocks, B, L, D]`` and a second kernel sums the blocks in order (deterministic, the step's order).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from ..utils import interpreter_enabled, resolve_backend
+from . import naive
+from .naive import check_scan_inputs
+from .step import load_complex, mode_block_size, ssm_update, store_complex
+
+SCAN_WARPS = 1
+SCAN_MODES_PER_THREAD = 16
+SCAN_STAGES = 3
+REDUCE_BLOCK = 1024
+
+
+@triton.jit(do_not_specialize=["seq_len"])
+def _ssm_scan_kernel(
+    x_ptr,
+    lam_ptr,
+    b_ptr,
+    state_ptr,
+    y_ptr,
+    partial_ptr,
+    final_ptr,
+    batch,
+    seq_len,
+    n_channels,
+    n_modes,
+    stride_xb,
+    stride_xl,
+    stride_xd,
+    stride_sb,
+    stride_sd,
+    stride_sn,
+    HAS_STATE: tl.constexpr,
+    SPLIT_MODES: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+):
+    """(BLOCK_D channels, one mode block, one batch row): walk the L tokens, write y (or partial y)."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    pid_n = tl.program_id(2)
+    channels = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    modes = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    channel_ok = channels < n_channels
+    mask = channel_ok[:, None] & (modes < n_modes)[None, :]
+    channels64 = channels.to(tl.int64)
+    modes64 = modes.to(tl.int64)[None, :]
+    param_offsets = channels64[:, None] * (2 * n_modes) + 2 * modes64
+    lam_re, lam_im = load_complex(lam_ptr + param_offsets, mask)
+    b_re, b_im = load_complex(b_ptr + param_offsets, mask)
+    if HAS_STATE:
+        u_re, u_im = load_complex(
+            state_ptr + pid_b * stride_sb + channels64[:, None] * stride_sd + modes64 * stride_sn, mask
+        )
+    else:
+        u_re = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+        u_im = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    x_ptrs = x_ptr + pid_b * stride_xb + channels64 * stride_xd
+    if SPLIT_MODES:
+        out_ptrs = partial_ptr + ((pid_n * batch + pid_b) * seq_len) * n_channels + channels64
+    else:
+        out_ptrs = y_ptr + (pid_b * seq_len) * n_channels + channels64
+    for _ in tl.range(0, seq_len, num_stages=NUM_STAGES):
+        x_t = tl.load(x_ptrs, mask=channel_ok, other=0.0).to(tl.float32)
+        u_re, u_im = ssm_update(u_re, u_im, lam_re, lam_im, b_re, b_im, x_t[:, None])
+        y_t = tl.sum(u_re, axis=1)
+        tl.store(out_ptrs, y_t.to(out_ptrs.dtype.element_ty), mask=channel_ok)
+        x_ptrs += stride_xl
+        out_ptrs += n_channels
+    final_offsets = (pid_b * n_channels + channels64[:, None]) * (2 * n_modes) + 2 * modes64
+    store_complex(final_ptr + final_offsets, u_re, u_im, mask)
+
+
+@triton.jit
+def _sum_mode_blocks_kernel(partial_ptr, y_ptr, numel, n_blocks, BLOCK: tl.constexpr):
+    """``y = sum_k partial[k]`` over the mode blocks in ascending order (the step's order)."""
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offsets < numel
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for k in range(n_blocks):
+        acc += tl.load(partial_ptr + k * numel + offsets, mask=ok, other=0.0)
+    tl.store(y_ptr + offsets, acc.to(y_ptr.dtype.element_ty), mask=ok)
+
+
+def scan_blocks(channels: int, modes: int) -> tuple[int, int]:
+    """``(BLOCK_D, BLOCK_N)``: about SCAN_MODES_PER_THREAD modes per thread (one warp per program)."""
+    block_n = mode_block_size(modes)
+    per_program = 32 * SCAN_WARPS * SCAN_MODES_PER_THREAD
+    block_d = max(1, min(32, triton.next_power_of_2(channels), per_program // block_n))
+    return block_d, block_n
+
+
+@triton_op("etsc_triton::ssm_scan", mutates_args=())
+def _ssm_scan_launch(
+    x: torch.Tensor, lam: torch.Tensor, b: torch.Tensor, state: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x ``[B, L, D]`` any strides; lam/b complex64 contiguous ``[D, N]``; state complex64 ``[B, D, N]`` or None."""
+    batch, seq_len, channels = x.shape
+    modes = lam.shape[1]
+    block_d, block_n = scan_blocks(channels, modes)
+    n_mode_blocks = triton.cdiv(modes, block_n)
+    split = n_mode_blocks > 1
+    y = torch.empty((batch, seq_len, channels), device=x.device, dtype=x.dtype)
+    final_state = torch.empty((batch, channels, modes), device=x.device, dtype=torch.complex64)
+    # Unused pointers get a distinct empty tensor (never an alias of an output, for torch.compile's analysis).
+    unused = torch.empty(0, device=x.device, dtype=torch.float32)
+    partial_shape = (n_mode_blocks, batch, seq_len, channels)
+    partial = torch.empty(partial_shape, device=x.device, dtype=torch.float32) if split else unused
+    state_parts = torch.view_as_real(state) if state is not None else unused
+    grid = (triton.cdiv(channels, block_d), batch, n_mode_blocks)
+    wrap_triton(_ssm_scan_kernel)[grid](
+        x, torch.view_as_real(lam), torch.view_as_real(b), state_parts, y, partial,
+        torch.view_as_real(final_state),
+        batch, seq_len, channels, modes,
+        x.stride(0), x.stride(1), x.stride(2),
+        *(state_parts.stride()[:3] if state is not None else (0, 0, 0)),
+        HAS_STATE=state is not None, SPLIT_MODES=split, BLOCK_D=block_d, BLOCK_N=block_n,
+        NUM_STAGES=1 if interpreter_enabled() else SCAN_STAGES, num_warps=SCAN_WARPS,
+    )
+    if split:
+        numel = y.numel()
+        wrap_triton(_sum_mode_blocks_kernel)[(triton.cdiv(numel, REDUCE_BLOCK),)](
+            partial, y, numel, n_mode_blocks, BLOCK=REDUCE_BLOCK
+        )
+    return y, final_state
+
+
+def ssm_scan(
+    x: torch.Tensor,
+    lam: torch.Tensor,
+    b: torch.Tensor,
+    state: torch.Tensor | None = None,
+    *,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a diagonal complex SSM over a sequence (prefill); returns every output and the final state.
+
+    ``u_t = lam * u_{t-1} + b * x_t`` and ``y_t = Re sum_s u_{t,s}`` in fp32 for every batch row and channel,
+    starting from ``state`` (zero when None). The states of the intermediate tokens never go to memory. The
+    update and the mode reduction are those of :func:`etsc_triton.ssm_step`: L scan tokens and L steps agree to
+    fp32 rounding.
+
+    Args:
+        x: inputs, ``[B, L, D]`` float32 / bfloat16 / float16 (float64 accepted; computed in fp32), any strides
+            (not copied).
+        lam: nodes, complex ``[D, N]`` (complex64; complex128 is rounded to complex64).
+        b: input weights, complex ``[D, N]``.
+        state: optional initial state, complex64 ``[B, D, N]``; read, never modified.
+        backend: ``"auto"`` (Triton on CUDA, else the Torch reference), ``"triton"`` or ``"torch"``.
+
+    Returns:
+        ``(y, final_state)``: y ``[B, L, D]`` in x.dtype, final_state complex64 ``[B, D, N]`` (the state after
+        the last token; decoding continues from it with :func:`etsc_triton.ssm_step`).
+
+    Example:
+        >>> import torch, etsc_triton as et
+        >>> lam = torch.full((4, 3), 0.5 + 0.5j, dtype=torch.complex64)
+        >>> b = torch.ones(4, 3, dtype=torch.complex64)
+        >>> y, state = et.ssm_scan(torch.ones(2, 7, 4), lam, b)
+        >>> y.shape, state.shape
+        (torch.Size([2, 7, 4]), torch.Size([2, 4, 3]))
+    """
+    check_scan_inputs("ssm_scan", x, lam, b, state)
+    which = resolve_backend("ssm_scan", backend, x, lam, b, *([state] if state is not None else []))
+    if which == "torch":
+        return naive.ssm_scan(x, lam, b, state)
+    lam = lam.to(torch.complex64).contiguous()
+    b = b.to(torch.complex64).contiguous()
+    if state is not None:
+        state = state.to(torch.complex64)
+    return _ssm_scan_launch(x, lam, b, state)

@@ -1,0 +1,166 @@
+"""Diagonal SSM family: the in-place decode step and the fused scan (prefill), against the original ETSC code.
+
+Baselines (DESIGN section 4):
+- ``original``: the ETSC paper's eager torch code on the unfolded layer (all n = 2N modes):
+  ``u = lam * u + b * x; y = u.sum(-1).real`` per token (the scan's original is that loop over the tokens).
+- ``torch``: our reference oracle (:mod:`etsc_triton.ops.ssm.naive`), ``compile``: torch.compile of the
+  reference step's arithmetic.
+- ``triton_cudagraph``: one step under a CUDA graph (the launch overhead removed), GPU only.
+
+Bytes: step = state read + written + lam, b read (+ x, y); scan = x read + y written + final state.
+Flops (scan): 8 per mode per token (complex multiply-add), ``8 B L D N``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+import etsc_triton as et
+from etsc_triton.ops.ssm import naive
+
+FAMILY = "ssm"
+
+L2_BYTES = 64 << 20  # rotate over copies of the inputs until they exceed this (H100 L2: 50 MB)
+MAX_ROTATIONS = 16
+ORIGINAL_SCAN_TOKENS = 256  # the original per-token loop is timed over this many tokens, then scaled
+
+
+def make_layer(channels: int, modes: int, device: str, *, seed: int = 0):
+    """Stable random nodes and weights ``[D, N]`` complex64 (their values do not matter for timing)."""
+    gen = torch.Generator().manual_seed(seed)
+    radius = 0.5 + 0.49 * torch.rand(channels, modes, generator=gen)
+    angle = 2 * math.pi * torch.rand(channels, modes, generator=gen)
+    lam = torch.polar(radius, angle).to(torch.complex64)
+    b = torch.randn(channels, modes, generator=gen, dtype=torch.complex64) / math.sqrt(modes)
+    return lam.to(device), b.to(device)
+
+
+def rotations(nbytes: float, on_gpu: bool) -> int:
+    """How many input copies to rotate over so that the working set leaves L2 (1 on CPU)."""
+    if not on_gpu:
+        return 1
+    return int(min(MAX_ROTATIONS, max(1, math.ceil(L2_BYTES / max(nbytes, 1)))))
+
+
+def original_step(x, lam, b, holder):
+    """The ETSC paper's decode step, all n modes: ``u = lam * u + b * x; y = u.sum().real``."""
+    u = lam * holder[0] + b * x[..., None]
+    holder[0] = u
+    return u.sum(-1).real
+
+
+def reference_step_math(x, lam_re, lam_im, b_re, b_im, state_parts):
+    """The reference step's arithmetic on the real view of the state, without validation (for torch.compile)."""
+    u_re, u_im = state_parts[..., 0], state_parts[..., 1]
+    new_re, new_im = naive.ssm_update(u_re, u_im, lam_re, lam_im, b_re, b_im, x[..., None])
+    state_parts.copy_(torch.stack((new_re, new_im), dim=-1))
+    return new_re.sum(-1)
+
+
+def bench_step(ctx) -> None:
+    channels = 8 if ctx.quick else 1024
+    for batch in ctx.sizes(quick=[1, 2], full=[1, 8, 64]):
+        for modes in ctx.sizes(quick=[3, 16], full=[64, 256, 512, 1024]):
+            step_case(ctx, batch, channels, modes)
+    if ctx.on_gpu:
+        bench_step_cuda_graph(ctx)
+
+
+def step_case(ctx, batch: int, channels: int, modes: int) -> None:
+    """One step size: triton, torch reference, compile (GPU) and the original unfolded step."""
+    config = {"B": batch, "D": channels}
+    lam, b = make_layer(channels, modes, ctx.device)
+    state_bytes = batch * channels * modes * 8
+    nbytes = 2 * state_bytes + 2 * channels * modes * 8 + 2 * batch * channels * 4
+    copies = rotations(nbytes, ctx.on_gpu)
+    xs = [torch.randn(batch, channels, device=ctx.device) for _ in range(copies)]
+    states = [torch.zeros(batch, channels, modes, dtype=torch.complex64, device=ctx.device)
+              for _ in range(copies)]
+    inputs = list(zip(xs, states))
+    common = {"op": "ssm_step", "x_name": "N", "x_value": modes, "config": config, "bytes": nbytes}
+    ctx.time(provider="triton", args=inputs, **common,
+             fn=lambda x, s: et.ssm_step(x, lam, b, s, backend="triton"))
+    ctx.time(provider="torch", args=inputs, **common,
+             fn=lambda x, s: naive.ssm_step(x, lam, b, s))
+    if ctx.on_gpu:
+        parts = [torch.view_as_real(lam).unbind(-1), torch.view_as_real(b).unbind(-1)]
+        (lam_re, lam_im), (b_re, b_im) = parts
+        compiled = torch.compile(reference_step_math)
+        real_inputs = [(x, torch.view_as_real(s)) for x, s in inputs]
+        ctx.time(provider="compile", args=real_inputs, **common,
+                 fn=lambda x, sp: compiled(x, lam_re, lam_im, b_re, b_im, sp))
+    full_lam = torch.cat([lam, lam.conj()], dim=1)  # the unfolded layer: n = 2N modes
+    full_b = torch.cat([b, b.conj()], dim=1)
+    holders = [[torch.zeros(batch, channels, 2 * modes, dtype=torch.complex64, device=ctx.device)]
+               for _ in range(copies)]
+    original_bytes = 2 * nbytes - 8 * batch * channels  # 2N modes, same x and y
+    ctx.time(op="ssm_step", provider="original", x_name="N", x_value=modes, config=config,
+             bytes=original_bytes, args=list(zip(xs, holders)),
+             fn=lambda x, h: original_step(x, full_lam, full_b, h))
+
+
+def bench_step_cuda_graph(ctx) -> None:
+    """One step at B=1, D=1024, N=512 (n=1024) replayed from a CUDA graph: the small-batch decode latency."""
+    batch, channels, modes = 1, 1024, 512
+    lam, b = make_layer(channels, modes, ctx.device)
+    x = torch.randn(batch, channels, device=ctx.device)
+    state = torch.zeros(batch, channels, modes, dtype=torch.complex64, device=ctx.device)
+    et.ssm_step(x, lam, b, state, backend="triton")
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        et.ssm_step(x, lam, b, state, backend="triton")
+    nbytes = 2 * batch * channels * modes * 8 + 2 * channels * modes * 8
+    ctx.time(op="ssm_step", provider="triton_cudagraph", x_name="N", x_value=modes,
+             config={"B": batch, "D": channels}, bytes=nbytes, fn=graph.replay)
+
+
+def original_scan_loop(x, lam, b, tokens: int):
+    """The original per-token decode loop over the first ``tokens`` tokens (all n modes)."""
+    u = torch.zeros(x.shape[0], x.shape[2], lam.shape[1], dtype=torch.complex64, device=x.device)
+    ys = []
+    for t in range(tokens):
+        u = lam * u + b * x[:, t, :, None]
+        ys.append(u.sum(-1).real)
+    return torch.stack(ys, 1), u
+
+
+def bench_scan(ctx) -> None:
+    batch, channels = (2, 8) if ctx.quick else (8, 2048)
+    for modes in ctx.sizes(quick=[4, 16], full=[16, 64, 256]):
+        lam, b = make_layer(channels, modes, ctx.device)
+        for length in ctx.sizes(quick=[8, 32], full=[1024, 4096, 16384, 65536]):
+            scan_case(ctx, batch, length, channels, modes, lam, b)
+    # The issue's original-loop point: B=1, D=512, n=512 (the folded layer has N=256 modes).
+    if not ctx.quick:
+        lam, b = make_layer(512, 256, ctx.device)
+        scan_case(ctx, 1, 4096, 512, 256, lam, b)
+
+
+def scan_case(ctx, batch, length, channels, modes, lam, b) -> None:
+    config = {"B": batch, "D": channels, "N": modes}
+    x = torch.randn(batch, length, channels, device=ctx.device)
+    nbytes = 2 * x.numel() * 4 + batch * channels * modes * 8
+    flops = 8 * batch * length * channels * modes
+    triton_ms = ctx.time(op="ssm_scan", provider="triton", x_name="L", x_value=length, config=config,
+                         bytes=nbytes, flops=flops, fn=lambda: et.ssm_scan(x, lam, b, backend="triton"))
+    ctx.value(op="ssm_scan", provider="triton", metric="time_per_token", unit="us",
+              value=triton_ms * 1e3 / length, x_name="L", x_value=length, config=config)
+    reference_limit = 64 if ctx.quick else 1024  # a Python loop over the tokens: only short sequences
+    if length <= reference_limit:
+        ctx.time(op="ssm_scan", provider="torch", x_name="L", x_value=length, config=config,
+                 bytes=nbytes, flops=flops, fn=lambda: naive.ssm_scan(x, lam, b))
+    tokens = min(length, 16 if ctx.quick else ORIGINAL_SCAN_TOKENS)
+    full_lam = torch.cat([lam, lam.conj()], dim=1)
+    full_b = torch.cat([b, b.conj()], dim=1)
+    original_ms = ctx.time(op="ssm_scan_original_prefix", provider="original", x_name="L", x_value=tokens,
+                           config=config, fn=lambda: original_scan_loop(x, full_lam, full_b, tokens))
+    ctx.value(op="ssm_scan", provider="original", metric="time_per_token", unit="us",
+              value=original_ms * 1e3 / tokens, x_name="L", x_value=length, config=config)
+
+
+def run(ctx) -> None:
+    bench_step(ctx)
+    bench_scan(ctx)

@@ -1,0 +1,248 @@
+"""Backward kernels of the memory layer, and the hashing helper the forward and backward share.
+
+- ``_gather_backward_kernel``: one program per (token block, table). It recomputes (or loads) the code and
+  score of its tokens, walks d_out in blocks to form ``dscore = <dy, tables[k, code]>`` (an indexed inner
+  product), turns it into ``dz`` through the score formula (fused path) or stores it (``memory_gather``), and,
+  in the default mode, scatter-adds ``score * dy`` into an fp32 ``dtables`` buffer with ``tl.atomic_add``.
+- ``_dtables_segment_kernel``: the deterministic ``dtables``. The flat keys ``k * S + code`` are sorted
+  (stable) by torch; program ``r`` owns table row ``r`` and reduces its segment of the sorted list in a fixed
+  order, so no floating-point atomics are involved and the result is bit-identical from run to run. Rows no
+  token hashed to get zeros.
+- ``_hash_backward_kernel``: ``dz`` of ``lsh_hash`` from ``dscores``.
+
+Gradient of the scores (s_j = sigmoid(2 |z_j| / temperature), p = prod_j s_j, m = sum_j |z_j|):
+``d log s_j / d|z_j| = (1 - s_j) * 2 / temperature``, so
+``paper``:     ``dp/dz_j = sign(z_j) * p * (1 - s_j) * 2 / temperature``
+``magnitude``: ``d(m p)/dz_j = sign(z_j) * (p + m * p * (1 - s_j) * 2 / temperature)``
+with ``sign(0) = 0`` (torch's ``abs`` convention; the codes are piecewise constant and carry no gradient).
+"""
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from ..utils import interpreter_enabled
+
+
+@triton.jit
+def _multiply(a, b):
+    return a * b
+
+
+@triton.jit
+def hash_tile(x_ptr, row_offsets, row_mask, k, inv_temperature, TAU: tl.constexpr, TAU_P2: tl.constexpr,
+              MAGNITUDE: tl.constexpr):
+    """Hash chunk ``k`` of ``BLOCK_T`` rows: returns ``(z, s, code, prod, score)`` (fp32, int32 code)."""
+    j = tl.arange(0, TAU_P2)
+    j_mask = j < TAU
+    mask = row_mask[:, None] & j_mask[None, :]
+    z = tl.load(x_ptr + row_offsets[:, None] + (k * TAU + j)[None, :], mask=mask, other=0.0).to(tl.float32)
+    bit_values = tl.where(j_mask, tl.full([TAU_P2], 1, tl.int32) << tl.maximum(TAU - 1 - j, 0), 0)
+    code = tl.sum(tl.where(z >= 0, bit_values[None, :], 0), axis=1)
+    magnitude = tl.abs(z)
+    s = tl.where(mask, tl.sigmoid(2.0 * magnitude * inv_temperature), 1.0)
+    prod = tl.reduce(s, 1, _multiply)
+    if MAGNITUDE:
+        score = prod * tl.sum(magnitude, axis=1)
+    else:
+        score = prod
+    return z, s, code, prod, score
+
+
+@triton.jit
+def score_grad(z, s, prod, dscore, inv_temperature, MAGNITUDE: tl.constexpr):
+    """``dz [BLOCK_T, TAU_P2]`` from ``dscore [BLOCK_T]`` through the score formula (``sign(0) = 0``)."""
+    sign = tl.where(z > 0, 1.0, tl.where(z < 0, -1.0, 0.0))
+    dlog = (1.0 - s) * (2.0 * inv_temperature)
+    if MAGNITUDE:
+        magnitude = tl.sum(tl.abs(z), axis=1)
+        local = prod[:, None] + (magnitude * prod)[:, None] * dlog
+    else:
+        local = prod[:, None] * dlog
+    return dscore[:, None] * sign * local
+
+
+@triton.jit(do_not_specialize=["T"])
+def _gather_backward_kernel(
+    x_ptr, codes_ptr, scores_ptr, dy_ptr, tables_ptr, dx_ptr, dscores_ptr, dtables_ptr,
+    T, K, S, D, stride_x, stride_dy, inv_temperature,
+    TAU: tl.constexpr, TAU_P2: tl.constexpr, HASH: tl.constexpr, MAGNITUDE: tl.constexpr,
+    COMPUTE_DSCORE: tl.constexpr, ATOMIC_DTABLES: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    k = tl.program_id(1)
+    t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_mask = t < T
+    t64 = t.to(tl.int64)
+    if HASH:
+        z, s, code, prod, score = hash_tile(x_ptr, t64 * stride_x, t_mask, k, inv_temperature, TAU, TAU_P2,
+                                            MAGNITUDE)
+    else:
+        code = tl.load(codes_ptr + t64 * K + k, mask=t_mask, other=0).to(tl.int32)
+        score = tl.load(scores_ptr + t64 * K + k, mask=t_mask, other=0.0).to(tl.float32)
+    valid = t_mask & (code >= 0) & (code < S)
+    row = (k * S + code).to(tl.int64) * D
+    dscore = tl.zeros([BLOCK_T], dtype=tl.float32)
+    for d_start in range(0, D, BLOCK_D):
+        d = d_start + tl.arange(0, BLOCK_D)
+        mask = valid[:, None] & (d < D)[None, :]
+        dy = tl.load(dy_ptr + (t64 * stride_dy)[:, None] + d[None, :], mask=mask, other=0.0).to(tl.float32)
+        if COMPUTE_DSCORE:
+            rows = tl.load(tables_ptr + row[:, None] + d[None, :], mask=mask, other=0.0).to(tl.float32)
+            dscore += tl.sum(dy * rows, axis=1)
+        if ATOMIC_DTABLES:
+            tl.atomic_add(dtables_ptr + row[:, None] + d[None, :], score[:, None] * dy, mask=mask)
+    if COMPUTE_DSCORE:
+        if HASH:
+            dz = score_grad(z, s, prod, dscore, inv_temperature, MAGNITUDE)
+            j = tl.arange(0, TAU_P2)
+            mask = t_mask[:, None] & (j < TAU)[None, :]
+            offsets = (t64 * K * TAU)[:, None] + (k * TAU + j)[None, :]
+            tl.store(dx_ptr + offsets, dz.to(dx_ptr.dtype.element_ty), mask=mask)
+        else:
+            tl.store(dscores_ptr + t64 * K + k, dscore.to(dscores_ptr.dtype.element_ty), mask=t_mask)
+
+
+@triton.jit
+def _dtables_segment_kernel(
+    order_ptr, bounds_ptr, scores_ptr, dy_ptr, dtables_ptr, K, D, stride_dy,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    r = tl.program_id(0)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = d < D
+    start = tl.load(bounds_ptr + r)
+    end = tl.load(bounds_ptr + r + 1)
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for i_start in range(start, end, BLOCK_T):
+        i = i_start + tl.arange(0, BLOCK_T)
+        i_mask = i < end
+        flat = tl.load(order_ptr + i, mask=i_mask, other=0)
+        weight = tl.load(scores_ptr + flat, mask=i_mask, other=0.0).to(tl.float32)
+        token = flat // K
+        mask = i_mask[:, None] & d_mask[None, :]
+        dy = tl.load(dy_ptr + (token * stride_dy)[:, None] + d[None, :], mask=mask, other=0.0).to(tl.float32)
+        acc += tl.sum(weight[:, None] * dy, axis=0)
+    tl.store(dtables_ptr + r.to(tl.int64) * D + d, acc.to(dtables_ptr.dtype.element_ty), mask=d_mask)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _hash_backward_kernel(z_ptr, dscores_ptr, dz_ptr, T, K, inv_temperature,
+                          TAU: tl.constexpr, TAU_P2: tl.constexpr, MAGNITUDE: tl.constexpr,
+                          BLOCK_T: tl.constexpr):
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    k = tl.program_id(1)
+    t_mask = t < T
+    t64 = t.to(tl.int64)
+    z, s, code, prod, score = hash_tile(z_ptr, t64 * K * TAU, t_mask, k, inv_temperature, TAU, TAU_P2,
+                                        MAGNITUDE)
+    dscore = tl.load(dscores_ptr + t64 * K + k, mask=t_mask, other=0.0).to(tl.float32)
+    dz = score_grad(z, s, prod, dscore, inv_temperature, MAGNITUDE)
+    j = tl.arange(0, TAU_P2)
+    mask = t_mask[:, None] & (j < TAU)[None, :]
+    tl.store(dz_ptr + (t64 * K * TAU)[:, None] + (k * TAU + j)[None, :], dz.to(dz_ptr.dtype.element_ty),
+             mask=mask)
+
+
+def backward_blocks(d_out: int, element_size: int) -> tuple[int, int]:
+    """``(BLOCK_T, BLOCK_D)`` of the backward kernels: 512-byte rows on the GPU, small when interpreted."""
+    if interpreter_enabled():
+        return 16, 32
+    return 32, min(triton.next_power_of_2(d_out), 512 // element_size)
+
+
+def _dtables_deterministic(codes: torch.Tensor, scores: torch.Tensor, dy: torch.Tensor, rows: int,
+                           out_dtype: torch.dtype) -> torch.Tensor:
+    """Sort ``k * S + code`` (stable) and reduce each row's segment in token order: no float atomics."""
+    num_tokens, num_tables = codes.shape
+    d_out = dy.shape[1]
+    offsets = torch.arange(num_tables, device=codes.device, dtype=torch.int64) * rows
+    keys = (codes.to(torch.int64) + offsets).reshape(-1)
+    sorted_keys, order = torch.sort(keys, stable=True)
+    row_ids = torch.arange(num_tables * rows + 1, device=codes.device, dtype=torch.int64)
+    bounds = torch.searchsorted(sorted_keys, row_ids)
+    dtables = torch.empty(num_tables, rows, d_out, device=dy.device, dtype=out_dtype)
+    block_t, block_d = backward_blocks(d_out, dtables.element_size())
+    grid = (num_tables * rows, triton.cdiv(d_out, block_d))
+    wrap_triton(_dtables_segment_kernel)[grid](
+        order, bounds, scores, dy, dtables, num_tables, d_out, dy.stride(0), BLOCK_T=block_t, BLOCK_D=block_d,
+    )
+    return dtables
+
+
+def launch_gather_backward(
+    x: torch.Tensor | None, codes: torch.Tensor, scores: torch.Tensor, tables: torch.Tensor, dy: torch.Tensor,
+    inv_temperature: float, magnitude: bool, need_input_grad: bool, need_dtables: bool, deterministic: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shared launcher: ``(d x or d scores, d tables)``; a gradient not asked for comes back empty.
+
+    ``x`` given (``[T, K*tau]``, unit last stride): the fused path; the first gradient is ``dx`` (x.dtype).
+    ``x`` None: ``memory_gather``, the first gradient is ``dscores`` in ``scores.dtype``.
+    """
+    num_tokens, num_tables = codes.shape
+    rows, d_out = tables.shape[1], tables.shape[2]
+    tau = rows.bit_length() - 1
+    hash_x = x is not None
+    if hash_x:
+        input_grad = torch.empty(x.shape if need_input_grad else (0,), device=x.device, dtype=x.dtype)
+    else:
+        input_grad = torch.empty(codes.shape if need_input_grad else (0,), device=codes.device,
+                                 dtype=scores.dtype)
+    atomic = need_dtables and not deterministic
+    if atomic:
+        dtables_acc = torch.zeros(tables.shape, device=tables.device, dtype=torch.float32)
+    else:
+        dtables_acc = torch.empty(0, device=tables.device, dtype=torch.float32)
+    if need_input_grad or atomic:
+        block_t, block_d = backward_blocks(d_out, tables.element_size())
+        grid = (triton.cdiv(num_tokens, block_t), num_tables)
+        wrap_triton(_gather_backward_kernel)[grid](
+            x if hash_x else codes, codes, scores, dy, tables, input_grad, input_grad, dtables_acc,
+            num_tokens, num_tables, rows, d_out, x.stride(0) if hash_x else 0, dy.stride(0), inv_temperature,
+            TAU=tau, TAU_P2=triton.next_power_of_2(tau), HASH=hash_x, MAGNITUDE=magnitude,
+            COMPUTE_DSCORE=need_input_grad, ATOMIC_DTABLES=atomic, BLOCK_T=block_t, BLOCK_D=block_d,
+        )
+    if not need_dtables:
+        dtables = torch.empty(0, device=tables.device, dtype=tables.dtype)
+    elif deterministic:
+        dtables = _dtables_deterministic(codes, scores, dy, rows, tables.dtype)
+    else:
+        dtables = dtables_acc if tables.dtype == torch.float32 else dtables_acc.to(tables.dtype)
+    return input_grad, dtables
+
+
+@triton_op("etsc_triton::memory_layer_backward", mutates_args=())
+def memory_layer_backward(
+    x: torch.Tensor, codes: torch.Tensor, scores: torch.Tensor, tables: torch.Tensor, dy: torch.Tensor,
+    inv_temperature: float, magnitude: bool, need_dx: bool, need_dtables: bool, deterministic: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dx [T, K*tau], dtables [K, S, d_out])`` of the fused layer (empty where not needed)."""
+    return launch_gather_backward(x, codes, scores, tables, dy, inv_temperature, magnitude, need_dx,
+                                  need_dtables, deterministic)
+
+
+@triton_op("etsc_triton::memory_gather_backward", mutates_args=())
+def memory_gather_backward(
+    codes: torch.Tensor, scores: torch.Tensor, tables: torch.Tensor, dy: torch.Tensor,
+    need_dscores: bool, need_dtables: bool, deterministic: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dscores [T, K], dtables [K, S, d_out])`` of ``memory_gather`` (empty where not needed)."""
+    return launch_gather_backward(None, codes, scores, tables, dy, 1.0, False, need_dscores, need_dtables,
+                                  deterministic)
+
+
+@triton_op("etsc_triton::lsh_hash_backward", mutates_args=())
+def lsh_hash_backward(z: torch.Tensor, dscores: torch.Tensor, inv_temperature: float,
+                      magnitude: bool) -> torch.Tensor:
+    """``dz [T, K*tau]`` from ``dscores [T, K]`` (both contiguous)."""
+    num_tokens, num_tables = dscores.shape
+    tau = z.shape[1] // num_tables
+    dz = torch.empty(z.shape, device=z.device, dtype=z.dtype)
+    block_t = 16 if interpreter_enabled() else 64
+    grid = (triton.cdiv(num_tokens, block_t), num_tables)
+    wrap_triton(_hash_backward_kernel)[grid](
+        z, dscores, dz, num_tokens, num_tables, inv_temperature,
+        TAU=tau, TAU_P2=triton.next_power_of_2(tau), MAGNITUDE=magnitude, BLOCK_T=block_t,
+    )
+    return dz

@@ -6,6 +6,7 @@ oracle with the same signature. See DESIGN section 2 in the README for the contr
 
 from . import nn, reference
 from .ops.lsh import lsh_hash, memory_gather, memory_layer
+from .ops.prefill import ssm_prefill_state
 from .ops.ssm import ssm_scan, ssm_step
 from .ops.toeplitz import ssm_kernel, toeplitz_to_ssm, vandermonde_solve
 
@@ -17,6 +18,7 @@ __all__ = [
     "vandermonde_solve",
     "ssm_scan",
     "ssm_step",
+    "ssm_prefill_state",
     "lsh_hash",
     "memory_gather",
     "memory_layer",

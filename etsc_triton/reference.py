@@ -5,6 +5,7 @@ does. They compute in the precision of their inputs, so complex128 / float64 inp
 """
 
 from .ops.lsh.naive import lsh_hash, memory_gather, memory_layer
+from .ops.prefill.naive import ssm_prefill_state
 from .ops.ssm.naive import ssm_scan, ssm_step
 from .ops.toeplitz.naive import ssm_kernel, toeplitz_to_ssm, vandermonde_solve
 
@@ -14,6 +15,7 @@ __all__ = [
     "vandermonde_solve",
     "ssm_scan",
     "ssm_step",
+    "ssm_prefill_state",
     "lsh_hash",
     "memory_gather",
     "memory_layer",

@@ -70,11 +70,10 @@ def measure_floors(device: str, quick: bool) -> Floors:
     import triton.testing
 
     n_bytes = 1 << 30
-    src = torch.empty(n_bytes // 4, device=device, dtype=torch.float32).normal_()
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
+    buffers = [torch.empty(n_bytes // 4, device=device, dtype=torch.float32).normal_() for _ in range(2)]
+    ms = triton.testing.do_bench(lambda: buffers[1].copy_(buffers[0]), warmup=50, rep=300, return_mode="median")
     copy_gbps = 2 * n_bytes / (ms * 1e-3) / 1e9
-    del src, dst
+    buffers.clear()
     size = 8192
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)

@@ -8,7 +8,7 @@ import torch
 import etsc_triton as et
 from etsc_triton.ops import utils
 
-OPS = ["toeplitz_to_ssm", "ssm_kernel", "vandermonde_solve", "ssm_scan", "ssm_step", "lsh_hash",
+OPS = ["toeplitz_to_ssm", "ssm_kernel", "vandermonde_solve", "ssm_scan", "ssm_step", "ssm_prefill_state", "lsh_hash",
        "memory_gather", "memory_layer"]
 
 

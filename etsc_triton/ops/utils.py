@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 import triton
-import triton.language as tl
+import triton.language as tl  # noqa: F401  (jit functions need triton.language visible in their module)
 
 BACKENDS = ("auto", "triton", "torch")
 

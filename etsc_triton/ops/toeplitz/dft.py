@@ -9,8 +9,8 @@ kernel, the DFT of the zero-sum extended vector is ``X_k - X_0 exp(+2 pi i k / m
 
 The FFT runs in cuFFT (any length, primes included: exact for every n). The epilogue reads X once, applies
 the extension correction, the scaling and the conjugate-folding weight, computes lam from the integer k (the
-angle reduced to [0, pi] exactly, cos/sin in float64 from a per-mode table, rounded once to float32) and writes the interleaved
-complex64 outputs. For ``real=False`` modes k > m/2 are read from X_{m-k} and conjugated.
+angle reduced to [0, pi] exactly, cos/sin in float64 from a per-mode table, rounded once to float32) and
+writes the interleaved complex64 outputs. For ``real=False`` modes k > m/2 are read from X_{m-k} and conjugated.
 
 Compensation (default): the complex64 rounding ``lam~_k = lam_k (1 + eps_k)`` makes the realised kernel drift
 by ``j gamma^j r_j``, ``r_j = Re sum_k b_k eps_k exp(-2 pi i k j / m)``. The first epilogue also writes the

@@ -1,0 +1,202 @@
+"""ssm_prefill_state: the prompt -> state fold + DFT against the float64 direct sum and the SSM recurrence."""
+
+import math
+
+import pytest
+import torch
+from helpers import assert_close
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import etsc_triton as et
+from etsc_triton.ops.prefill import naive, ssm_prefill_state
+
+# Relative to max|u| of the float64 oracle. The kernel folds in fp32 (<= L/m terms per residue) and rfft sums
+# m terms in fp32: measured <= 2.6e-7 for L <= 1000, n <= 200 (CPU); 2e-6 leaves room for cuFFT's rounding and
+# the longer GPU case. Half-precision inputs convert exactly to fp32 and the oracle sees the same rounded x.
+TOL = {torch.float32: 2e-6, torch.bfloat16: 2e-6, torch.float16: 2e-6}
+
+
+def _problem(batch, length, channels, n, n_modes, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, length, channels, generator=g).to(dtype)
+    b = torch.complex(
+        torch.randn(channels, n_modes, generator=g), torch.randn(channels, n_modes, generator=g)
+    )
+    gamma = 0.8 + 0.2 * torch.rand(channels, generator=g)
+    return x, b, gamma
+
+
+def _check(actual, x, b, n, gamma, modes=None, dtype=torch.float32):
+    expected = naive.ssm_prefill_state(
+        x.double(),
+        b.to(torch.complex128),
+        n,
+        gamma.double() if isinstance(gamma, torch.Tensor) else gamma,
+        modes=modes,
+    )
+    scale = expected.abs().max().item()
+    assert actual.dtype == torch.complex64
+    assert_close(actual, expected, atol=TOL[dtype] * scale, rtol=0, name="state")
+
+
+@pytest.mark.parametrize("length", [1, 7, 31, 32, 63, 100])
+@pytest.mark.parametrize("n", [31, 32])
+def test_triton_matches_float64_oracle(device, length, n):
+    x, b, gamma = _problem(2, length, 5, n, math.ceil(n / 2), seed=length + n)
+    out = ssm_prefill_state(x.to(device), b.to(device), n, gamma.to(device), backend="triton")
+    _check(out, x, b, n, gamma)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs(device, dtype):
+    x, b, gamma = _problem(2, 45, 5, 15, 8, seed=3, dtype=dtype)
+    out = ssm_prefill_state(x.to(device), b.to(device), 15, gamma.to(device), backend="triton")
+    _check(out, x, b, 15, gamma, dtype=dtype)
+
+
+@pytest.mark.parametrize("gamma", [None, 0.9, torch.tensor(0.85)])
+def test_scalar_gamma(device, gamma):
+    x, b, _ = _problem(1, 40, 3, 15, 8, seed=4)
+    g = gamma.to(device) if isinstance(gamma, torch.Tensor) else gamma
+    out = ssm_prefill_state(x.to(device), b.to(device), 15, g, backend="triton")
+    _check(out, x, b, 15, 1.0 if gamma is None else gamma)
+
+
+def test_explicit_modes_include_upper_half(device):
+    """Unfolded / truncated mode sets: k above m/2 come from the conjugate half of the real FFT."""
+    n, channels = 15, 4
+    x, b, gamma = _problem(2, 50, channels, n, 6, seed=5)
+    modes = torch.stack(
+        [torch.randperm(n, generator=torch.Generator().manual_seed(d))[:6] + 1 for d in range(channels)]
+    )
+    assert (modes > (n + 1) // 2).any()
+    out = ssm_prefill_state(
+        x.to(device), b.to(device), n, gamma.to(device), modes=modes.to(device), backend="triton"
+    )
+    _check(out, x, b, n, gamma, modes=modes)
+    shared = torch.tensor([1, 9, 15, 4])
+    b4 = b[:, :4].contiguous()
+    out = ssm_prefill_state(
+        x.to(device), b4.to(device), n, gamma.to(device), modes=shared.to(device), backend="triton"
+    )
+    _check(out, x, b4, n, gamma, modes=shared)
+
+
+def test_oracle_equals_recurrence_of_converted_layer():
+    """The float64 oracle is the state the SSM recurrence u = lam u + b x reaches (ETSC nodes)."""
+    n, channels = 13, 3
+    g = torch.Generator().manual_seed(6)
+    t = torch.randn(channels, n, generator=g, dtype=torch.float64)
+    gamma = torch.tensor([0.9, 0.97, 1.0], dtype=torch.float64)
+    for real in (True, False):
+        lam, b = et.toeplitz_to_ssm(t.float(), gamma.float(), real=real)
+        n_modes = lam.shape[-1]
+        k = torch.arange(1, n_modes + 1, dtype=torch.float64)
+        lam64 = gamma[:, None] * torch.exp(-2j * math.pi * k / (n + 1))
+        assert_close(lam, lam64, atol=1e-6, rtol=0, name="lam nodes")
+        x = torch.randn(2, 40, channels, generator=g, dtype=torch.float64)
+        state = torch.zeros(2, channels, n_modes, dtype=torch.complex128)
+        b64 = b.to(torch.complex128)
+        for i in range(x.shape[1]):
+            state = lam64 * state + b64 * x[:, i, :, None]
+        oracle = naive.ssm_prefill_state(x, b64, n, gamma)
+        assert_close(
+            oracle, state, atol=1e-12 * state.abs().max().item(), rtol=0, name="oracle vs recurrence"
+        )
+
+
+def test_step_continues_from_prefill_state(device):
+    """Prefill state then ssm_step == the direct causal convolution (the ETSC serving path)."""
+    n, channels, length = 15, 4, 37
+    g = torch.Generator().manual_seed(7)
+    t = torch.randn(channels, n, generator=g) / 4
+    gamma = torch.full((channels,), 0.93)
+    lam, b = et.toeplitz_to_ssm(t.to(device), gamma.to(device))
+    x = torch.randn(1, length + 1, channels, generator=g)
+    state = ssm_prefill_state(x[:, :length].to(device), b, n, gamma.to(device), backend="triton")
+    y = et.ssm_step(x[:, length].to(device), lam, b, state)
+    extended = torch.cat([t.double(), -t.double().sum(-1, keepdim=True)], -1)
+    lags = torch.arange(length + 1)
+    kernel = gamma.double()[:, None] ** lags * extended[:, lags % (n + 1)]
+    expected = (kernel.flip(-1).T[None] * x.double()).sum(1)
+    assert_close(y, expected, atol=1e-5 * expected.abs().max().item(), rtol=0, name="next output")
+
+
+def test_torch_and_auto_backends(device):
+    x, b, gamma = _problem(2, 33, 5, 15, 8, seed=8)
+    ref = naive.ssm_prefill_state(x, b, 15, gamma)
+    assert_close(ssm_prefill_state(x, b, 15, gamma, backend="torch"), ref, atol=0, rtol=0)
+    auto = ssm_prefill_state(x.to(device), b.to(device), 15, gamma.to(device), backend="auto")
+    _check(auto, x, b, 15, gamma)
+
+
+def test_non_contiguous_input(device):
+    x, b, gamma = _problem(2, 41, 5, 15, 8, seed=9)
+    strided = x.transpose(0, 1).contiguous().transpose(0, 1).to(device)[:, ::2]
+    assert not strided.is_contiguous()
+    out = ssm_prefill_state(strided, b.to(device), 15, gamma.to(device), backend="triton")
+    _check(out, x[:, ::2], b, 15, gamma)
+
+
+@pytest.mark.parametrize(
+    "change, error, match",
+    [
+        (dict(x=torch.randn(2, 10, 4, dtype=torch.complex64)), TypeError, "x must be a real"),
+        (dict(x=torch.randn(10, 4)), ValueError, "x must have 3 dimensions"),
+        (dict(x=torch.randint(0, 3, (2, 10, 4))), TypeError, "x must be a real"),
+        (dict(x=torch.randn(2, 0, 4)), ValueError, "x must not be empty"),
+        (dict(b=torch.randn(4, 8)), TypeError, "b must be a complex"),
+        (dict(b=torch.randn(3, 8, dtype=torch.complex64)), ValueError, "b must have shape"),
+        (dict(n=0), ValueError, "n must be >= 1"),
+        (dict(n=15.0), TypeError, "n must be an int"),
+        (dict(n=5), ValueError, "at most 5"),
+        (dict(gamma=1.5), ValueError, r"gamma must lie in \(0, 1\]"),
+        (dict(gamma=torch.tensor([0.9, 0.0, 0.9, 0.9])), ValueError, r"gamma must lie in \(0, 1\]"),
+        (dict(gamma=torch.full((3,), 0.9)), ValueError, "gamma must be a scalar or have shape"),
+        (dict(gamma="0.9"), TypeError, "gamma must be None"),
+        (dict(modes=torch.arange(0, 8)), ValueError, r"modes must lie in \[1, n\]"),
+        (dict(modes=torch.arange(1, 9).float()), TypeError, "modes must have dtype"),
+        (dict(modes=torch.ones(4, 7, dtype=torch.int64)), ValueError, "modes must have shape"),
+        (dict(backend="cuda"), ValueError, "backend must be one of"),
+    ],
+)
+def test_bad_inputs(change, error, match):
+    args = dict(
+        x=torch.randn(2, 10, 4),
+        b=torch.randn(4, 8, dtype=torch.complex64),
+        n=15,
+        gamma=0.9,
+        modes=None,
+        backend="torch",
+    )
+    args.update(change)
+    backend = args.pop("backend")
+    for fn in (ssm_prefill_state, naive.ssm_prefill_state):
+        kwargs = {"backend": backend} if fn is ssm_prefill_state else {}
+        if fn is naive.ssm_prefill_state and backend != "torch":
+            continue
+        with pytest.raises(error, match=match):
+            fn(args["x"], args["b"], args["n"], args["gamma"], modes=args["modes"], **kwargs)
+
+
+@settings(derandomize=True, max_examples=8, deadline=None)
+@given(
+    batch=st.integers(1, 2),
+    length=st.integers(1, 50),
+    channels=st.integers(1, 6),
+    n=st.integers(1, 20),
+    seed=st.integers(0, 1000),
+)
+def test_property_matches_oracle(batch, length, channels, n, seed):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    x, b, gamma = _problem(batch, length, channels, n, math.ceil(n / 2), seed=seed)
+    out = ssm_prefill_state(x.to(device), b.to(device), n, gamma.to(device), backend="triton")
+    _check(out, x, b, n, gamma)
+
+
+@pytest.mark.gpu
+def test_long_prompt_gpu():
+    x, b, gamma = _problem(2, 8192, 64, 2048, 1024, seed=10)
+    out = ssm_prefill_state(x.cuda(), b.cuda(), 2048, gamma.cuda(), backend="triton")
+    _check(out, x, b, 2048, gamma)

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from .nn.tnn import DECODERS, TNNConfig, TNNLanguageModel, generate, make_decoder
+from .ops.utils import device_slug
 
 PRESETS = {
     "gpu": dict(
@@ -64,7 +65,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quick", action="store_true", help="tiny model and lengths (seconds, any machine)")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON to this path")
-    parser.add_argument("--out", type=Path, default=Path("plots"), help="folder for decode_latency.png")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for decode_latency.png (default: plots/<device>/)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--seed", type=int, default=0, help="model and prompt seed")
     return parser.parse_args(argv)
@@ -262,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     results = run(quick=args.quick, device=args.device, seed=args.seed)
     print(format_table(results))
-    path = plot(results, args.out)
+    path = plot(results, args.out or Path("plots") / device_slug(results["device"]))
     print(f"plot: {path}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

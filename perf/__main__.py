@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print("python -m perf: full sweeps need a CUDA GPU; use --quick on a CPU", file=sys.stderr)
         return 2
 
-    gpu = harness.device_name(device)
+    gpu = harness.device_slug(device)
     results_dir = args.out or REPO / "perf" / "results" / gpu
     plots_dir = args.out or REPO / "plots" / gpu
     floors = harness.measure_floors(device, args.quick)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from etsc_triton.ops.utils import device_slug
+
 COLUMNS = [
     "op", "provider", "mode", "metric", "unit", "x_name", "x_value", "p50", "p20", "p80", "floor",
     "config", "gpu", "torch", "triton", "commit", "time",
@@ -37,13 +39,6 @@ def _git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def device_name(device: str) -> str:
-    """A folder-friendly GPU name, e.g. ``nvidia_h100_80gb_hbm3``; ``cpu`` on a CPU."""
-    if device != "cuda":
-        return "cpu"
-    return "".join(c if c.isalnum() else "_" for c in torch.cuda.get_device_name().lower()).strip("_")
 
 
 @dataclass
@@ -109,7 +104,7 @@ class Context:
 
     def __post_init__(self):
         self._meta = {
-            "gpu": device_name(self.device),
+            "gpu": device_slug(self.device),
             "torch": torch.__version__,
             "triton": __import__("triton").__version__,
             "commit": _git_commit(),

@@ -28,6 +28,15 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def device_slug(device: str | torch.device) -> str:
+    """A folder-friendly name of the device, e.g. ``nvidia_h100_80gb_hbm3`` for a CUDA device, ``cpu`` otherwise."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device.type
+    name = torch.cuda.get_device_name(device).lower()
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
 def resolve_backend(fn_name: str, backend: str, *tensors: torch.Tensor) -> str:
     """Return ``"triton"`` or ``"torch"`` for a call of ``fn_name`` on ``tensors``.
 

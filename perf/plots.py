@@ -2,7 +2,8 @@
 
 Per (op, mode, x_name, config) group: time against x for every provider (median, p20-p80 band), the floor
 (bytes / copy bandwidth or flops / FMA rate, whichever is larger) as a dashed line, and the speedup of
-``triton`` over the best other provider annotated at each point. Titles say what, where and on which GPU.
+``triton`` over the best baseline annotated at each point (our variants, ``triton_*``, are drawn but are not
+baselines). Titles say what, where and on which GPU.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def timing_groups(rows: list[dict]) -> dict[tuple, list[dict]]:
 
 
 def best_baseline(points: list[dict]) -> dict | None:
-    """The fastest non-``triton`` row among rows at one x."""
-    others = [r for r in points if r["provider"] != OURS and r["p50"] is not None]
+    """The fastest baseline row among rows at one x; our own variants (``triton*``) are not baselines."""
+    others = [r for r in points if not r["provider"].startswith(OURS) and r["p50"] is not None]
     return min(others, key=lambda r: r["p50"]) if others else None
 
 

@@ -24,6 +24,8 @@ import torch
 import etsc_triton as et
 from etsc_triton.ops.toeplitz import naive
 
+from .harness import random_ssm
+
 FAMILY = "conversion"
 
 ERROR_ROWS = 2  # rows of the batch whose realised kernel is evaluated in float64
@@ -112,15 +114,6 @@ def bench_toeplitz_to_ssm(ctx) -> None:
                 )
 
 
-def random_nodes(channels: int, modes: int, device: str):
-    gen = torch.Generator().manual_seed(modes)
-    radius = 0.9 + 0.1 * torch.rand(channels, modes, generator=gen)
-    angle = 2 * math.pi * torch.rand(channels, modes, generator=gen)
-    lam = torch.polar(radius, angle).to(torch.complex64)
-    b = torch.randn(channels, modes, generator=gen, dtype=torch.complex64) / math.sqrt(modes)
-    return lam.to(device), b.to(device)
-
-
 def bench_ssm_kernel(ctx) -> None:
     compiled = torch.compile(naive.ssm_kernel) if ctx.on_gpu else None
     channels = ctx.sizes(quick=[4], full=[1024])[0]
@@ -133,7 +126,7 @@ def bench_ssm_kernel(ctx) -> None:
         for modes in ctx.sizes(quick=[8, 33], full=[16, 64, 256, 1024])
     ]
     for x_name, length, modes in sweeps:
-        lam, b = random_nodes(channels, modes, ctx.device)
+        lam, b = random_ssm(channels, modes, ctx.device, min_radius=0.9, seed=modes)
         x_value = length if x_name == "L" else modes
         config = {"D": channels, "N": modes} if x_name == "L" else {"D": channels, "L": length}
         providers = {

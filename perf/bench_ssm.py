@@ -20,21 +20,13 @@ import torch
 import etsc_triton as et
 from etsc_triton.ops.ssm import naive
 
+from .harness import random_ssm
+
 FAMILY = "ssm"
 
 L2_BYTES = 64 << 20  # rotate over copies of the inputs until they exceed this (H100 L2: 50 MB)
 MAX_ROTATIONS = 16
 ORIGINAL_SCAN_TOKENS = 256  # the original per-token loop is timed over this many tokens, then scaled
-
-
-def make_layer(channels: int, modes: int, device: str, *, seed: int = 0):
-    """Stable random nodes and weights ``[D, N]`` complex64 (their values do not matter for timing)."""
-    gen = torch.Generator().manual_seed(seed)
-    radius = 0.5 + 0.49 * torch.rand(channels, modes, generator=gen)
-    angle = 2 * math.pi * torch.rand(channels, modes, generator=gen)
-    lam = torch.polar(radius, angle).to(torch.complex64)
-    b = torch.randn(channels, modes, generator=gen, dtype=torch.complex64) / math.sqrt(modes)
-    return lam.to(device), b.to(device)
 
 
 def rotations(nbytes: float, on_gpu: bool) -> int:
@@ -71,7 +63,7 @@ def bench_step(ctx) -> None:
 def step_case(ctx, batch: int, channels: int, modes: int) -> None:
     """One step size: triton, torch reference, compile (GPU) and the original unfolded step."""
     config = {"B": batch, "D": channels}
-    lam, b = make_layer(channels, modes, ctx.device)
+    lam, b = random_ssm(channels, modes, ctx.device)
     state_bytes = batch * channels * modes * 8
     nbytes = 2 * state_bytes + 2 * channels * modes * 8 + 2 * batch * channels * 4
     copies = rotations(nbytes, ctx.on_gpu)
@@ -104,7 +96,7 @@ def step_case(ctx, batch: int, channels: int, modes: int) -> None:
 def bench_step_cuda_graph(ctx) -> None:
     """One step at B=1, D=1024, N=512 (n=1024) replayed from a CUDA graph: the small-batch decode latency."""
     batch, channels, modes = 1, 1024, 512
-    lam, b = make_layer(channels, modes, ctx.device)
+    lam, b = random_ssm(channels, modes, ctx.device)
     x = torch.randn(batch, channels, device=ctx.device)
     state = torch.zeros(batch, channels, modes, dtype=torch.complex64, device=ctx.device)
     et.ssm_step(x, lam, b, state, backend="triton")
@@ -130,12 +122,12 @@ def original_scan_loop(x, lam, b, tokens: int):
 def bench_scan(ctx) -> None:
     batch, channels = (2, 8) if ctx.quick else (8, 2048)
     for modes in ctx.sizes(quick=[4, 16], full=[16, 64, 256]):
-        lam, b = make_layer(channels, modes, ctx.device)
+        lam, b = random_ssm(channels, modes, ctx.device)
         for length in ctx.sizes(quick=[8, 32], full=[1024, 4096, 16384, 65536]):
             scan_case(ctx, batch, length, channels, modes, lam, b)
     # The issue's original-loop point: B=1, D=512, n=512 (the folded layer has N=256 modes).
     if not ctx.quick:
-        lam, b = make_layer(512, 256, ctx.device)
+        lam, b = random_ssm(512, 256, ctx.device)
         scan_case(ctx, 1, 4096, 512, 256, lam, b)
 
 

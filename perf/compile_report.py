@@ -376,16 +376,24 @@ def _specialize(fn, record: dict, backend):
 
 
 def _ptxas_path() -> str | None:
-    found = shutil.which("ptxas")
-    if found:
-        return found
+    """The ptxas triton itself uses (it understands the PTX version triton emits), else the one on PATH."""
+    try:
+        import triton
+
+        path = triton.knobs.nvidia.ptxas.path
+        if path and Path(path).exists():
+            return path
+    except (ImportError, AttributeError):
+        pass
     try:
         import triton
 
         bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-        return str(bundled) if bundled.exists() else None
+        if bundled.exists():
+            return str(bundled)
     except ImportError:
-        return None
+        pass
+    return shutil.which("ptxas")
 
 
 def _ptxas_stats(ptx: str, arch: str, workdir: str) -> dict:
@@ -403,7 +411,8 @@ def _ptxas_stats(ptx: str, arch: str, workdir: str) -> dict:
         os.unlink(path)
     text = proc.stdout + proc.stderr
     if proc.returncode != 0:
-        return {"ptxas_error": (text.strip().splitlines() or ["ptxas failed"])[-1][:200]}
+        lines = text.strip().splitlines() or ["ptxas failed"]
+        return {"ptxas_error": next((line for line in lines if "fatal" in line or "error" in line), lines[0])[:200]}
     stats = {}
     if m := re.search(r"Used (\d+) registers", text):
         stats["registers"] = int(m.group(1))

@@ -81,6 +81,17 @@ def measure_floors(device: str, quick: bool) -> Floors:
     return Floors(copy_gbps=copy_gbps, fp32_tflops=2 * size**3 / (ms * 1e-3) / 1e12)
 
 
+def random_ssm(channels: int, modes: int, device: str, *, min_radius: float = 0.5, seed: int = 0):
+    """Stable random diagonal SSM parameters ``(lam, b)``, complex64 ``[D, N]``: ``min_radius <= |lam| < 1``,
+    uniform phases, ``b ~ CN(0, 1/N)``. Their values do not change the timings, only the accuracy figures."""
+    gen = torch.Generator().manual_seed(seed)
+    radius = min_radius + (1 - min_radius) * torch.rand(channels, modes, generator=gen)
+    angle = 2 * math.pi * torch.rand(channels, modes, generator=gen)
+    lam = torch.polar(radius.clamp_max(1 - 1e-6), angle).to(torch.complex64)
+    b = torch.randn(channels, modes, generator=gen, dtype=torch.complex64) / math.sqrt(modes)
+    return lam.to(device), b.to(device)
+
+
 def _cpu_time(fn: Callable[[], object], reps: int) -> list[float]:
     fn()
     times = []

@@ -9,21 +9,13 @@ call, so the figures are wall times of complete kernels (launch included), compa
 and plots of ``python -m perf`` are the place for absolute figures.
 """
 
-import math
-
 import pytest
 import torch
 
 import etsc_triton as et
+from perf.harness import random_ssm
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="regression benchmarks need a GPU")
-
-
-def _nodes(channels, modes):
-    radius = 0.5 + 0.49 * torch.rand(channels, modes, device="cuda")
-    angle = 2 * math.pi * torch.rand(channels, modes, device="cuda")
-    return torch.polar(radius, angle).to(torch.complex64), torch.randn(channels, modes, device="cuda",
-                                                                       dtype=torch.complex64)
 
 
 def _conversion(n, d):
@@ -32,19 +24,19 @@ def _conversion(n, d):
 
 
 def _ssm_kernel(channels, modes, length):
-    lam, b = _nodes(channels, modes)
+    lam, b = random_ssm(channels, modes, "cuda")
     return lambda: et.ssm_kernel(lam, b, length)
 
 
 def _step(batch, channels, modes):
-    lam, b = _nodes(channels, modes)
+    lam, b = random_ssm(channels, modes, "cuda")
     state = torch.zeros(batch, channels, modes, device="cuda", dtype=torch.complex64)
     x = torch.randn(batch, channels, device="cuda")
     return lambda: et.ssm_step(x, lam, b, state)
 
 
 def _scan(batch, length, channels, modes):
-    lam, b = _nodes(channels, modes)
+    lam, b = random_ssm(channels, modes, "cuda")
     x = torch.randn(batch, length, channels, device="cuda")
     return lambda: et.ssm_scan(x, lam, b)
 

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import importlib
 import inspect
+import io
 import json
 import os
 import re
@@ -376,28 +378,31 @@ def _specialize(fn, record: dict, backend):
 
 
 def _ptxas_path() -> str | None:
-    """The ptxas triton itself uses (it understands the PTX version triton emits), else the one on PATH."""
+    """The ptxas triton itself runs for this arch (it accepts the PTX version triton emits), else PATH's."""
     try:
-        import triton
+        from triton.backends.nvidia.compiler import get_ptxas
 
-        path = triton.knobs.nvidia.ptxas.path
+        path = get_ptxas(TARGET_ARCH).path
         if path and Path(path).exists():
             return path
-    except (ImportError, AttributeError):
-        pass
-    try:
-        import triton
-
-        bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-        if bundled.exists():
-            return str(bundled)
-    except ImportError:
+    except (ImportError, AttributeError, RuntimeError):
         pass
     return shutil.which("ptxas")
 
 
+def _parse_ptxas_log(text: str) -> dict:
+    stats = {}
+    if m := re.search(r"Used (\d+) registers", text):
+        stats["registers"] = int(m.group(1))
+    if m := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text):
+        stats["spill_stores"], stats["spill_loads"] = int(m.group(1)), int(m.group(2))
+    if m := re.search(r"(\d+) bytes stack frame", text):
+        stats["stack"] = int(m.group(1))
+    return stats
+
+
 def _ptxas_stats(ptx: str, arch: str, workdir: str) -> dict:
-    """Registers and spill bytes from ``ptxas -v`` (the numbers the driver would report)."""
+    """Registers and spill bytes from running ``ptxas -v`` on the PTX (fallback when triton's log is missing)."""
     ptxas = _ptxas_path()
     if ptxas is None:
         return {"ptxas_error": "ptxas not found"}
@@ -413,14 +418,7 @@ def _ptxas_stats(ptx: str, arch: str, workdir: str) -> dict:
     if proc.returncode != 0:
         lines = text.strip().splitlines() or ["ptxas failed"]
         return {"ptxas_error": next((line for line in lines if "fatal" in line or "error" in line), lines[0])[:200]}
-    stats = {}
-    if m := re.search(r"Used (\d+) registers", text):
-        stats["registers"] = int(m.group(1))
-    if m := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text):
-        stats["spill_stores"], stats["spill_loads"] = int(m.group(1)), int(m.group(2))
-    if m := re.search(r"(\d+) bytes stack frame", text):
-        stats["stack"] = int(m.group(1))
-    return stats
+    return _parse_ptxas_log(text)
 
 
 def _short_config(fn, signature: dict, constexprs: dict) -> tuple[str, str]:
@@ -467,7 +465,10 @@ def compile_one(record: dict, workdir: str) -> dict:
     start = time.perf_counter()
     try:
         src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-        kernel = triton.compile(src, target=target, options=dict(record["options"]))
+        triton.knobs.nvidia.dump_ptxas_log = True  # triton prints its own ptxas -v log: the exact numbers
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            kernel = triton.compile(src, target=target, options=dict(record["options"]))
     except Exception as exc:
         message = " ".join(str(exc).split())
         result["status"] = f"{type(exc).__name__}: {message}"[:400]
@@ -479,19 +480,31 @@ def compile_one(record: dict, workdir: str) -> dict:
     result["num_warps"] = getattr(metadata, "num_warps", result["num_warps"])
     result["num_stages"] = getattr(metadata, "num_stages", result["num_stages"])
     arch = "sm_90a" if TARGET_ARCH == 90 else f"sm_{TARGET_ARCH}"
-    result.update(_ptxas_stats(kernel.asm["ptx"], arch, workdir))
+    stats = _parse_ptxas_log(log.getvalue())
+    result["ptxas_source"] = "triton"
+    if "registers" not in stats:  # cached kernel or a triton without the log knob: run ptxas ourselves
+        stats = _ptxas_stats(kernel.asm["ptx"], arch, workdir)
+        result["ptxas_source"] = "ptxas -v"
+    result.update(stats)
     result["status"] = "OK"
     return result
 
 
 def _compile_all(records: list[dict], jobs: int) -> list[dict]:
+    """Compile in a fresh triton cache, so every kernel really goes through ptxas and its log is read."""
     workdir = tempfile.mkdtemp(prefix="etsc_compile_report_")
+    previous_cache = os.environ.get("TRITON_CACHE_DIR")
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(workdir, "cache")
     try:
         if jobs <= 1:
             return [compile_one(r, workdir) for r in records]
         with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
             return list(pool.map(compile_one, records, [workdir] * len(records)))
     finally:
+        if previous_cache is None:
+            os.environ.pop("TRITON_CACHE_DIR", None)
+        else:
+            os.environ["TRITON_CACHE_DIR"] = previous_cache
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -502,16 +515,29 @@ def _cell(value) -> str:
     return "-" if value is None else str(value).replace("|", "\\|")
 
 
+def _ptxas_version() -> str:
+    path = _ptxas_path()
+    if path is None:
+        return "ptxas not found"
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except OSError as exc:
+        return f"{path}: {exc}"
+    release = re.search(r"release ([\d.]+)", out)
+    return f"{Path(path).name} {release.group(1) if release else '?'}"
+
+
 def render(results: list[dict], capture: dict, elapsed: dict) -> str:
     import triton
 
     lines = [
         f"# Compile report: etsc_triton kernels for sm_90 (triton {triton.__version__})",
         "",
-        f"{len(results)} unique launch configurations from {len(capture['launches'])} captured; "
-        f"capture {elapsed['capture']:.1f} s, compile {elapsed['compile']:.1f} s. "
-        "regs / spills from `ptxas -v -arch=sm_90a`, smem (bytes) from the compiled metadata. "
-        "`args`: pointer arguments that are not *fp32 and ints specialised to constexpr 1.",
+        f"{len(results)} unique launch configurations ({len(capture['launches'])} captured launches); "
+        + (f"capture {elapsed['capture']:.1f} s, " if elapsed.get("capture") is not None else "capture loaded, ")
+        + f"compile {elapsed['compile']:.1f} s. regs / spills: the `ptxas -v` log of triton's own ptxas run "
+        f"({_ptxas_version()}), smem (bytes): the compiled metadata. "
+        "`args`: pointer arguments that are not *fp32, and ints the launch specialises to constexpr 1.",
         "",
         "| kernel | config | args | warps | stages | regs | spill st/ld (B) | smem (B) | status |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -575,12 +601,13 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     if args.configs:
         capture_data = json.loads(Path(args.configs).read_text())
+        start = None
     else:
         with tempfile.TemporaryDirectory() as tmp:
             path = args.save_configs or os.path.join(tmp, "launches.json")
             run_capture_subprocess(path)
             capture_data = json.loads(Path(path).read_text())
-    elapsed["capture"] = time.perf_counter() - start
+    elapsed["capture"] = None if start is None else time.perf_counter() - start
 
     start = time.perf_counter()
     results = _compile_all(capture_data["launches"], args.jobs)

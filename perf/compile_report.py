@@ -15,8 +15,10 @@ No GPU is needed. Two steps:
 2. Compile (this process, interpreter off, so ``@triton.jit`` gives ``JITFunction`` objects): each captured
    launch is specialised the way ``JITFunction.run`` does on a GPU (same binder: ints equal to 1 become
    constexprs, 16-divisible ints and 16-byte aligned pointers get ``tt.divisibility``), compiled with
-   ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32), options=...)``, and the PTX is run
-   through ``ptxas -v`` for registers and spill bytes; shared memory comes from the compiled metadata.
+   ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32), options=...)`` in a fresh triton cache,
+   and registers / spill bytes are read from the ``ptxas -v`` log of triton's own ptxas run
+   (``knobs.nvidia.dump_ptxas_log``; if absent, triton's ptxas is run on the PTX). Use triton's ptxas, not
+   PATH's: triton 3.9 emits PTX 9.4, which CUDA 13.0's ptxas rejects. Shared memory: the compiled metadata.
 
 The exit code is 1 when a kernel fails to compile (or a capture case fails), 0 otherwise. Works with triton
 3.6 and 3.9 (same ``ASTSource(fn, signature, constexprs, attrs)`` API; the binder internals are used when
@@ -465,7 +467,8 @@ def compile_one(record: dict, workdir: str) -> dict:
     start = time.perf_counter()
     try:
         src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-        triton.knobs.nvidia.dump_ptxas_log = True  # triton prints its own ptxas -v log: the exact numbers
+        with contextlib.suppress(AttributeError):  # triton prints its own ptxas -v log: the exact numbers
+            triton.knobs.nvidia.dump_ptxas_log = True
         log = io.StringIO()
         with contextlib.redirect_stdout(log):
             kernel = triton.compile(src, target=target, options=dict(record["options"]))
@@ -554,7 +557,8 @@ def render(results: list[dict], capture: dict, elapsed: dict) -> str:
     lines += ["", "## Spills and high register counts (> 200)", ""]
     if flagged:
         for r in flagged:
-            lines.append(f"- {r['kernel']} [{r.get('config')}] warps={r['num_warps']}: {r.get('registers')} regs, "
+            lines.append(f"- {r['kernel']} [{r.get('config')}] [{r.get('args') or 'all *fp32'}] "
+                         f"warps={r['num_warps']}: {r.get('registers')} regs, "
                          f"spill {r.get('spill_stores')}/{r.get('spill_loads')} B")
     else:
         lines.append("none")

@@ -226,15 +226,19 @@ def plot(rows: list[dict], out_dir) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    ceiling = 1e20  # overflow (inf / NaN weights) is drawn here with an x marker
     for method in sorted({r["provider"] for r in points}):
-        line = sorted(
-            (float(r["x_value"]), max(float(r["p50"]), 1e-17)) for r in points if r["provider"] == method
-        )
-        ax.plot(*zip(*line), marker="o", label=method)
+        line = sorted((float(r["x_value"]), float(r["p50"])) for r in points if r["provider"] == method)
+        xs = [x for x, _ in line]
+        ys = [min(max(y, 1e-17), ceiling) if math.isfinite(y) else ceiling for _, y in line]
+        (drawn,) = ax.plot(xs, ys, marker="o", label=method)
+        overflow = [x for x, y in line if not math.isfinite(y) or y > ceiling]
+        if overflow:
+            ax.plot(overflow, [ceiling] * len(overflow), ls="none", marker="x", ms=10, color=drawn.get_color())
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("n (kernel length = number of modes)")
-    ax.set_ylabel("relative error of the realised kernel")
+    ax.set_ylabel("relative error of the realised kernel (x: overflow)")
     gpu = points[0].get("gpu", "")
     ax.set_title(
         f"Toeplitz -> SSM: realised-kernel error vs n ({gpu})\ncomplex64 (lam, b), evaluated in float64",

@@ -225,13 +225,16 @@ def read_results(path: Path) -> list[dict]:
 
 
 def progress_printer(total: int) -> Callable[[str], None]:
-    """A one-line progress display on stderr: ``[  12] family: op provider x=...``."""
+    """A one-line progress display on stderr: ``[  12 |   35 s] family: op provider x=...``."""
     count = {"n": 0}
+    start = time.perf_counter()
 
     def show(message: str) -> None:
         count["n"] += 1
         end = "\n" if not sys.stderr.isatty() else "\r"
-        sys.stderr.write(f"[{count['n']:4d}{'/' + str(total) if total else ''}] {message[:110]:<110}{end}")
+        of_total = f"/{total}" if total else ""
+        elapsed = time.perf_counter() - start
+        sys.stderr.write(f"[{count['n']:4d}{of_total} | {elapsed:5.0f} s] {message[:100]:<100}{end}")
         sys.stderr.flush()
 
     return show

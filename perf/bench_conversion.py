@@ -25,6 +25,7 @@ import etsc_triton as et
 from etsc_triton.ops.toeplitz import naive
 
 from .harness import random_ssm
+from .plots import plt, save_loglog
 
 FAMILY = "conversion"
 
@@ -215,16 +216,9 @@ def run(ctx) -> None:
 
 def plot(rows: list[dict], out_dir) -> list[Path]:
     """The stability figure: realised-kernel relative error vs n, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     points = [r for r in rows if r["op"] == "stability" and r["metric"] == "rel_err"]
     if not points:
         return []
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ceiling = 1e20  # overflow (inf / NaN weights) is drawn here with an x marker
     for method in sorted({r["provider"] for r in points}):
@@ -235,19 +229,10 @@ def plot(rows: list[dict], out_dir) -> list[Path]:
         overflow = [x for x, y in line if not math.isfinite(y) or y > ceiling]
         if overflow:
             ax.plot(overflow, [ceiling] * len(overflow), ls="none", marker="x", ms=10, color=drawn.get_color())
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("n (kernel length = number of modes)")
-    ax.set_ylabel("relative error of the realised kernel (x: overflow)")
     gpu = points[0].get("gpu", "")
-    ax.set_title(
-        f"Toeplitz -> SSM: realised-kernel error vs n ({gpu})\ncomplex64 (lam, b), evaluated in float64",
-        fontsize=10,
+    path = save_loglog(
+        fig, ax, Path(out_dir) / "stability.png", dpi=130,
+        title=f"Toeplitz -> SSM: realised-kernel error vs n ({gpu})\ncomplex64 (lam, b), evaluated in float64",
+        xlabel="n (kernel length = number of modes)", ylabel="relative error of the realised kernel (x: overflow)",
     )
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    path = out_dir / "stability.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
     return [path]

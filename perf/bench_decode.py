@@ -15,12 +15,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
 import etsc_triton as et
 from etsc_triton.nn.tnn import RelativePositionMLP, TNNConfig, TNNLanguageModel, make_decoder
 from etsc_triton.nn.toeplitz import ToeplitzSSM, mode_truncation_study
+
+from .plots import plt, save_loglog
 
 FAMILY = "decode"
 
@@ -203,11 +206,6 @@ def run(ctx) -> None:
 
 def plot(rows, out_dir):
     """``truncation.png``: relative kernel error (measured, solid) and its bound (dashed) vs modes kept."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     points = [r for r in rows if r["op"] == "truncation"]
     if not points:
         return []
@@ -224,16 +222,7 @@ def plot(rows, out_dir):
             label = f"{kind}: {'measured max error' if metric == 'kernel_error' else 'bound sum |b| dropped'}"
             ax.plot(xs, ys, style, color=colors.get(kind, None), label=label)
         title = points[0]["config"]
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("modes kept per channel (state size)")
-    ax.set_ylabel("kernel error / max |kernel| (worst channel)")
-    ax.set_title(f"ETSC mode truncation {title}", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "truncation.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    path = save_loglog(fig, ax, Path(out_dir) / "truncation.png", dpi=120, title=f"ETSC mode truncation {title}",
+                       xlabel="modes kept per channel (state size)",
+                       ylabel="kernel error / max |kernel| (worst channel)")
     return [path]

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 
 import etsc_triton as et
 
+from .plots import plt, save_loglog
+
 FAMILY = "memory"
 OP = "memory_layer"
 TAU = 8
@@ -161,11 +163,6 @@ def run(ctx):
 
 def plot(rows, out_dir):
     """Where the memory layer beats nn.Linear in wall time: time(linear) / time(triton) against T, per d."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     times = defaultdict(dict)
     for row in rows:
         if row["op"] != OP or row["metric"] != "time" or row["p50"] in (None, ""):
@@ -192,18 +189,9 @@ def plot(rows, out_dir):
             plt.close(fig)
             continue
         ax.axhline(1.0, color="black", lw=1)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("T (tokens)")
-        ax.set_ylabel("time(nn.Linear) / time(memory_layer)  (> 1: memory layer wins)")
-        ax.set_title(f"memory_layer ({mode}) against nn.Linear of the same shape\non {gpu}", fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"memory_layer_{mode}_vs_linear.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(save_loglog(
+            fig, ax, Path(out_dir) / f"memory_layer_{mode}_vs_linear.png", xlabel="T (tokens)",
+            ylabel="time(nn.Linear) / time(memory_layer)  (> 1: memory layer wins)",
+            title=f"memory_layer ({mode}) against nn.Linear of the same shape\non {gpu}",
+        ))
     return paths

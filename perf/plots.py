@@ -29,6 +29,22 @@ def _config_label(config: str) -> str:
     return ", ".join(f"{k}={v}" for k, v in items.items())
 
 
+def save_loglog(fig, ax, path: Path, *, title: str, xlabel: str, ylabel: str, dpi: int = 110) -> Path:
+    """Finish a log2-x / log-y figure the same way everywhere (labels, grid, legend), save it and close it."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def timing_groups(rows: list[dict]) -> dict[tuple, list[dict]]:
     """Time rows grouped by (op, mode, x_name, config)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -68,21 +84,11 @@ def draw_group(key: tuple, rows: list[dict], out_dir: Path) -> Path:
         if ours and best and ours[0]["p50"]:
             ax.annotate(f"{best['p50'] / ours[0]['p50']:.1f}x", (x, ours[0]["p50"]), textcoords="offset points",
                         xytext=(0, -14), ha="center", fontsize=8)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel(x_name)
-    ax.set_ylabel("time (ms, median; band p20-p80)")
     label = _config_label(config)
-    ax.set_title(f"{op} ({mode}) vs {x_name}{' | ' + label if label else ''}\n"
-                 f"on {gpu}; annotation: speedup of triton over the best baseline", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    title = (f"{op} ({mode}) vs {x_name}{' | ' + label if label else ''}\n"
+             f"on {gpu}; annotation: speedup of triton over the best baseline")
     path = out_dir / f"{_slug(op)}_{_slug(mode)}_vs_{_slug(x_name)}_{_slug(label) or 'all'}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_loglog(fig, ax, path, title=title, xlabel=x_name, ylabel="time (ms, median; band p20-p80)")
 
 
 def draw_all(rows: list[dict], out_dir: Path, modules: list) -> list[Path]:

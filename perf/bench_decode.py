@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -211,7 +212,6 @@ def plot(rows, out_dir):
         return []
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     colors = {"mlp_decay": "tab:green", "random": "tab:red"}
-    title = ""
     for kind in sorted({r["provider"] for r in points}):
         for metric, style in (("kernel_error", "o-"), ("kernel_bound", "s--")):
             series = sorted(
@@ -221,8 +221,10 @@ def plot(rows, out_dir):
             ys = [max(y, 1e-12) for _, y in series]
             label = f"{kind}: {'measured max error' if metric == 'kernel_error' else 'bound sum |b| dropped'}"
             ax.plot(xs, ys, style, color=colors.get(kind, None), label=label)
-        title = points[0]["config"]
-    path = save_loglog(fig, ax, Path(out_dir) / "truncation.png", dpi=120, title=f"ETSC mode truncation {title}",
+    cfg = json.loads(points[0]["config"])
+    title = (f"ETSC mode truncation: n={cfg['n']}, {cfg['d']} channels, gamma={cfg['gamma']} "
+             f"({points[0]['gpu']})\nrelative-position-MLP kernels with decay vs random kernels")
+    path = save_loglog(fig, ax, Path(out_dir) / "truncation.png", dpi=120, title=title,
                        xlabel="modes kept per channel (state size)",
                        ylabel="kernel error / max |kernel| (worst channel)")
     return [path]

@@ -154,4 +154,8 @@ def test_long_kernels_on_gpu(modes, length):
 def test_torch_compile():
     lam, b = random_ssm((16, 64), "cuda", seed=3)
     compiled = torch.compile(lambda x, y: et.ssm_kernel(x, y, 1000, backend="triton"), fullgraph=True)
-    assert_close(compiled(lam, b), et.ssm_kernel(lam, b, 1000, backend="triton"), atol=0, rtol=0)
+    out = compiled(lam, b)
+    # Same kernel, but inductor may compute the launcher's float64 log2|lam| and angle in its own kernels: a
+    # last-bit change there is multiplied by j (up to 999) and can flip an fp32 rounding, so not bit for bit.
+    assert rel_error(out, et.ssm_kernel(lam, b, 1000, backend="triton")) <= 1e-6
+    assert rel_error(out, oracle(lam, b, 1000)) <= RTOL_ISSUE

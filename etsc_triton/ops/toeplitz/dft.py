@@ -84,10 +84,12 @@ def _etsc_epilogue_kernel(
     else:
         weight = tl.full([BLOCK_K], 1.0, tl.float32)
     scale = (weight / m.to(tl.float32))[None, :]
-    cos32 = cos64.to(tl.float32)[None, :]
-    sin32 = sin64.to(tl.float32)[None, :]
-    raw_re = x_re - x_sum[:, None] * cos32  # conj(X_k) - X_0 exp(-2 pi i k / m), for the lower bin
-    raw_im = x_sum[:, None] * sin32 - x_im
+    # conj(X_k) - X_0 exp(-2 pi i k / m), for the lower bin. The product with the exact node is formed in
+    # float64: X_0 = sum t can be thousands of times any |X_k| / m, and a float32 node would add its rounding
+    # times X_0 to every mode.
+    x_sum64 = x_sum.to(tl.float64)[:, None]
+    raw_re = (x_re.to(tl.float64) - x_sum64 * cos64[None, :]).to(tl.float32)
+    raw_im = (x_sum64 * sin64[None, :] - x_im.to(tl.float64)).to(tl.float32)
     b_re = raw_re * scale
     b_im = raw_im * scale * sign[None, :]
 

@@ -36,8 +36,7 @@ class MemoryLayer(nn.Module):
         bias: `[out_features]` initialised to zeros, or None.
         projection: the ``nn.Linear`` or None.
         backend: ``"auto"`` (Triton on CUDA, the Torch reference elsewhere); set ``"triton"`` to run the
-            kernels
-            on CPU through Triton's interpreter.
+            kernels on CPU through Triton's interpreter.
 
     Example:
         >>> layer = MemoryLayer(64, 32, code_length=8)

@@ -83,18 +83,19 @@ def bench_toeplitz_to_ssm(ctx) -> None:
     compiled = torch.compile(naive.toeplitz_to_ssm) if ctx.on_gpu else None
     for n in ctx.sizes(quick=[15, 64], full=[64, 256, 1024, 4096, 16384, 65536]):
         for d in ctx.sizes(quick=[4], full=[64, 512, 4096]):
-            t = torch.randn(d, n, device=ctx.device)
             modes = (n + 1) // 2
             nbytes = 4 * d * n + 2 * 8 * d * modes
+            inputs = [(torch.randn(d, n, device=ctx.device),) for _ in range(ctx.copies(nbytes))]
+            t = inputs[0][0]
             config = {"d": d}
             providers = {
-                "triton": lambda t=t: et.toeplitz_to_ssm(t, backend="triton"),
-                "original": lambda t=t: original_conversion(t),
-                "torch": lambda t=t: et.toeplitz_to_ssm(t, backend="torch"),
+                "triton": lambda t: et.toeplitz_to_ssm(t, backend="triton"),
+                "original": original_conversion,
+                "torch": lambda t: et.toeplitz_to_ssm(t, backend="torch"),
+                "triton_uncompensated": lambda t: et.toeplitz_to_ssm(t, compensate=False, backend="triton"),
             }
             if compiled is not None:
-                providers["compile"] = lambda t=t: compiled(t)
-            providers["triton_uncompensated"] = lambda t=t: et.toeplitz_to_ssm(t, compensate=False, backend="triton")
+                providers["compile"] = compiled
             for provider, fn in providers.items():
                 ctx.time(
                     op="toeplitz_to_ssm",
@@ -103,9 +104,10 @@ def bench_toeplitz_to_ssm(ctx) -> None:
                     x_value=n,
                     config=config,
                     fn=fn,
+                    args=inputs,
                     bytes=nbytes,
                 )
-                lam, b = fn()
+                lam, b = fn(t)
                 ctx.value(
                     op="toeplitz_to_ssm",
                     provider=provider,

@@ -13,8 +13,6 @@ Flops (scan): 8 per mode per token (complex multiply-add), ``8 B L D N``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 import etsc_triton as et
@@ -24,16 +22,7 @@ from .harness import random_ssm
 
 FAMILY = "ssm"
 
-L2_BYTES = 64 << 20  # rotate over copies of the inputs until they exceed this (H100 L2: 50 MB)
-MAX_ROTATIONS = 16
 ORIGINAL_SCAN_TOKENS = 256  # the original per-token loop is timed over this many tokens, then scaled
-
-
-def rotations(nbytes: float, on_gpu: bool) -> int:
-    """How many input copies to rotate over so that the working set leaves L2 (1 on CPU)."""
-    if not on_gpu:
-        return 1
-    return int(min(MAX_ROTATIONS, max(1, math.ceil(L2_BYTES / max(nbytes, 1)))))
 
 
 def original_step(x, lam, b, holder):
@@ -66,7 +55,7 @@ def step_case(ctx, batch: int, channels: int, modes: int) -> None:
     lam, b = random_ssm(channels, modes, ctx.device)
     state_bytes = batch * channels * modes * 8
     nbytes = 2 * state_bytes + 2 * channels * modes * 8 + 2 * batch * channels * 4
-    copies = rotations(nbytes, ctx.on_gpu)
+    copies = ctx.copies(nbytes)
     xs = [torch.randn(batch, channels, device=ctx.device) for _ in range(copies)]
     states = [torch.zeros(batch, channels, modes, dtype=torch.complex64, device=ctx.device)
               for _ in range(copies)]

@@ -24,6 +24,9 @@ import torch
 
 from etsc_triton.ops.utils import device_slug
 
+L2_ROTATION_BYTES = 64 << 20  # more than the H100's 50 MB L2
+MAX_COPIES = 16
+
 COLUMNS = [
     "op", "provider", "mode", "metric", "unit", "x_name", "x_value", "p50", "p20", "p80", "floor",
     "config", "gpu", "torch", "triton", "commit", "time",
@@ -125,6 +128,16 @@ class Context:
     @property
     def on_gpu(self) -> bool:
         return self.device == "cuda"
+
+    def copies(self, nbytes: float) -> int:
+        """How many input sets to rotate over (``args=``) so that one pass over them leaves the L2 cache.
+
+        1 on a CPU. On a GPU ``ceil(L2_ROTATION_BYTES / nbytes)``, at most ``MAX_COPIES``: inputs that fit in
+        L2 would otherwise be timed from the cache.
+        """
+        if not self.on_gpu:
+            return 1
+        return int(min(MAX_COPIES, max(1, math.ceil(L2_ROTATION_BYTES / max(nbytes, 1)))))
 
     def sizes(self, *, quick: Sequence, full: Sequence) -> Sequence:
         """The sweep for this run: ``quick`` values under ``--quick``, else ``full``."""

@@ -489,8 +489,27 @@ def compile_one(record: dict, workdir: str) -> dict:
         stats = _ptxas_stats(kernel.asm["ptx"], arch, workdir)
         result["ptxas_source"] = "ptxas -v"
     result.update(stats)
+    result["global_access"] = global_access_widths(kernel.asm["ptx"])
     result["status"] = "OK"
     return result
+
+
+def global_access_widths(ptx: str) -> str:
+    """The global loads and stores in the PTX by width in bytes, e.g. ``ld 16B x4, 4B x2; st 16B x2``.
+
+    Answers METHOD's first question without a GPU: are the streaming accesses 16 bytes wide? (A ``.v4.b32``
+    access is 16 bytes, ``.v2.b32`` 8, a plain ``.b32`` 4.)
+    """
+    widths = {"ld": {}, "st": {}}
+    pattern = r"\b(ld|st)\.global(?:\.[a-z0-9_:]+)*?(?:\.v(\d))?\.[bfsu](\d+)\b"
+    for kind, vector, bits in re.findall(pattern, ptx):
+        size = int(vector or 1) * int(bits) // 8
+        widths[kind][size] = widths[kind].get(size, 0) + 1
+    parts = []
+    for kind, counts in widths.items():
+        if counts:
+            parts.append(f"{kind} " + ", ".join(f"{size}B x{n}" for size, n in sorted(counts.items(), reverse=True)))
+    return "; ".join(parts) or "-"
 
 
 def _compile_all(records: list[dict], jobs: int) -> list[dict]:
@@ -542,8 +561,8 @@ def render(results: list[dict], capture: dict, elapsed: dict) -> str:
         f"({_ptxas_version()}), smem (bytes): the compiled metadata. "
         "`args`: pointer arguments that are not *fp32, and ints the launch specialises to constexpr 1.",
         "",
-        "| kernel | config | args | warps | stages | regs | spill st/ld (B) | smem (B) | status |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| kernel | config | args | warps | stages | regs | spill st/ld (B) | smem (B) | global ld/st | status |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         spills = (f"{r['spill_stores']}/{r['spill_loads']}" if "spill_stores" in r else "-")
@@ -551,7 +570,7 @@ def render(results: list[dict], capture: dict, elapsed: dict) -> str:
         lines.append(
             f"| {_cell(r['kernel'].removeprefix('etsc_triton.ops.'))} | {_cell(r.get('config'))} | "
             f"{_cell(r.get('args') or '')} | {r['num_warps']} | {r['num_stages']} | {_cell(r.get('registers'))} | "
-            f"{spills} | {_cell(r.get('shared'))} | {_cell(status)} |"
+            f"{spills} | {_cell(r.get('shared'))} | {_cell(r.get('global_access'))} | {_cell(status)} |"
         )
     flagged = [r for r in results if r.get("spill_stores") or r.get("spill_loads") or (r.get("registers") or 0) > 200]
     lines += ["", "## Spills and high register counts (> 200)", ""]

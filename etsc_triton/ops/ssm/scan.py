@@ -49,6 +49,7 @@ def _ssm_scan_kernel(
     stride_sd,
     stride_sn,
     HAS_STATE: tl.constexpr,
+    STATE_CONTIGUOUS: tl.constexpr,
     SPLIT_MODES: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -59,18 +60,17 @@ def _ssm_scan_kernel(
     pid_b = tl.program_id(1).to(tl.int64)
     pid_n = tl.program_id(2)
     channels = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    modes = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    first = pid_n * BLOCK_N
     channel_ok = channels < n_channels
-    mask = channel_ok[:, None] & (modes < n_modes)[None, :]
+    row_mask = channel_ok[:, None]
     channels64 = channels.to(tl.int64)
-    modes64 = modes.to(tl.int64)[None, :]
-    param_offsets = channels64[:, None] * (2 * n_modes) + 2 * modes64
-    lam_re, lam_im = load_complex(lam_ptr + param_offsets, mask)
-    b_re, b_im = load_complex(b_ptr + param_offsets, mask)
+    param_rows = channels64[:, None] * (2 * n_modes)
+    lam_re, lam_im = load_complex(lam_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+    b_re, b_im = load_complex(b_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
     if HAS_STATE:
-        u_re, u_im = load_complex(
-            state_ptr + pid_b * stride_sb + channels64[:, None] * stride_sd + modes64 * stride_sn, mask
-        )
+        state_rows = state_ptr + pid_b * stride_sb + channels64[:, None] * stride_sd
+        u_re, u_im = load_complex(state_rows, row_mask, first, n_modes, stride_sn, BLOCK_D, BLOCK_N,
+                                  STATE_CONTIGUOUS)
     else:
         u_re = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
         u_im = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
@@ -86,8 +86,8 @@ def _ssm_scan_kernel(
         tl.store(out_ptrs, y_t.to(out_ptrs.dtype.element_ty), mask=channel_ok)
         x_ptrs += stride_xl
         out_ptrs += n_channels
-    final_offsets = (pid_b * n_channels + channels64[:, None]) * (2 * n_modes) + 2 * modes64
-    store_complex(final_ptr + final_offsets, u_re, u_im, mask)
+    final_rows = final_ptr + (pid_b * n_channels + channels64[:, None]) * (2 * n_modes)
+    store_complex(final_rows, row_mask, first, n_modes, 2, u_re, u_im, BLOCK_D, BLOCK_N, True)
 
 
 @triton.jit
@@ -133,7 +133,8 @@ def _ssm_scan_launch(
         batch, seq_len, channels, modes,
         x.stride(0), x.stride(1), x.stride(2),
         *(state_parts.stride()[:3] if state is not None else (0, 0, 0)),
-        HAS_STATE=state is not None, SPLIT_MODES=split, BLOCK_D=block_d, BLOCK_N=block_n,
+        HAS_STATE=state is not None, STATE_CONTIGUOUS=state is not None and state_parts.stride(2) == 2,
+        SPLIT_MODES=split, BLOCK_D=block_d, BLOCK_N=block_n,
         NUM_STAGES=1 if interpreter_enabled() else SCAN_STAGES, num_warps=SCAN_WARPS,
     )
     if split:

@@ -40,18 +40,38 @@ def ssm_update(u_re, u_im, lam_re, lam_im, b_re, b_im, x):
 
 
 @triton.jit
-def load_complex(re_ptrs, mask):
-    """Load interleaved complex64 values as ``(re, im)`` fp32 tiles; ``re_ptrs`` point at the real parts."""
-    pair = tl.arange(0, 2)
-    values = tl.load(re_ptrs[:, :, None] + pair[None, None, :], mask=mask[:, :, None], other=0.0)
-    return tl.split(values)
+def _complex_span(first_mode, n_modes, mode_stride, BLOCK_N: tl.constexpr, CONTIGUOUS: tl.constexpr):
+    """Float offsets (from a row's mode 0) and mask of modes ``[first_mode, first_mode + BLOCK_N)``, re/im
+    interleaved: ``[2 * BLOCK_N]``. CONTIGUOUS (mode stride 2 floats) makes the span one run of floats, which
+    the compiler reads and writes with 16-byte accesses; other strides fall back to per-element offsets."""
+    flat = 2 * first_mode + tl.arange(0, 2 * BLOCK_N)
+    if CONTIGUOUS:
+        offsets = flat.to(tl.int64)
+    else:
+        offsets = (flat // 2).to(tl.int64) * mode_stride + flat % 2
+    return offsets, flat < 2 * n_modes
 
 
 @triton.jit
-def store_complex(re_ptrs, re, im, mask):
-    """Store ``(re, im)`` fp32 tiles as interleaved complex64 at ``re_ptrs`` (pointers to the real parts)."""
-    pair = tl.arange(0, 2)
-    tl.store(re_ptrs[:, :, None] + pair[None, None, :], tl.join(re, im), mask=mask[:, :, None])
+def load_complex(row_ptrs, row_mask, first_mode, n_modes, mode_stride,
+                 BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, CONTIGUOUS: tl.constexpr):
+    """``(re, im)`` fp32 tiles ``[BLOCK_R, BLOCK_N]`` of modes ``first_mode..`` of interleaved complex64 rows.
+
+    ``row_ptrs`` ``[BLOCK_R, 1]`` point at each row's mode 0 (real part), ``row_mask`` ``[BLOCK_R, 1]``; masked
+    rows and modes ``>= n_modes`` read as 0. The row span is loaded flat and de-interleaved in registers.
+    """
+    offsets, mode_ok = _complex_span(first_mode, n_modes, mode_stride, BLOCK_N, CONTIGUOUS)
+    values = tl.load(row_ptrs + offsets[None, :], mask=row_mask & mode_ok[None, :], other=0.0)
+    return tl.split(tl.reshape(values, [BLOCK_R, BLOCK_N, 2]))
+
+
+@triton.jit
+def store_complex(row_ptrs, row_mask, first_mode, n_modes, mode_stride, re, im,
+                  BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, CONTIGUOUS: tl.constexpr):
+    """Store ``(re, im)`` tiles ``[BLOCK_R, BLOCK_N]`` as interleaved complex64 (the layout of :func:`load_complex`)."""
+    offsets, mode_ok = _complex_span(first_mode, n_modes, mode_stride, BLOCK_N, CONTIGUOUS)
+    values = tl.reshape(tl.join(re, im), [BLOCK_R, 2 * BLOCK_N])
+    tl.store(row_ptrs + offsets[None, :], values, mask=row_mask & mode_ok[None, :])
 
 
 @triton.jit
@@ -71,6 +91,7 @@ def _ssm_step_kernel(
     stride_sd,
     stride_sn,
     HAS_INDICES: tl.constexpr,
+    STATE_CONTIGUOUS: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -89,19 +110,18 @@ def _ssm_step_kernel(
     channels64 = channels.to(tl.int64)
     x = tl.load(x_ptr + row.to(tl.int64) * stride_xb + channels64 * stride_xd, mask=channel_ok, other=0.0)
     x = x.to(tl.float32)[:, None]
-    state_row = state_ptr + safe_slot * stride_sp + channels64[:, None] * stride_sd
-    param_row = channels64[:, None] * (2 * n_modes)
+    state_rows = state_ptr + safe_slot * stride_sp + channels64[:, None] * stride_sd
+    param_rows = channels64[:, None] * (2 * n_modes)
+    row_mask = (channel_ok & in_pool)[:, None]
     acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for first in tl.range(0, n_modes, BLOCK_N):
-        modes = first + tl.arange(0, BLOCK_N)
-        mask = (channel_ok & in_pool)[:, None] & (modes < n_modes)[None, :]
-        modes64 = modes.to(tl.int64)[None, :]
-        lam_re, lam_im = load_complex(lam_ptr + param_row + 2 * modes64, mask)
-        b_re, b_im = load_complex(b_ptr + param_row + 2 * modes64, mask)
-        state_ptrs = state_row + modes64 * stride_sn
-        u_re, u_im = load_complex(state_ptrs, mask)
+        lam_re, lam_im = load_complex(lam_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+        b_re, b_im = load_complex(b_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+        u_re, u_im = load_complex(state_rows, row_mask, first, n_modes, stride_sn, BLOCK_D, BLOCK_N,
+                                  STATE_CONTIGUOUS)
         u_re, u_im = ssm_update(u_re, u_im, lam_re, lam_im, b_re, b_im, x)
-        store_complex(state_ptrs, u_re, u_im, mask)
+        store_complex(state_rows, row_mask, first, n_modes, stride_sn, u_re, u_im, BLOCK_D, BLOCK_N,
+                      STATE_CONTIGUOUS)
         acc += tl.sum(u_re, axis=1)
     y = tl.where(slots < 0, 0.0, tl.where(in_pool, acc, float("nan")))
     tl.store(y_ptr + row.to(tl.int64) * n_channels + channels64, y.to(y_ptr.dtype.element_ty), mask=channel_ok)
@@ -135,7 +155,8 @@ def _ssm_step_launch(
         channels, modes, pool,
         x.stride(0), x.stride(1),
         state_parts.stride(0), state_parts.stride(1), state_parts.stride(2),
-        HAS_INDICES=state_indices is not None, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=STEP_WARPS,
+        HAS_INDICES=state_indices is not None, STATE_CONTIGUOUS=state_parts.stride(2) == 2,
+        BLOCK_D=block_d, BLOCK_N=block_n, num_warps=STEP_WARPS,
     )
     return y
 

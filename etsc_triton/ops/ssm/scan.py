@@ -18,10 +18,10 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ..utils import interpreter_enabled, resolve_backend
+from ..utils import interpreter_enabled, load_complex, resolve_backend, store_complex
 from . import naive
 from .naive import check_scan_inputs
-from .step import load_complex, mode_block_size, ssm_update, store_complex
+from .step import mode_block_size, ssm_update
 
 SCAN_WARPS = 1
 SCAN_MODES_PER_THREAD = 16

@@ -7,8 +7,9 @@ same mode blocks as the scan, :func:`mode_block_size`), so y is reduced inside t
 no atomics, no workspace. The state is read and written as interleaved complex64 (``[.., 2]`` float32 view).
 ``state_indices`` picks the state row of every row of x (continuous batching); a negative index is a padding row.
 
-The jit helpers here (:func:`ssm_update`, :func:`load_complex`, :func:`store_complex`) are the accumulation
-policy the scan shares: one order of operations for the update, one mode-block layout for the reduction.
+:func:`ssm_update` and :func:`mode_block_size` here are the accumulation policy the scan shares: one order of
+operations for the update, one mode-block layout for the reduction. Complex tiles move through
+``utils.load_complex`` / ``utils.store_complex`` (flat float spans: 16-byte accesses).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ..utils import complex_mul, resolve_backend
+from ..utils import complex_mul, load_complex, resolve_backend, store_complex
 from . import naive
 from .naive import check_step_inputs
 
@@ -37,41 +38,6 @@ def ssm_update(u_re, u_im, lam_re, lam_im, b_re, b_im, x):
     """``lam * u + b * x`` as ``(lam_re u_re - lam_im u_im) + b_re x``, ``(lam_re u_im + lam_im u_re) + b_im x``."""
     lu_re, lu_im = complex_mul(lam_re, lam_im, u_re, u_im)
     return lu_re + b_re * x, lu_im + b_im * x
-
-
-@triton.jit
-def _complex_span(first_mode, n_modes, mode_stride, BLOCK_N: tl.constexpr, CONTIGUOUS: tl.constexpr):
-    """Float offsets (from a row's mode 0) and mask of modes ``[first_mode, first_mode + BLOCK_N)``, re/im
-    interleaved: ``[2 * BLOCK_N]``. CONTIGUOUS (mode stride 2 floats) makes the span one run of floats, which
-    the compiler reads and writes with 16-byte accesses; other strides fall back to per-element offsets."""
-    flat = 2 * first_mode + tl.arange(0, 2 * BLOCK_N)
-    if CONTIGUOUS:
-        offsets = flat.to(tl.int64)
-    else:
-        offsets = (flat // 2).to(tl.int64) * mode_stride + flat % 2
-    return offsets, flat < 2 * n_modes
-
-
-@triton.jit
-def load_complex(row_ptrs, row_mask, first_mode, n_modes, mode_stride,
-                 BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, CONTIGUOUS: tl.constexpr):
-    """``(re, im)`` fp32 tiles ``[BLOCK_R, BLOCK_N]`` of modes ``first_mode..`` of interleaved complex64 rows.
-
-    ``row_ptrs`` ``[BLOCK_R, 1]`` point at each row's mode 0 (real part), ``row_mask`` ``[BLOCK_R, 1]``; masked
-    rows and modes ``>= n_modes`` read as 0. The row span is loaded flat and de-interleaved in registers.
-    """
-    offsets, mode_ok = _complex_span(first_mode, n_modes, mode_stride, BLOCK_N, CONTIGUOUS)
-    values = tl.load(row_ptrs + offsets[None, :], mask=row_mask & mode_ok[None, :], other=0.0)
-    return tl.split(tl.reshape(values, [BLOCK_R, BLOCK_N, 2]))
-
-
-@triton.jit
-def store_complex(row_ptrs, row_mask, first_mode, n_modes, mode_stride, re, im,
-                  BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr, CONTIGUOUS: tl.constexpr):
-    """Store ``(re, im)`` tiles ``[BLOCK_R, BLOCK_N]`` as interleaved complex64 (the layout of :func:`load_complex`)."""
-    offsets, mode_ok = _complex_span(first_mode, n_modes, mode_stride, BLOCK_N, CONTIGUOUS)
-    values = tl.reshape(tl.join(re, im), [BLOCK_R, 2 * BLOCK_N])
-    tl.store(row_ptrs + offsets[None, :], values, mask=row_mask & mode_ok[None, :])
 
 
 @triton.jit

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ..utils import resolve_backend
+from ..utils import load_complex, resolve_backend, store_complex
 from . import naive
 from .naive import check_toeplitz_args, etsc_mode_count
 
@@ -73,10 +73,15 @@ def _etsc_epilogue_kernel(
 
     x_width = (m // 2 + 1).to(tl.int64) * 2
     row_base = row.to(tl.int64) * x_width
-    tile_ok = row_ok[:, None] & k_ok[None, :]
-    x_off = row_base[:, None] + (source.to(tl.int64) * 2)[None, :]
-    x_re = tl.load(x_ptr + x_off, mask=tile_ok, other=0.0)
-    x_im = tl.load(x_ptr + x_off + 1, mask=tile_ok, other=0.0)
+    rows_ok = row_ok[:, None]
+    first = pid_k * BLOCK_K  # 0-based index of this block's first mode (mode k sits at index k - 1)
+    if FOLD:  # every kept mode is a lower bin: bins first+1.. are one contiguous span (16-byte loads)
+        x_re, x_im = load_complex(x_ptr + row_base[:, None] + 2, rows_ok, first, modes, 2, BLOCK_R, BLOCK_K, True)
+    else:  # modes above m/2 read their conjugate bin m - k: a gather
+        x_off = row_base[:, None] + (source.to(tl.int64) * 2)[None, :]
+        tile_ok = rows_ok & k_ok[None, :]
+        x_re = tl.load(x_ptr + x_off, mask=tile_ok, other=0.0)
+        x_im = tl.load(x_ptr + x_off + 1, mask=tile_ok, other=0.0)
     x_sum = tl.load(x_ptr + row_base, mask=row_ok, other=0.0)  # X_0 = sum_j t_j (real)
 
     if FOLD:
@@ -93,14 +98,12 @@ def _etsc_epilogue_kernel(
     b_re = raw_re * scale
     b_im = raw_im * scale * sign[None, :]
 
-    out_off = (row.to(tl.int64) * modes * 2)[:, None] + ((k - 1).to(tl.int64) * 2)[None, :]
-    out_off2 = out_off[:, :, None] + tl.arange(0, 2)[None, None, :]
+    out_rows = (row.to(tl.int64) * modes * 2)[:, None]
     if ACCUMULATE:
-        b_old = tl.load(b_ptr + out_off2, mask=tile_ok[:, :, None], other=0.0)
-        b_new = b_old + tl.join(b_re, b_im)
-    else:
-        b_new = tl.join(b_re, b_im)
-    tl.store(b_ptr + out_off2, b_new, mask=tile_ok[:, :, None])
+        b_old_re, b_old_im = load_complex(b_ptr + out_rows, rows_ok, first, modes, 2, BLOCK_R, BLOCK_K, True)
+        b_re += b_old_re
+        b_im += b_old_im
+    store_complex(b_ptr + out_rows, rows_ok, first, modes, 2, b_re, b_im, BLOCK_R, BLOCK_K, True)
 
     if STORE_NODES:
         if HAS_GAMMA_TENSOR:
@@ -111,7 +114,7 @@ def _etsc_epilogue_kernel(
         lam_im64 = gamma * (-sign.to(tl.float64) * sin64)[None, :]
         lam_re = lam_re64.to(tl.float32)
         lam_im = lam_im64.to(tl.float32)
-        tl.store(lam_ptr + out_off2, tl.join(lam_re, lam_im), mask=tile_ok[:, :, None])
+        store_complex(lam_ptr + out_rows, rows_ok, first, modes, 2, lam_re, lam_im, BLOCK_R, BLOCK_K, True)
         if STORE_RESIDUAL:
             # eps_k = (lam~_k - lam_k) / lam_k = (rounding error) * exp(+2 pi i k / m) / gamma, lower bins only.
             err_re = lam_re.to(tl.float64) - lam_re64
@@ -120,10 +123,9 @@ def _etsc_epilogue_kernel(
             eps_im = ((err_re * sin64[None, :] + err_im * cos64[None, :]) / gamma).to(tl.float32)
             res_re = raw_re * eps_re - raw_im * eps_im
             res_im = -(raw_re * eps_im + raw_im * eps_re)
-            res_off = row_base[:, None] + (k.to(tl.int64) * 2)[None, :]
-            res_off2 = res_off[:, :, None] + tl.arange(0, 2)[None, None, :]
-            res_ok = tile_ok & lower[None, :]
-            tl.store(residual_ptr + res_off2, tl.join(res_re, res_im), mask=res_ok[:, :, None])
+            # bins 1..m//2 hold the lower modes, which are the first m // 2 modes
+            store_complex(residual_ptr + row_base[:, None] + 2, rows_ok, first, m // 2, 2, res_re, res_im,
+                          BLOCK_R, BLOCK_K, True)
             if pid_k == 0:  # bin 0 (no mode): zero, so that the inverse transform adds no constant
                 tl.store(residual_ptr + row_base, tl.zeros([BLOCK_R], tl.float32), mask=row_ok)
                 tl.store(residual_ptr + row_base + 1, tl.zeros([BLOCK_R], tl.float32), mask=row_ok)

@@ -165,7 +165,7 @@ def _capture_cases():
     cases = []
 
     # toeplitz_to_ssm: real/complex, compensate on/off, scalar/tensor gamma, small and large mode counts.
-    for n in (63, 2100):
+    for n in (63, 2048, 2100):  # 2048: aligned rows and a mode count divisible by 16 (the usual case)
         for real in (True, False):
             for compensate in (True, False):
                 for gamma in (None, 0.99, "tensor"):
@@ -192,8 +192,9 @@ def _capture_cases():
                 et.vandermonde_solve(lam[None], t[None], **tr)
             cases.append((f"vandermonde_solve N={size} complex_rhs={complex_rhs}", run))
 
-    # ssm_scan: N <= 512 and the split-modes path N > 512, with / without state, fp32 / bf16 x.
-    for channels, modes in ((5, 33), (64, 16), (3, 600)):
+    # ssm_scan: N <= 512 and the split-modes path N > 512, with / without state, fp32 / bf16 x; (64, 64) and
+    # (64, 256) are aligned, realistic shapes (vector widths depend on divisibility by 16).
+    for channels, modes in ((5, 33), (64, 16), (64, 64), (3, 600)):
         for dtype in (torch.float32, torch.bfloat16):
             for with_state in (False, True):
                 def run(channels=channels, modes=modes, dtype=dtype, with_state=with_state):
@@ -202,8 +203,8 @@ def _capture_cases():
                     et.ssm_scan(x, nodes(channels, modes), randc(channels, modes), state, **tr)
                 cases.append((f"ssm_scan D={channels} N={modes} {dtype} state={with_state}", run))
 
-    # ssm_step: with / without state_indices, fp32 / bf16 x, small and split mode counts.
-    for channels, modes in ((5, 33), (64, 16), (3, 600)):
+    # ssm_step: with / without state_indices, fp32 / bf16 x, small and split mode counts, aligned shapes.
+    for channels, modes in ((5, 33), (64, 16), (64, 256), (3, 600)):
         for dtype in (torch.float32, torch.bfloat16):
             for indexed in (False, True):
                 def run(channels=channels, modes=modes, dtype=dtype, indexed=indexed):
@@ -218,7 +219,7 @@ def _capture_cases():
     for dtype in (torch.float32, torch.bfloat16):
         for gamma in (None, 0.99, "tensor"):
             def run(dtype=dtype, gamma=gamma):
-                n, channels = 31, 5
+                n, channels = 31, 64
                 _, b = et.toeplitz_to_ssm(torch.randn(channels, n), backend="torch")
                 g = torch.full((channels,), 0.98) if gamma == "tensor" else gamma
                 et.ssm_prefill_state(torch.randn(2, 40, channels).to(dtype), b, n, g, **tr)

@@ -157,9 +157,14 @@ def _unit_angles(modes: int, m: int, device: torch.device) -> torch.Tensor:
     return torch.stack((torch.cos(angle), torch.sin(angle)), dim=-1)
 
 
+# Modes x rows per epilogue program: 8 per thread at 4 warps. 2048 took the compensating pass to 205-255
+# registers, with spills on triton 3.6 (perf/NOTES.md).
+EPILOGUE_TILE = 1024
+
+
 def _epilogue_blocks(modes: int) -> tuple[int, int]:
-    block_k = min(triton.next_power_of_2(modes), 1024)
-    block_r = max(1, 2048 // block_k)
+    block_k = min(triton.next_power_of_2(modes), EPILOGUE_TILE)
+    block_r = max(1, EPILOGUE_TILE // block_k)
     return block_r, block_k
 
 

@@ -145,11 +145,15 @@ def _hash_backward_kernel(z_ptr, dscores_ptr, dz_ptr, T, K, inv_temperature,
              mask=mask)
 
 
+BACKWARD_MAX_BLOCK_D = 128  # 32 x 256 bf16 tiles took the atomic backward to 238-243 registers (perf/NOTES.md)
+
+
 def backward_blocks(d_out: int, element_size: int) -> tuple[int, int]:
-    """``(BLOCK_T, BLOCK_D)`` of the backward kernels: 512-byte rows on the GPU, small when interpreted."""
+    """``(BLOCK_T, BLOCK_D)`` of the backward kernels: row chunks of at most 512 bytes and 128 values on the GPU,
+    small when interpreted."""
     if interpreter_enabled():
         return 16, 32
-    return 32, min(triton.next_power_of_2(d_out), 512 // element_size)
+    return 32, min(triton.next_power_of_2(d_out), 512 // element_size, BACKWARD_MAX_BLOCK_D)
 
 
 def _dtables_deterministic(codes: torch.Tensor, scores: torch.Tensor, dy: torch.Tensor, rows: int,

@@ -25,6 +25,7 @@ import torch
 
 import etsc_triton as et
 from etsc_triton.ops.toeplitz import naive
+from etsc_triton.ops.toeplitz.naive import realised_kernel64
 
 from .harness import random_ssm
 from .plots import plt, save_loglog
@@ -46,27 +47,6 @@ def original_conversion(t: torch.Tensor, gamma: float = 1.0):
     keep = (n + 1) // 2
     b = b[..., :keep] * torch.where(2 * k[:keep] == m, 1.0, 2.0)
     return lam[:keep].expand_as(b), b
-
-
-def realised_kernel64(lam: torch.Tensor, b: torch.Tensor, length: int) -> torch.Tensor:
-    """``Re sum_s b_s lam_s^j`` in float64 without the N x L matrix: j = A * block + a, two small matmuls."""
-    lam = lam.to(torch.complex128)
-    b = b.to(torch.complex128)
-    block = max(1, math.isqrt(max(length, 1)))
-    anchors = math.ceil(length / block)
-    log_mag = torch.log(lam.abs()).clamp_min(-1e30)
-    angle = torch.angle(lam)
-
-    def powers(exponent):  # lam^exponent, [..., N, E]
-        e = exponent.to(torch.float64)
-        phase = torch.remainder(angle[..., None] * e, 2 * math.pi)
-        return torch.polar(torch.exp(log_mag[..., None] * e), phase)
-
-    device = lam.device
-    coeff = b[..., :, None] * powers(torch.arange(anchors, device=device) * block)  # [..., N, A]
-    inner = powers(torch.arange(block, device=device))  # [..., N, BL]
-    out = torch.einsum("...sa,...sj->...aj", coeff, inner).real
-    return out.reshape(*out.shape[:-2], anchors * block)[..., :length]
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 
 import etsc_triton as et
 from etsc_triton import reference
-from etsc_triton.ops.toeplitz.naive import node_rounding_correction
-from perf.bench_conversion import realised_kernel64
+from etsc_triton.ops.toeplitz.naive import node_rounding_correction, realised_kernel64
 
 
 def kernel_rtol(n):

@@ -218,6 +218,38 @@ def ssm_kernel(lam, b, length):
     return torch.einsum("...s,...sj->...j", b.to(lam.dtype), powers).real.to(out_dtype).contiguous()
 
 
+def realised_kernel64(lam: torch.Tensor, b: torch.Tensor, length: int) -> torch.Tensor:
+    """``Re sum_s b_s lam_s^j`` in float64 without the N x L matrix (j = A * block + a, two small products).
+
+    The accuracy oracle of the tests and benchmarks for long kernels, where :func:`ssm_kernel`'s materialised
+    N x L complex128 matrix would not fit: memory O(N * sqrt(L)) per row.
+
+    Args:
+        lam, b: `[..., N]` complex.
+        length: number of lags L >= 0.
+
+    Returns:
+        K `[..., L]` float64.
+    """
+    lam = lam.to(torch.complex128)
+    b = b.to(torch.complex128)
+    block = max(1, math.isqrt(max(length, 1)))
+    anchors = math.ceil(length / block)
+    log_mag = torch.log(lam.abs()).clamp_min(-1e30)
+    angle = torch.angle(lam)
+
+    def powers(exponent):  # lam^exponent, [..., N, E]
+        e = exponent.to(torch.float64)
+        phase = torch.remainder(angle[..., None] * e, 2 * math.pi)
+        return torch.polar(torch.exp(log_mag[..., None] * e), phase)
+
+    device = lam.device
+    coeff = b[..., :, None] * powers(torch.arange(anchors, device=device) * block)  # [..., N, A]
+    inner = powers(torch.arange(block, device=device))  # [..., N, BL]
+    out = torch.einsum("...sa,...sj->...aj", coeff, inner).real
+    return out.reshape(*out.shape[:-2], anchors * block)[..., :length]
+
+
 def vandermonde_solve(lam, t):
     """Bjorck-Pereyra solve of ``sum_s b_s lam_s^j = t_j`` (j < N), vectorised over the batch.
 

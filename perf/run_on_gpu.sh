@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call per stage (each well inside the device tool's 10-minute limit), results under $OUT.
 #
-#   bash perf/run_on_gpu.sh tests          # GPU test suite (compiled kernels + gpu-marked tests)
+#   bash perf/run_on_gpu.sh tests          # GPU test suite (compiled kernels + gpu-marked tests), host overhead
 #   bash perf/run_on_gpu.sh conversion     # one perf family: conversion | ssm | memory | decode
 #   bash perf/run_on_gpu.sh demo           # the end-to-end demo at the GPU size
 #   bash perf/run_on_gpu.sh regression     # pytest-benchmark suite, saved as a baseline
@@ -18,6 +18,10 @@ python -c "import torch, triton; print('torch', torch.__version__, 'triton', tri
 case "$stage" in
   tests)
     python -m pytest -q tests -p no:cacheprovider -p no:benchmark -rfE 2>&1 | tee "$out/tests.log" | tail -40
+    rc=${PIPESTATUS[0]}
+    python -m perf.host_overhead 2>&1 | tee "$out/host_overhead.txt"
+    tar czf "$out/$stage.tgz" -C "$out" tests.log host_overhead.txt
+    exit "$rc"
     ;;
   conversion|ssm|memory|decode)
     python -m perf --only "$stage" 2>&1 | tee "$out/perf_$stage.log" | grep -v '^\[' | tail -60

@@ -11,17 +11,29 @@ Error messages name the argument and say what was expected and what arrived, for
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import triton
 import triton.language as tl  # noqa: F401  (jit functions need triton.language visible in their module)
+from torch.library import triton_op
 
 BACKENDS = ("auto", "triton", "torch")
 
 REAL_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 COMPLEX_DTYPES = (torch.complex64, torch.complex128)
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for host code (``triton.cdiv`` costs about 1.5 us per call on triton 3.9)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two ``>= n`` (1 for ``n <= 1``); host code, like :func:`cdiv`."""
+    return 1 << max(0, int(n) - 1).bit_length()
 
 
 def interpreter_enabled() -> bool:
@@ -56,6 +68,31 @@ def resolve_backend(fn_name: str, backend: str, *tensors: torch.Tensor) -> str:
             f"triton to run on CPU), got tensors on {devices}"
         )
     return backend
+
+
+def registered_launcher(name: str, *, mutates_args: Iterable[str] = ()) -> Callable[[Callable], Callable]:
+    """Register a launcher as the custom op ``name`` (``torch.library.triton_op``) and return a caller.
+
+    Under ``torch.compile`` the caller goes through the registered op, which is what the compiler traces. Eager
+    calls run the launcher directly: the custom-op dispatch (autograd and in-place-or-view layers, argument
+    normalisation) costs about 30 us of host time per call, measured on the development CPU (see
+    perf/NOTES.md), which is several times a decode step's whole GPU time. The op stays reachable as
+    ``caller.op`` (and as ``torch.ops.etsc_triton.<name>``).
+    """
+
+    def register(launch: Callable) -> Callable:
+        op = triton_op(name, mutates_args=tuple(mutates_args))(launch)
+
+        @functools.wraps(launch)
+        def caller(*args):
+            if torch.compiler.is_compiling():
+                return op(*args)
+            return launch(*args)
+
+        caller.op = op
+        return caller
+
+    return register
 
 
 def check_tensor(

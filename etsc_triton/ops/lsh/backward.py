@@ -20,9 +20,9 @@ with ``sign(0) = 0`` (torch's ``abs`` convention; the codes are piecewise consta
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from ..utils import interpreter_enabled
+from ..utils import cdiv, interpreter_enabled, next_power_of_2, registered_launcher
 
 
 @triton.jit
@@ -153,7 +153,7 @@ def backward_blocks(d_out: int, element_size: int) -> tuple[int, int]:
     small when interpreted."""
     if interpreter_enabled():
         return 16, 32
-    return 32, min(triton.next_power_of_2(d_out), 512 // element_size, BACKWARD_MAX_BLOCK_D)
+    return 32, min(next_power_of_2(d_out), 512 // element_size, BACKWARD_MAX_BLOCK_D)
 
 
 def _dtables_deterministic(codes: torch.Tensor, scores: torch.Tensor, dy: torch.Tensor, rows: int,
@@ -168,7 +168,7 @@ def _dtables_deterministic(codes: torch.Tensor, scores: torch.Tensor, dy: torch.
     bounds = torch.searchsorted(sorted_keys, row_ids)
     dtables = torch.empty(num_tables, rows, d_out, device=dy.device, dtype=out_dtype)
     block_t, block_d = backward_blocks(d_out, dtables.element_size())
-    grid = (num_tables * rows, triton.cdiv(d_out, block_d))
+    grid = (num_tables * rows, cdiv(d_out, block_d))
     wrap_triton(_dtables_segment_kernel)[grid](
         order, bounds, scores, dy, dtables, num_tables, d_out, dy.stride(0), BLOCK_T=block_t, BLOCK_D=block_d,
     )
@@ -200,11 +200,11 @@ def launch_gather_backward(
         dtables_acc = torch.empty(0, device=tables.device, dtype=torch.float32)
     if need_input_grad or atomic:
         block_t, block_d = backward_blocks(d_out, tables.element_size())
-        grid = (triton.cdiv(num_tokens, block_t), num_tables)
+        grid = (cdiv(num_tokens, block_t), num_tables)
         wrap_triton(_gather_backward_kernel)[grid](
             x if hash_x else codes, codes, scores, dy, tables, input_grad, input_grad, dtables_acc,
             num_tokens, num_tables, rows, d_out, x.stride(0) if hash_x else 0, dy.stride(0), inv_temperature,
-            TAU=tau, TAU_P2=triton.next_power_of_2(tau), HASH=hash_x, MAGNITUDE=magnitude,
+            TAU=tau, TAU_P2=next_power_of_2(tau), HASH=hash_x, MAGNITUDE=magnitude,
             COMPUTE_DSCORE=need_input_grad, ATOMIC_DTABLES=atomic, BLOCK_T=block_t, BLOCK_D=block_d,
         )
     if not need_dtables:
@@ -216,7 +216,7 @@ def launch_gather_backward(
     return input_grad, dtables
 
 
-@triton_op("etsc_triton::memory_layer_backward", mutates_args=())
+@registered_launcher("etsc_triton::memory_layer_backward", mutates_args=())
 def memory_layer_backward(
     x: torch.Tensor, codes: torch.Tensor, scores: torch.Tensor, tables: torch.Tensor, dy: torch.Tensor,
     inv_temperature: float, magnitude: bool, need_dx: bool, need_dtables: bool, deterministic: bool,
@@ -226,7 +226,7 @@ def memory_layer_backward(
                                   need_dtables, deterministic)
 
 
-@triton_op("etsc_triton::memory_gather_backward", mutates_args=())
+@registered_launcher("etsc_triton::memory_gather_backward", mutates_args=())
 def memory_gather_backward(
     codes: torch.Tensor, scores: torch.Tensor, tables: torch.Tensor, dy: torch.Tensor,
     need_dscores: bool, need_dtables: bool, deterministic: bool,
@@ -236,7 +236,7 @@ def memory_gather_backward(
                                   deterministic)
 
 
-@triton_op("etsc_triton::lsh_hash_backward", mutates_args=())
+@registered_launcher("etsc_triton::lsh_hash_backward", mutates_args=())
 def lsh_hash_backward(z: torch.Tensor, dscores: torch.Tensor, inv_temperature: float,
                       magnitude: bool) -> torch.Tensor:
     """``dz [T, K*tau]`` from ``dscores [T, K]`` (both contiguous)."""
@@ -244,9 +244,9 @@ def lsh_hash_backward(z: torch.Tensor, dscores: torch.Tensor, inv_temperature: f
     tau = z.shape[1] // num_tables
     dz = torch.empty(z.shape, device=z.device, dtype=z.dtype)
     block_t = 16 if interpreter_enabled() else 64
-    grid = (triton.cdiv(num_tokens, block_t), num_tables)
+    grid = (cdiv(num_tokens, block_t), num_tables)
     wrap_triton(_hash_backward_kernel)[grid](
         z, dscores, dz, num_tokens, num_tables, inv_temperature,
-        TAU=tau, TAU_P2=triton.next_power_of_2(tau), MAGNITUDE=magnitude, BLOCK_T=block_t,
+        TAU=tau, TAU_P2=next_power_of_2(tau), MAGNITUDE=magnitude, BLOCK_T=block_t,
     )
     return dz

@@ -15,9 +15,9 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from ..utils import interpreter_enabled, resolve_backend
+from ..utils import cdiv, interpreter_enabled, next_power_of_2, registered_launcher, resolve_backend
 from . import naive
 from .backward import hash_tile, lsh_hash_backward, memory_gather_backward, memory_layer_backward
 from .naive import validate_gather, validate_hash, validate_layer
@@ -95,6 +95,7 @@ def _lsh_hash_kernel(z_ptr, codes_ptr, scores_ptr, T, K, inv_temperature,
 
 
 @functools.cache
+@functools.lru_cache(maxsize=None)
 def _num_sms(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
@@ -104,7 +105,7 @@ def forward_blocks(num_tokens: int, d_out: int, element_size: int) -> tuple[int,
     if interpreter_enabled():
         return 16, 32
     block_t = 16 if num_tokens <= 16 else 32
-    return block_t, min(triton.next_power_of_2(d_out), 512 // element_size)
+    return block_t, min(next_power_of_2(d_out), 512 // element_size)
 
 
 def choose_k_split(num_tokens: int, num_tables: int, d_out: int, block_t: int, block_d: int,
@@ -115,11 +116,11 @@ def choose_k_split(num_tokens: int, num_tables: int, d_out: int, block_t: int, b
     """
     sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device()) \
         if device.type == "cuda" else 2
-    base = triton.cdiv(num_tokens, block_t) * triton.cdiv(d_out, block_d)
+    base = cdiv(num_tokens, block_t) * cdiv(d_out, block_d)
     if base >= 2 * sms:
         return 1, num_tables
-    tables_per_split = triton.cdiv(num_tables, min(num_tables, triton.cdiv(4 * sms, base)))
-    return triton.cdiv(num_tables, tables_per_split), tables_per_split
+    tables_per_split = cdiv(num_tables, min(num_tables, cdiv(4 * sms, base)))
+    return cdiv(num_tables, tables_per_split), tables_per_split
 
 
 def _launch_forward(x, codes, scores, tables, bias, inv_temperature, magnitude, write_codes, out_dtype):
@@ -134,24 +135,24 @@ def _launch_forward(x, codes, scores, tables, bias, inv_temperature, magnitude, 
     num_splits, tables_per_split = choose_k_split(num_tokens, num_tables, d_out, block_t, block_d, device)
     split = num_splits > 1
     target = torch.empty(num_splits, num_tokens, d_out, device=device, dtype=torch.float32) if split else out
-    grid = (triton.cdiv(num_tokens, block_t), triton.cdiv(d_out, block_d), num_splits)
+    grid = (cdiv(num_tokens, block_t), cdiv(d_out, block_d), num_splits)
     wrap_triton(_memory_forward_kernel)[grid](
         x if hash_x else codes, codes, scores, tables, bias if bias is not None else tables, target,
         num_tokens, num_tables, rows, d_out, x.stride(0) if hash_x else 0, tables_per_split, inv_temperature,
-        TAU=tau, TAU_P2=triton.next_power_of_2(tau), HASH=hash_x, MAGNITUDE=magnitude,
+        TAU=tau, TAU_P2=next_power_of_2(tau), HASH=hash_x, MAGNITUDE=magnitude,
         WRITE_CODES=write_codes, HAS_BIAS=bias is not None, SPLIT=split, BLOCK_T=block_t, BLOCK_D=block_d,
     )
     if split:
         numel = num_tokens * d_out
         block = 256 if interpreter_enabled() else 1024
-        wrap_triton(_split_reduce_kernel)[(triton.cdiv(numel, block),)](
+        wrap_triton(_split_reduce_kernel)[(cdiv(numel, block),)](
             target, bias if bias is not None else target, out, numel, d_out, num_splits,
             HAS_BIAS=bias is not None, BLOCK=block,
         )
     return out
 
 
-@triton_op("etsc_triton::memory_layer_forward", mutates_args=())
+@registered_launcher("etsc_triton::memory_layer_forward", mutates_args=())
 def memory_layer_forward(
     x: torch.Tensor, tables: torch.Tensor, bias: Optional[torch.Tensor], inv_temperature: float,  # noqa: UP045
     magnitude: bool, write_codes: bool,
@@ -165,14 +166,14 @@ def memory_layer_forward(
     return y, codes, scores
 
 
-@triton_op("etsc_triton::memory_gather_forward", mutates_args=())
+@registered_launcher("etsc_triton::memory_gather_forward", mutates_args=())
 def memory_gather_forward(codes: torch.Tensor, scores: torch.Tensor, tables: torch.Tensor,
                           bias: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP045
     """``y [T, d_out]`` in ``tables.dtype`` from codes ``[T, K]`` and scores ``[T, K]`` (contiguous)."""
     return _launch_forward(None, codes, scores, tables, bias, 1.0, False, False, tables.dtype)
 
 
-@triton_op("etsc_triton::lsh_hash_forward", mutates_args=())
+@registered_launcher("etsc_triton::lsh_hash_forward", mutates_args=())
 def lsh_hash_forward(z: torch.Tensor, num_tables: int, inv_temperature: float,
                      magnitude: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``(codes int32 [T, K], scores fp32 [T, K])`` of contiguous ``z [T, K*tau]``."""
@@ -181,11 +182,17 @@ def lsh_hash_forward(z: torch.Tensor, num_tables: int, inv_temperature: float,
     codes = torch.empty(num_tokens, num_tables, device=z.device, dtype=torch.int32)
     scores = torch.empty(num_tokens, num_tables, device=z.device, dtype=torch.float32)
     block_t = 16 if interpreter_enabled() else 64
-    wrap_triton(_lsh_hash_kernel)[(triton.cdiv(num_tokens, block_t), num_tables)](
+    wrap_triton(_lsh_hash_kernel)[(cdiv(num_tokens, block_t), num_tables)](
         z, codes, scores, num_tokens, num_tables, inv_temperature,
-        TAU=tau, TAU_P2=triton.next_power_of_2(tau), MAGNITUDE=magnitude, BLOCK_T=block_t,
+        TAU=tau, TAU_P2=next_power_of_2(tau), MAGNITUDE=magnitude, BLOCK_T=block_t,
     )
     return codes, scores
+
+
+def _needs_grad(tensors) -> bool:
+    """Whether autograd records this call; without it the launchers run directly (no autograd.Function:
+    it costs several us of host time per call, which a decode-sized call cannot afford)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
@@ -275,8 +282,9 @@ def lsh_hash(z, *, temperature=1.0, weighting="paper", backend="auto"):
     num_tables, tau = validate_hash("lsh_hash", z, temperature, weighting)
     if resolve_backend("lsh_hash", backend, z) == "torch":
         return naive.lsh_hash(z, temperature=temperature, weighting=weighting)
-    z2d = _rows(z, num_tables * tau).contiguous()
-    codes, scores = _LshHashFunction.apply(z2d, num_tables, 1.0 / temperature, weighting == "magnitude")
+    args = (_rows(z, num_tables * tau).contiguous(), num_tables, 1.0 / temperature, weighting == "magnitude")
+    hash_fn = _LshHashFunction.apply if _needs_grad([z]) else lsh_hash_forward
+    codes, scores = hash_fn(*args)
     return codes.reshape(z.shape[:-1]), scores.reshape(z.shape[:-1])
 
 
@@ -308,11 +316,11 @@ def memory_gather(codes, scores, tables, bias=None, *, deterministic=False, back
     if resolve_backend("memory_gather", backend, *tensors) == "torch":
         return naive.memory_gather(codes, scores, tables, bias, deterministic=deterministic)
     lead = codes.shape[:-1]
-    y = _MemoryGatherFunction.apply(
-        codes.reshape(-1, num_tables).contiguous(), scores.reshape(-1, num_tables).contiguous(),
-        tables.contiguous(), None if bias is None else bias.contiguous(), deterministic,
-    )
-    return y.reshape(*lead, d_out)
+    args = (codes.reshape(-1, num_tables).contiguous(), scores.reshape(-1, num_tables).contiguous(),
+            tables.contiguous(), None if bias is None else bias.contiguous())
+    if not _needs_grad(tensors):
+        return memory_gather_forward(*args).reshape(*lead, d_out)
+    return _MemoryGatherFunction.apply(*args, deterministic).reshape(*lead, d_out)
 
 
 def memory_layer(x, tables, bias=None, *, temperature=1.0, weighting="paper", deterministic=False,
@@ -348,7 +356,9 @@ def memory_layer(x, tables, bias=None, *, temperature=1.0, weighting="paper", de
                                   deterministic=deterministic)
     lead = x.shape[:-1]
     bias = None if bias is None else bias.contiguous()
-    recording = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    y = _MemoryLayerFunction.apply(_rows(x, num_tables * tau), tables.contiguous(), bias, 1.0 / temperature,
-                                   weighting == "magnitude", deterministic, recording)
+    args = (_rows(x, num_tables * tau), tables.contiguous(), bias, 1.0 / temperature, weighting == "magnitude")
+    if not _needs_grad(tensors):
+        y, _, _ = memory_layer_forward(*args, False)
+        return y.reshape(*lead, d_out)
+    y = _MemoryLayerFunction.apply(*args, deterministic, True)
     return y.reshape(*lead, d_out)

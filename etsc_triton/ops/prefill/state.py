@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from ..utils import interpreter_enabled, resolve_backend
+from ..utils import cdiv, interpreter_enabled, registered_launcher, resolve_backend
 from . import naive
 from .naive import FN_NAME, check_prefill_inputs
 
@@ -64,7 +64,7 @@ def _fold_prompt_kernel(
     tl.store(out, acc, mask=residue_ok[:, None] & channel_ok[None, :])
 
 
-@triton_op("etsc_triton::fold_prompt", mutates_args=())
+@registered_launcher("etsc_triton::fold_prompt", mutates_args=())
 def _fold_prompt(x: torch.Tensor, log2_gamma: torch.Tensor, period: int) -> torch.Tensor:
     """Launch the fold: x ``[B, L, D]`` (any strides, any float dtype) -> r ``[B, D, period]`` float32."""
     batch, length, channels = x.shape
@@ -73,13 +73,13 @@ def _fold_prompt(x: torch.Tensor, log2_gamma: torch.Tensor, period: int) -> torc
         block_m, block_d, warps = 16, 16, 1
     else:
         block_m, block_d, warps = 64, 64, 4
-    grid = (triton.cdiv(period, block_m), triton.cdiv(channels, block_d), batch)
+    grid = (cdiv(period, block_m), cdiv(channels, block_d), batch)
     wrap_triton(_fold_prompt_kernel)[grid](
         x,
         log2_gamma,
         r,
         length,
-        triton.cdiv(length, period),
+        cdiv(length, period),
         channels,
         period,
         x.stride(0),

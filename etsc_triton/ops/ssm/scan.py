@@ -16,9 +16,17 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from ..utils import interpreter_enabled, load_complex, resolve_backend, store_complex
+from ..utils import (
+    cdiv,
+    interpreter_enabled,
+    load_complex,
+    next_power_of_2,
+    registered_launcher,
+    resolve_backend,
+    store_complex,
+)
 from . import naive
 from .naive import check_scan_inputs
 from .step import mode_block_size, ssm_update
@@ -105,11 +113,11 @@ def scan_blocks(channels: int, modes: int) -> tuple[int, int]:
     """``(BLOCK_D, BLOCK_N)``: about SCAN_MODES_PER_THREAD modes per thread (one warp per program)."""
     block_n = mode_block_size(modes)
     per_program = 32 * SCAN_WARPS * SCAN_MODES_PER_THREAD
-    block_d = max(1, min(32, triton.next_power_of_2(channels), per_program // block_n))
+    block_d = max(1, min(32, next_power_of_2(channels), per_program // block_n))
     return block_d, block_n
 
 
-@triton_op("etsc_triton::ssm_scan", mutates_args=())
+@registered_launcher("etsc_triton::ssm_scan", mutates_args=())
 def _ssm_scan_launch(
     x: torch.Tensor, lam: torch.Tensor, b: torch.Tensor, state: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,7 +125,7 @@ def _ssm_scan_launch(
     batch, seq_len, channels = x.shape
     modes = lam.shape[1]
     block_d, block_n = scan_blocks(channels, modes)
-    n_mode_blocks = triton.cdiv(modes, block_n)
+    n_mode_blocks = cdiv(modes, block_n)
     split = n_mode_blocks > 1
     y = torch.empty((batch, seq_len, channels), device=x.device, dtype=x.dtype)
     final_state = torch.empty((batch, channels, modes), device=x.device, dtype=torch.complex64)
@@ -126,7 +134,7 @@ def _ssm_scan_launch(
     partial_shape = (n_mode_blocks, batch, seq_len, channels)
     partial = torch.empty(partial_shape, device=x.device, dtype=torch.float32) if split else unused
     state_parts = torch.view_as_real(state) if state is not None else unused
-    grid = (triton.cdiv(channels, block_d), batch, n_mode_blocks)
+    grid = (cdiv(channels, block_d), batch, n_mode_blocks)
     wrap_triton(_ssm_scan_kernel)[grid](
         x, torch.view_as_real(lam), torch.view_as_real(b), state_parts, y, partial,
         torch.view_as_real(final_state),
@@ -139,7 +147,7 @@ def _ssm_scan_launch(
     )
     if split:
         numel = y.numel()
-        wrap_triton(_sum_mode_blocks_kernel)[(triton.cdiv(numel, REDUCE_BLOCK),)](
+        wrap_triton(_sum_mode_blocks_kernel)[(cdiv(numel, REDUCE_BLOCK),)](
             partial, y, numel, n_mode_blocks, BLOCK=REDUCE_BLOCK
         )
     return y, final_state

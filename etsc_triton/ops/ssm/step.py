@@ -17,9 +17,17 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from ..utils import complex_mul, load_complex, resolve_backend, store_complex
+from ..utils import (
+    cdiv,
+    complex_mul,
+    load_complex,
+    next_power_of_2,
+    registered_launcher,
+    resolve_backend,
+    store_complex,
+)
 from . import naive
 from .naive import check_step_inputs
 
@@ -30,7 +38,7 @@ STEP_WARPS = 4
 
 def mode_block_size(modes: int) -> int:
     """Modes per block, shared by scan and step so both reduce y over the same blocks in the same order."""
-    return min(triton.next_power_of_2(modes), MAX_MODE_BLOCK)
+    return min(next_power_of_2(modes), MAX_MODE_BLOCK)
 
 
 @triton.jit
@@ -96,11 +104,11 @@ def _ssm_step_kernel(
 def step_blocks(channels: int, modes: int) -> tuple[int, int]:
     """``(BLOCK_D, BLOCK_N)`` of the step kernel: a tile of about STEP_TILE complex values."""
     block_n = mode_block_size(modes)
-    block_d = max(1, min(triton.next_power_of_2(channels), STEP_TILE // block_n))
+    block_d = max(1, min(next_power_of_2(channels), STEP_TILE // block_n))
     return block_d, block_n
 
 
-@triton_op("etsc_triton::ssm_step", mutates_args={"state"})
+@registered_launcher("etsc_triton::ssm_step", mutates_args={"state"})
 def _ssm_step_launch(
     x: torch.Tensor,
     lam: torch.Tensor,
@@ -114,7 +122,7 @@ def _ssm_step_launch(
     y = torch.empty((batch, channels), device=x.device, dtype=x.dtype)
     state_parts = torch.view_as_real(state)
     block_d, block_n = step_blocks(channels, modes)
-    grid = (triton.cdiv(channels, block_d), batch)
+    grid = (cdiv(channels, block_d), batch)
     wrap_triton(_ssm_step_kernel)[grid](
         x, torch.view_as_real(lam), torch.view_as_real(b), state_parts,
         state_indices if state_indices is not None else x, y,

@@ -25,9 +25,9 @@ import struct
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from ..utils import load_complex, resolve_backend, store_complex
+from ..utils import cdiv, load_complex, next_power_of_2, registered_launcher, resolve_backend, store_complex
 from . import naive
 from .naive import check_toeplitz_args, etsc_mode_count
 
@@ -163,7 +163,7 @@ EPILOGUE_TILE = 1024
 
 
 def _epilogue_blocks(modes: int) -> tuple[int, int]:
-    block_k = min(triton.next_power_of_2(modes), EPILOGUE_TILE)
+    block_k = min(next_power_of_2(modes), EPILOGUE_TILE)
     block_r = max(1, EPILOGUE_TILE // block_k)
     return block_r, block_k
 
@@ -171,7 +171,7 @@ def _epilogue_blocks(modes: int) -> tuple[int, int]:
 RAMP_BLOCK = 1024
 
 
-@triton_op("etsc_triton::toeplitz_to_ssm", mutates_args=())
+@registered_launcher("etsc_triton::toeplitz_to_ssm", mutates_args=())
 def _toeplitz_to_ssm_triton(
     t2d: torch.Tensor, gamma_rows: torch.Tensor | None, gamma_scalar: float, real: bool, compensate: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,7 +193,7 @@ def _toeplitz_to_ssm_triton(
     unit = _unit_angles(modes, m, t2d.device)
     gamma_hi = struct.unpack("f", struct.pack("f", gamma_scalar))[0]  # gamma = hi + lo, both float32
     block_r, block_k = _epilogue_blocks(modes)
-    grid = (triton.cdiv(rows, block_r), triton.cdiv(modes, block_k))
+    grid = (cdiv(rows, block_r), cdiv(modes, block_k))
 
     def epilogue(x, first_pass):
         wrap_triton(_etsc_epilogue_kernel)[grid](
@@ -220,7 +220,7 @@ def _toeplitz_to_ssm_triton(
     epilogue(spectrum, first_pass=True)
     if compensate:
         lag_error = torch.fft.irfft(torch.view_as_complex(residual), n=m, dim=-1)  # r_j, [rows, m]
-        ramp_grid = (rows, triton.cdiv(m, RAMP_BLOCK))
+        ramp_grid = (rows, cdiv(m, RAMP_BLOCK))
         wrap_triton(_negative_lag_ramp_kernel)[ramp_grid](lag_error, n, m, BLOCK=RAMP_BLOCK)
         epilogue(torch.view_as_real(torch.fft.rfft(lag_error, dim=-1)), first_pass=False)
     return lam, b

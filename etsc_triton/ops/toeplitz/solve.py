@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from ..utils import complex_mul, interpreter_enabled, real_view, resolve_backend
+from ..utils import complex_mul, interpreter_enabled, next_power_of_2, real_view, registered_launcher, resolve_backend
 from . import naive
 from .naive import check_solve_args, leja_order
 
@@ -109,7 +109,7 @@ def _bjorck_pereyra_kernel(
 # ----------------------------------------------------------------------------------------------- launchers
 
 
-@triton_op("etsc_triton::vandermonde_solve", mutates_args=())
+@registered_launcher("etsc_triton::vandermonde_solve", mutates_args=())
 def _vandermonde_solve_triton(lam2d: torch.Tensor, t2d: torch.Tensor) -> torch.Tensor:
     """``lam2d`` `[systems, N]` complex, ``t2d`` `[systems, N]` real or complex -> b `[systems, N]` complex64."""
     systems, size = lam2d.shape
@@ -118,7 +118,7 @@ def _vandermonde_solve_triton(lam2d: torch.Tensor, t2d: torch.Tensor) -> torch.T
     if systems == 0 or size == 1:
         return out
     scratch = torch.empty_like(out)
-    block = min(triton.next_power_of_2(size), 64 if interpreter_enabled() else 1024)
+    block = min(next_power_of_2(size), 64 if interpreter_enabled() else 1024)
     wrap_triton(_bjorck_pereyra_kernel)[(systems,)](
         real_view(lam2d),
         torch.view_as_real(out),

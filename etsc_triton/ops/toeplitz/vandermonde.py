@@ -20,9 +20,17 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from ..utils import complex_mul, interpreter_enabled, real_view, resolve_backend
+from ..utils import (
+    cdiv,
+    complex_mul,
+    interpreter_enabled,
+    next_power_of_2,
+    real_view,
+    registered_launcher,
+    resolve_backend,
+)
 from . import naive
 from .naive import check_kernel_args
 
@@ -90,12 +98,12 @@ def _kernel_blocks(modes: int, length: int) -> tuple[int, int, int]:
     """(BL, BLOCK_A, BLOCK_N): every tl.dot dimension >= 16."""
     if interpreter_enabled():
         return 16, 16, 16
-    bl = 64 if length >= 2048 else max(16, min(64, triton.next_power_of_2(max(1, length) // 32)))
+    bl = 64 if length >= 2048 else max(16, min(64, next_power_of_2(max(1, length) // 32)))
     block_n = 16 if modes <= 16 else 32
     return bl, 32, block_n
 
 
-@triton_op("etsc_triton::ssm_kernel", mutates_args=())
+@registered_launcher("etsc_triton::ssm_kernel", mutates_args=())
 def _ssm_kernel_triton(lam2d: torch.Tensor, b2d: torch.Tensor, length: int) -> torch.Tensor:
     """``lam2d``, ``b2d`` `[rows, N]` complex -> K `[rows, length]` float32."""
     rows, modes = lam2d.shape
@@ -106,7 +114,7 @@ def _ssm_kernel_triton(lam2d: torch.Tensor, b2d: torch.Tensor, length: int) -> t
     log2_mag = torch.log2(nodes.abs()).clamp_min(-1e30).contiguous()  # finite for lam = 0 (NaN stays NaN)
     angle = torch.angle(nodes).contiguous()
     bl, block_a, block_n = _kernel_blocks(modes, length)
-    grid = (rows, triton.cdiv(triton.cdiv(length, bl), block_a))
+    grid = (rows, cdiv(cdiv(length, bl), block_a))
     wrap_triton(_ssm_kernel_kernel)[grid](
         log2_mag,
         angle,

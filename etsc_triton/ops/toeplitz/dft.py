@@ -20,6 +20,7 @@ the same rfft + epilogue adds the ETSC weights of e to b (README: derivation, me
 
 from __future__ import annotations
 
+import functools
 import struct
 
 import torch
@@ -150,8 +151,12 @@ def _negative_lag_ramp_kernel(
 # ----------------------------------------------------------------------------------------------- launchers
 
 
+@functools.lru_cache(maxsize=64)
 def _unit_angles(modes: int, m: int, device: torch.device) -> torch.Tensor:
-    """``[modes, 2]`` float64 (cos, sin) of ``2 pi min(k, m - k) / m`` for k = 1..modes (angles in [0, pi])."""
+    """``[modes, 2]`` float64 (cos, sin) of ``2 pi min(k, m - k) / m`` for k = 1..modes (angles in [0, pi]).
+
+    Cached per (modes, m, device): building it is five small launches, as many as the rest of an uncompensated
+    conversion at small n. Read-only; at most 64 tables (n = 65536: 0.5 MB each)."""
     k = torch.arange(1, modes + 1, device=device, dtype=torch.int64)
     angle = (2 * torch.pi / m) * torch.minimum(k, m - k).to(torch.float64)
     return torch.stack((torch.cos(angle), torch.sin(angle)), dim=-1)

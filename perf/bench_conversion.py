@@ -8,6 +8,8 @@ Providers:
   ``torch``: our reference oracle (``backend="torch"``). ``compile``: torch.compile of it (GPU).
 - ``original`` (toeplitz_to_ssm): the ETSC paper's torch code: the padded complex vector (t, -sum t),
   ``torch.fft.ifft``, slice k = 1..n, fold conjugate pairs, lam from ``exp``.
+- vandermonde_solve: ``linalg_solve`` builds the dense N x N Vandermonde matrix and LU-solves it (O(N^3));
+  nodes are spread on the unit circle (accurate in Leja order), 64 systems.
 - ssm_kernel: ``materialised`` is the plain complex64 materialised Vandermonde (``lam[..., :, None] **
   arange(L)``, einsum with b; DESIGN's baseline) and ``compile`` its torch.compile; ``torch`` is our oracle, the
   same evaluation with the powers in complex128 (accurate, slower).
@@ -153,6 +155,42 @@ def bench_ssm_kernel(ctx) -> None:
             )
 
 
+def spread_unit_nodes(systems: int, size: int, device: str) -> torch.Tensor:
+    """Distinct nodes on the unit circle: equispaced with a jitter below a third of the spacing, complex64."""
+    gen = torch.Generator().manual_seed(size)
+    jitter = 0.3 * torch.rand(systems, size, generator=gen, dtype=torch.float64) / size
+    angle = 2 * math.pi * (torch.arange(size, dtype=torch.float64) / size + jitter)
+    return torch.polar(torch.ones_like(angle), angle).to(torch.complex64).to(device)
+
+
+def dense_vandermonde_solve(lam: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The generic baseline: build the N x N Vandermonde matrix and LU-solve it (``torch.linalg.solve``)."""
+    size = lam.shape[-1]
+    matrix = lam[..., None, :] ** torch.arange(size, device=lam.device)[:, None]
+    return torch.linalg.solve(matrix, t.to(lam.dtype))
+
+
+def bench_vandermonde_solve(ctx) -> None:
+    """Time vs N of the batched solve; the error is the realised kernel's (the system's own residual)."""
+    systems = ctx.sizes(quick=[2], full=[64])[0]
+    for size in ctx.sizes(quick=[9, 33], full=[64, 256, 1024, 2048]):
+        lam = spread_unit_nodes(systems, size, ctx.device)
+        t = torch.randn(systems, size, device=ctx.device)
+        providers = {"triton": lambda lam=lam, t=t: et.vandermonde_solve(lam, t, backend="triton")}
+        if size <= 1024 or not ctx.on_gpu:  # the oracle issues O(N) small torch ops per pass: seconds beyond
+            providers["torch"] = lambda lam=lam, t=t: et.vandermonde_solve(lam, t, backend="torch")
+        if systems * size * size * 8 <= MATERIALISED_LIMIT // 2:
+            providers["linalg_solve"] = lambda lam=lam, t=t: dense_vandermonde_solve(lam, t)
+        config = {"systems": systems}
+        for provider, fn in providers.items():
+            ctx.time(op="vandermonde_solve", provider=provider, x_name="N", x_value=size, config=config, fn=fn,
+                     flops=16 * systems * size * size)
+            b = fn()
+            error = rel_err(realised_kernel64(lam[:ERROR_ROWS], b[:ERROR_ROWS], size), t[:ERROR_ROWS].double())
+            ctx.value(op="vandermonde_solve", provider=provider, metric="rel_err", value=error, x_name="N",
+                      x_value=size, config=config)
+
+
 def adam_fit_error(t: torch.Tensor, steps: int) -> float:
     """Fit (lam, b) with n free complex modes to t by Adam on the MSE of the realised kernel; final rel err."""
     rows, n = t.shape
@@ -202,6 +240,7 @@ def bench_stability(ctx) -> None:
 def run(ctx) -> None:
     bench_toeplitz_to_ssm(ctx)
     bench_ssm_kernel(ctx)
+    bench_vandermonde_solve(ctx)
     bench_stability(ctx)
 
 

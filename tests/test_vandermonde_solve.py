@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 import etsc_triton as et
 from etsc_triton import reference
+from etsc_triton.ops.toeplitz import solve
+from etsc_triton.ops.toeplitz.naive import leja_order as reference_leja_order
 
 # Relative error of b vs float64 linalg.solve for well-spread unit-circle nodes, measured 1.5e-6 (N=17) ..
 # 3.4e-6 (N=33): float32 recurrences on a well-conditioned system (Leja order), ~N ulps.
@@ -127,3 +129,19 @@ def test_large_systems_on_gpu(size):
     t = torch.randn(4, size)
     b = et.vandermonde_solve(lam.cuda(), t.cuda())
     assert rel_error(b, direct_solve(lam, t)) <= 1e-3  # float32 recurrences: error grows ~ N ulps
+
+
+@pytest.mark.parametrize("size", [5, 33, 100])
+def test_kernel_leja_order_equals_oracle_order(device, size):
+    """The in-kernel ordering (float64 log-distances) picks the oracle's order, ties included (DFT nodes are
+    symmetric), also across several blocks (the interpreter's block is 64)."""
+    g = torch.Generator().manual_seed(size)
+    families = {
+        "dft": torch.exp(-2j * torch.pi * torch.arange(1, size + 1) / (size + 1))[None],
+        "real": torch.linspace(0.05, 0.95, size)[None].to(torch.complex64),
+        "random": torch.randn(2, size, generator=g, dtype=torch.complex64),
+    }
+    for name, lam in families.items():
+        lam = lam.to(torch.complex64)
+        _, order = solve.solve_with_order(lam.to(device), torch.zeros(lam.shape, device=device))
+        assert torch.equal(order.cpu().long(), reference_leja_order(lam)), name

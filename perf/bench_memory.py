@@ -11,7 +11,9 @@ tables and bias). Providers:
 - ``embedding_bag``: ``F.embedding_bag`` over the flattened ``[K * 256, d]`` rows with ``per_sample_weights``
   (skipped where torch refuses, e.g. the bf16 per-sample-weight backward on CUDA);
 - ``torch``: our reference (a loop over the K tables; d = 1024 only);
-- ``linear_fp32`` / ``linear_bf16``: ``nn.Linear(d, d)`` of the same shape.
+- ``linear_fp32`` / ``linear_bf16``: ``nn.Linear(d, d)`` of the same shape;
+- ``triton_cudagraph`` / ``linear_fp32_cudagraph``: the forward for T <= 16 (the decode regime) replayed from a
+  CUDA graph, as a decode server runs it: no host work per call (GPU only).
 
 Bytes (for the floor): x read + y written + the distinct table rows touched, ``K * min(T, 256)`` rows (rows
 shared by tokens come from L2, so this, not ``T * K`` rows, is the HBM floor); fwd_bwd adds dy, dx, the rows
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 
 import etsc_triton as et
 
+from .harness import capture_cuda_graph
 from .plots import plt, save_loglog
 
 FAMILY = "memory"
@@ -36,6 +39,12 @@ OP = "memory_layer"
 TAU = 8
 ROWS = 2**TAU
 ORIGINAL_LIMIT_BYTES = 4e9
+GRAPH_MAX_TOKENS = 16
+# Ours -> the nn.Linear timings it is compared with in the "vs linear" plots (line style of each).
+LINEAR_PAIRS = {
+    "triton": (("linear_fp32", "-"), ("linear_bf16", ":")),
+    "triton_cudagraph": (("linear_fp32_cudagraph", "--"),),
+}
 
 
 def original_hash(x: torch.Tensor, num_tables: int, tau: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,6 +161,18 @@ def run(ctx):
                         ctx.time(op=OP, provider=provider, mode=mode, x_name="T", x_value=tokens,
                                  config=config, fn=call, flops=2 * tokens * d * d if linear else flops,
                                  bytes=None if linear else _bytes(tokens, d, tables.element_size(), mode))
+                if ctx.on_gpu and tokens <= GRAPH_MAX_TOKENS:
+                    with torch.no_grad():
+                        graphed = {
+                            "triton_cudagraph": capture_cuda_graph(
+                                lambda x=x, w=tables, c=bias: et.memory_layer(x, w, c, backend="triton")),
+                            "linear_fp32_cudagraph": capture_cuda_graph(lambda x=x, layer=linear32: layer(x)),
+                        }
+                    for provider, replay in graphed.items():
+                        linear = provider.startswith("linear")
+                        ctx.time(op=OP, provider=provider, mode="fwd", x_name="T", x_value=tokens, config=config,
+                                 fn=replay, flops=2 * tokens * d * d if linear else flops,
+                                 bytes=None if linear else _bytes(tokens, d, tables.element_size(), "fwd"))
                 if tokens <= 8192 and d == d_sweep[len(d_sweep) // 2]:
                     with torch.no_grad():
                         got = et.memory_layer(x, tables, bias, backend="triton")
@@ -176,14 +197,15 @@ def plot(rows, out_dir):
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
         drawn = False
         for (m, d, tables, provider), ours in sorted(times.items()):
-            if m != mode or provider != "triton":
+            if m != mode or provider not in LINEAR_PAIRS:
                 continue
-            for baseline, style in (("linear_fp32", "-"), ("linear_bf16", ":")):
+            for baseline, style in LINEAR_PAIRS[provider]:
                 base = times.get((mode, d, tables, baseline), {})
                 xs = sorted(set(ours) & set(base))
                 if xs:
+                    ours_name = "" if provider == "triton" else f" ({provider})"
                     ax.plot(xs, [base[x] / ours[x] for x in xs], ls=style, marker="o",
-                            label=f"d={d}, {tables} tables vs {baseline}")
+                            label=f"d={d}, {tables} tables{ours_name} vs {baseline}")
                     drawn = True
         if not drawn:
             plt.close(fig)

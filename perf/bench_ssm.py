@@ -18,7 +18,7 @@ import torch
 import etsc_triton as et
 from etsc_triton.ops.ssm import naive
 
-from .harness import random_ssm
+from .harness import capture_cuda_graph, random_ssm
 
 FAMILY = "ssm"
 
@@ -88,14 +88,10 @@ def bench_step_cuda_graph(ctx) -> None:
     lam, b = random_ssm(channels, modes, ctx.device)
     x = torch.randn(batch, channels, device=ctx.device)
     state = torch.zeros(batch, channels, modes, dtype=torch.complex64, device=ctx.device)
-    et.ssm_step(x, lam, b, state, backend="triton")
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        et.ssm_step(x, lam, b, state, backend="triton")
+    replay = capture_cuda_graph(lambda: et.ssm_step(x, lam, b, state, backend="triton"))
     nbytes = 2 * batch * channels * modes * 8 + 2 * channels * modes * 8
     ctx.time(op="ssm_step", provider="triton_cudagraph", x_name="N", x_value=modes,
-             config={"B": batch, "D": channels}, bytes=nbytes, fn=graph.replay)
+             config={"B": batch, "D": channels}, bytes=nbytes, fn=replay)
 
 
 def original_scan_loop(x, lam, b, tokens: int):

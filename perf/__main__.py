@@ -4,6 +4,7 @@
     python -m perf --only ssm,memory     # some families
     python -m perf --quick --out DIR     # tiny sizes on a CPU through the interpreter: tests the pipeline
     python -m perf --plot-only FILE.csv  # redraw plots from a results file
+    python -m perf --budget 540          # stop starting new points after 540 s; results and plots still written
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import importlib
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -33,6 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: perf/results/<gpu>/ for results, plots/<gpu>/ for plots)")
     parser.add_argument("--plot-only", type=Path, default=None, help="redraw the plots of a results CSV")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds: points that would start later are skipped (the results file and the plots "
+                             "are still written, after every family)")
     args = parser.parse_args(argv)
     unknown = sorted(set(filter(None, args.only.split(","))) - set(FAMILIES))
     if unknown:
@@ -62,20 +67,26 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = args.out or REPO / "perf" / "results" / gpu
     plots_dir = args.out or REPO / "plots" / gpu
     floors = harness.measure_floors(device, args.quick)
+    deadline = None if args.budget is None else time.monotonic() + args.budget
     ctx = harness.Context(device=device, quick=args.quick, floors=floors,
-                          progress=harness.progress_printer(total=0))
-    modules = []
+                          progress=harness.progress_printer(total=0), deadline=deadline)
+    results = results_dir / ("results_quick.csv" if args.quick else "results.csv")
+    modules, cut_short = [], []
     for family in families:
         module = importlib.import_module(FAMILIES[family])
         modules.append(module)
         ctx.family = family
-        module.run(ctx)
-    results = results_dir / ("results_quick.csv" if args.quick else "results.csv")
-    harness.write_results(ctx.rows, results)
+        try:
+            module.run(ctx)
+        except harness.BudgetExhausted as stop:
+            cut_short.append(str(stop))
+        harness.write_results(ctx.rows, results)  # after every family: a killed run keeps what it measured
     paths = plots.draw_all(ctx.rows, plots_dir, modules)
     print()
     print(plots.summary_table(ctx.rows, floors))
     print(f"\n{len(ctx.rows)} rows -> {results}; {len(paths)} plots -> {plots_dir}")
+    for line in cut_short:
+        print(f"cut short by --budget: {line}")
     return 0
 
 

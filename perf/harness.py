@@ -122,9 +122,19 @@ def _cpu_time(fn: Callable[[], object], reps: int) -> list[float]:
     return times
 
 
+class BudgetExhausted(Exception):
+    """Raised by :meth:`Context.time` once the run's time budget is spent: the family stops there, the rows
+    recorded so far are kept."""
+
+
 @dataclass
 class Context:
-    """What a bench module's ``run(ctx)`` receives; see perf/README.md."""
+    """What a bench module's ``run(ctx)`` receives; see perf/README.md.
+
+    ``deadline`` (a ``time.monotonic()`` value, or None) is the run's time budget: a point that would start
+    after it raises :class:`BudgetExhausted` instead (``python -m perf --budget SECONDS``), so a remote command
+    with a hard time limit still brings back its results and plots.
+    """
 
     device: str
     quick: bool
@@ -132,6 +142,7 @@ class Context:
     rows: list[dict] = field(default_factory=list)
     family: str = ""
     progress: Callable[[str], None] = lambda msg: None
+    deadline: float | None = None
 
     def __post_init__(self):
         self._meta = {
@@ -195,6 +206,8 @@ class Context:
                 return fn(*args[next(counter) % len(args)])
         else:
             call = fn
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise BudgetExhausted(f"{self.family}: budget spent before {op} {provider} {x_name}={x_value}")
         self.progress(f"{self.family}: {op} {provider} {x_name}={x_value} {config or ''}")
         if self.on_gpu:
             import triton.testing

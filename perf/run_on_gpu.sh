@@ -24,7 +24,9 @@ case "$stage" in
     exit "$rc"
     ;;
   conversion|ssm|memory|decode)
-    python -m perf --only "$stage" 2>&1 | tee "$out/perf_$stage.log" | grep -v '^\[' | tail -60
+    # --budget: no new point after 480 s, so a 600 s remote command still writes its results and plots
+    python -m perf --only "$stage" --budget "${PERF_BUDGET_S:-480}" 2>&1 | tee "$out/perf_$stage.log" \
+      | grep -v '^\[' | tail -60
     ;;
   demo)
     python -m etsc_triton.demo --json "$out/demo.json" 2>&1 | tee "$out/demo.log" | tail -45

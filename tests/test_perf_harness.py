@@ -54,3 +54,12 @@ def test_summary_reports_speedup_over_best_baseline(tmp_path):
     line = table.splitlines()[-1]
     assert "original 3.0000" in line and "3.00x" in line and "50%" in line
     assert plots.draw_all(ctx.rows, tmp_path, [])[0].exists()
+
+
+def test_budget_stops_new_points_and_keeps_recorded_rows():
+    ctx = harness.Context(device="cpu", quick=True, floors=harness.Floors(float("nan"), float("nan")))
+    ctx.time(op="op", provider="triton", x_name="n", x_value=1, fn=lambda: None)
+    ctx.deadline = 0.0  # long past
+    with pytest.raises(harness.BudgetExhausted, match="budget spent before op torch n=2"):
+        ctx.time(op="op", provider="torch", x_name="n", x_value=2, fn=lambda: None)
+    assert [r["provider"] for r in ctx.rows] == ["triton"]

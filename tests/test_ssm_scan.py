@@ -11,9 +11,11 @@ from hypothesis import strategies as st
 import etsc_triton as et
 from etsc_triton import reference
 
-# Tolerances relative to the output scale (max |y| of the float64 result) and to each element.
+# Tolerances relative to the scale of the terms (the output of the same scan on |x|, |lam|, |b|, |state|: the
+# sum of |terms| each element is rounded against; y and the state can cancel far below it, e.g. a single mode
+# with lam u ~ -b x) and to each element.
 SCALE_TOL = {
-    torch.float32: 2e-6,  # fp32 update accumulated over L tokens and N modes: measured <= 5.7e-7 (state)
+    torch.float32: 2e-6,  # fp32 update accumulated over L tokens and N modes: measured <= 5.7e-7 of max |y|
     torch.float16: 2e-6,  # same fp32 arithmetic; the fp16 rounding of y is covered by ELEMENT_TOL
     torch.bfloat16: 2e-6,
 }
@@ -49,12 +51,18 @@ def oracle64(x, lam, b, state=None):
     )
 
 
+def magnitudes(x, lam, b, state=None):
+    """The scan of the magnitudes (float64): bounds on the sums of |terms| behind every y and state element."""
+    return oracle64(x.abs(), lam.abs(), b.abs(), None if state is None else state.abs())
+
+
 def check_against_oracle(y, final, x, lam, b, state=None):
     y_ref, final_ref = oracle64(x, lam, b, state)
-    tol = SCALE_TOL[x.dtype] * y_ref.abs().max().item()
+    y_scale, state_scale = magnitudes(x, lam, b, state)
+    tol = SCALE_TOL[x.dtype] * y_scale.abs().max().item()
     assert y.dtype == x.dtype and final.dtype == torch.complex64
     assert_close(y, y_ref, atol=tol, rtol=ELEMENT_TOL[x.dtype], name="y")
-    state_tol = SCALE_TOL[torch.float32] * final_ref.abs().max().item()
+    state_tol = SCALE_TOL[torch.float32] * state_scale.abs().max().item()
     assert_close(final, final_ref, atol=state_tol, rtol=0.0, name="final_state")
 
 

@@ -6,6 +6,8 @@ Baselines (DESIGN section 4):
 - ``torch``: our reference oracle (:mod:`etsc_triton.ops.ssm.naive`), ``compile``: torch.compile of the
   reference step's arithmetic.
 - ``triton_cudagraph``: one step under a CUDA graph (the launch overhead removed), GPU only.
+- ``ssm_scan_long_narrow``: B=1, D=64, N=16, L to 1M, where the scan chunks the sequence; ``triton_sequential``
+  is the same scan forced to one chunk.
 
 Bytes: step = state read + written + lam, b read (+ x, y); scan = x read + y written + final state.
 Flops (scan): 8 per mode per token (complex multiply-add), ``8 B L D N``.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import torch
 
 import etsc_triton as et
-from etsc_triton.ops.ssm import naive
+from etsc_triton.ops.ssm import naive, scan
 
 from .harness import capture_cuda_graph, random_ssm
 
@@ -114,6 +116,26 @@ def bench_scan(ctx) -> None:
     if not ctx.quick:
         lam, b = random_ssm(512, 256, ctx.device)
         scan_case(ctx, 1, 4096, 512, 256, lam, b)
+    bench_long_narrow_scan(ctx)
+
+
+def bench_long_narrow_scan(ctx) -> None:
+    """L up to 1M at B=1, D=64, N=16: too few (batch, channel, mode) programs to fill the GPU, so the scan
+    splits the sequence into chunks; ``triton_sequential`` is the same kernel forced to one chunk."""
+    channels, modes = (3, 4) if ctx.quick else (64, 16)
+    lam, b = random_ssm(channels, modes, ctx.device)
+    config = {"B": 1, "D": channels, "N": modes}
+    for length in ctx.sizes(quick=[40], full=[1024, 16384, 262144, 1 << 20]):
+        x = torch.randn(1, length, channels, device=ctx.device)
+        nbytes = 2 * x.numel() * 4 + channels * modes * 8
+        flops = 8 * length * channels * modes
+        providers = {
+            "triton": lambda x=x: et.ssm_scan(x, lam, b, backend="triton"),
+            "triton_sequential": lambda x=x: scan._ssm_scan_launch(x, lam, b, None, False),
+        }
+        for provider, fn in providers.items():
+            ctx.time(op="ssm_scan_long_narrow", provider=provider, x_name="L", x_value=length, config=config,
+                     bytes=nbytes, flops=flops, fn=fn)
 
 
 def scan_case(ctx, batch, length, channels, modes, lam, b) -> None:

@@ -152,6 +152,7 @@ def _capture_cases():
     import torch
 
     import etsc_triton as et
+    from etsc_triton.ops.ssm import scan
 
     tr = {"backend": "triton"}
 
@@ -202,6 +203,19 @@ def _capture_cases():
                     state = randc(2, channels, modes) if with_state else None
                     et.ssm_scan(x, nodes(channels, modes), randc(channels, modes), state, **tr)
                 cases.append((f"ssm_scan D={channels} N={modes} {dtype} state={with_state}", run))
+    # The chunked scan (few programs, long sequence): chunks from 8 tokens on, so the capture stays small.
+    for channels, modes in ((5, 33), (64, 64), (3, 600)):
+        for dtype in (torch.float32, torch.bfloat16):
+            for with_state in (False, True):
+                def run(channels=channels, modes=modes, dtype=dtype, with_state=with_state):
+                    x = torch.randn(1, 12, channels).to(dtype)
+                    state = randc(1, channels, modes) if with_state else None
+                    saved, scan.MIN_CHUNK_TOKENS = scan.MIN_CHUNK_TOKENS, 4
+                    try:
+                        et.ssm_scan(x, nodes(channels, modes), randc(channels, modes), state, **tr)
+                    finally:
+                        scan.MIN_CHUNK_TOKENS = saved
+                cases.append((f"ssm_scan chunked D={channels} N={modes} {dtype} state={with_state}", run))
 
     # ssm_step: with / without state_indices, fp32 / bf16 x, small and split mode counts, aligned shapes.
     for channels, modes in ((5, 33), (64, 16), (64, 256), (3, 600)):

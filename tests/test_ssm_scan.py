@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import etsc_triton as et
 from etsc_triton import reference
+from etsc_triton.ops.ssm import scan
 
 # Tolerances relative to the scale of the terms (the output of the same scan on |x|, |lam|, |b|, |state|: the
 # sum of |terms| each element is rounded against; y and the state can cancel far below it, e.g. a single mode
@@ -26,6 +27,9 @@ ELEMENT_TOL = {
     # fp32 -> bf16 conversion truncates
     torch.bfloat16: 2.0**-7,
 }
+
+
+EPS32 = torch.finfo(torch.float32).eps
 
 
 def make_ssm(channels, modes, *, seed=0, device="cpu"):
@@ -199,6 +203,78 @@ def test_property_scan_matches_oracle(batch, length, channels, modes, with_state
     lam, b = make_ssm(channels, modes, seed=modes, device=device)
     x = torch.randn(batch, length, channels, device=device).to(dtype)
     state = random_state(batch, channels, modes, device=device) if with_state else None
+    y, final = et.ssm_scan(x, lam, b, state, backend="triton")
+    check_against_oracle(y, final, x, lam, b, state)
+
+
+@pytest.fixture
+def short_chunks(monkeypatch):
+    """Chunk the sequence from 8 tokens on (MIN_CHUNK_TOKENS = 4), so interpreter-sized scans take the chunked
+    path; the interpreter counts 2 SMs, so few (batch, channel, mode) programs ask for chunks."""
+    monkeypatch.setattr(scan, "MIN_CHUNK_TOKENS", 4)
+
+
+def expected_chunks(x, modes):
+    batch, length, channels = x.shape
+    block_d, block_n = scan.scan_blocks(channels, modes)
+    programs = -(-channels // block_d) * batch * -(-modes // block_n)
+    count = scan.chunk_count(programs, length, x.device)
+    return -(-length // -(-length // count))
+
+
+@pytest.mark.parametrize(
+    "batch,length,channels,modes,with_state,chunks",
+    [
+        (1, 63, 5, 33, False, 13),  # 13 chunks of 5, the last of 3
+        (1, 63, 5, 33, True, 13),
+        (1, 63, 3, 515, True, 3),  # two mode blocks (partial y) x 3 chunks of 21
+        (1, 8, 3, 1, False, 2),  # two chunks of 4: no short last chunk
+        (1, 9, 3, 1, True, 2),  # chunks of 5 and 4
+    ],
+)
+def test_chunked_scan_matches_oracle(device, short_chunks, batch, length, channels, modes, with_state, chunks):
+    lam, b = make_ssm(channels, modes, device=device)
+    x = torch.randn(batch, length, channels, device=device)
+    assert expected_chunks(x, modes) == chunks or device == "cuda"
+    state = random_state(batch, channels, modes, device=device) if with_state else None
+    before = None if state is None else state.clone()
+    y, final = et.ssm_scan(x, lam, b, state, backend="triton")
+    check_against_oracle(y, final, x, lam, b, state)
+    if state is not None:
+        assert torch.equal(state, before)
+    # The sequential scan of the same inputs: the carry re-associates the sums, so they agree to rounding.
+    y_seq, final_seq = scan._ssm_scan_launch(x, lam, b, state, False)
+    y_tol = 8 * EPS32 * magnitudes(x, lam, b, state)[0].abs().max().item()
+    assert_close(y, y_seq, atol=y_tol, rtol=0, name="y chunked vs sequential")
+    state_tol = 8 * EPS32 * magnitudes(x, lam, b, state)[1].abs().max().item()
+    assert_close(final, final_seq, atol=state_tol, rtol=0, name="state chunked vs sequential")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_scan_strided_half_precision_x(device, short_chunks, dtype):
+    lam, b = make_ssm(3, 17, device=device)
+    x = torch.randn(1, 3, 2 * 63, device=device).to(dtype)[:, :, ::2].transpose(1, 2)
+    assert not x.is_contiguous() and (expected_chunks(x, 17) > 1 or device == "cuda")
+    y, final = et.ssm_scan(x, lam, b, backend="triton")
+    check_against_oracle(y, final, x, lam, b)
+
+
+def test_long_sequences_chunk_only_when_programs_are_few():
+    cpu = torch.device("cpu")  # 2 SMs assumed: the target is CHUNK_TARGET_PER_SM * 2 programs
+    target = scan.CHUNK_TARGET_PER_SM * 2
+    assert scan.chunk_count(target, 1 << 20, cpu) == 1
+    assert scan.chunk_count(1, 2 * scan.MIN_CHUNK_TOKENS - 1, cpu) == 1
+    assert scan.chunk_count(1, 1 << 20, cpu) == target
+    assert scan.chunk_count(1, 3 * scan.MIN_CHUNK_TOKENS, cpu) == 3
+
+
+@pytest.mark.gpu
+def test_chunked_long_sequence_on_gpu():
+    """B=1, D=64: few programs, so a 32K-token scan runs in chunks; against the float64 oracle."""
+    lam, b = make_ssm(64, 16, device="cuda")
+    x = torch.randn(1, 32768, 64, device="cuda")
+    state = random_state(1, 64, 16, device="cuda")
+    assert expected_chunks(x, 16) > 1
     y, final = et.ssm_scan(x, lam, b, state, backend="triton")
     check_against_oracle(y, final, x, lam, b, state)
 

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ..utils import cdiv, interpreter_enabled, next_power_of_2, registered_launcher, resolve_backend
+from ..utils import cdiv, interpreter_enabled, next_power_of_2, registered_launcher, resolve_backend, sm_count
 from . import naive
 from .backward import hash_tile, lsh_hash_backward, memory_gather_backward, memory_layer_backward
 from .naive import validate_gather, validate_hash, validate_layer
@@ -95,11 +95,6 @@ def _lsh_hash_kernel(z_ptr, codes_ptr, scores_ptr, T, K, inv_temperature,
 
 
 @functools.cache
-@functools.lru_cache(maxsize=None)
-def _num_sms(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def forward_blocks(num_tokens: int, d_out: int, element_size: int) -> tuple[int, int]:
     """``(BLOCK_T, BLOCK_D)`` of the forward: 512-byte row chunks on the GPU, small in the interpreter."""
     if interpreter_enabled():
@@ -114,8 +109,7 @@ def choose_k_split(num_tokens: int, num_tables: int, d_out: int, block_t: int, b
 
     Aims at about four programs per SM (two SMs are assumed in the interpreter).
     """
-    sms = _num_sms(device.index if device.index is not None else torch.cuda.current_device()) \
-        if device.type == "cuda" else 2
+    sms = sm_count(device)
     base = cdiv(num_tokens, block_t) * cdiv(d_out, block_d)
     if base >= 2 * sms:
         return 1, num_tables

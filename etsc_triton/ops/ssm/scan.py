@@ -9,6 +9,17 @@ mode blocks are those of the step (:mod:`.step`), so L scan tokens and L steps a
 
 When N needs more than one mode block (N > MAX_MODE_BLOCK), each mode block writes its partial y to an fp32
 workspace ``[n_blocks, B, L, D]`` and a second kernel sums the blocks in order (deterministic, the step's order).
+
+Chunked over the sequence when (B, D, N) alone leave the GPU idle (fewer programs than CHUNK_TARGET_PER_SM per
+SM) and the sequence is long: C chunks of T tokens, three launches, each program's work still sequential:
+
+1. local states: chunk c < C - 1 scans its T tokens from zero, without y: ``v_c = sum_t lam^(T-1-t) b x_t``;
+2. carry, one program per tile: ``s_0 = state``, ``s_{c+1} = lam^T s_c + v_c`` (lam^T from float64), stored in
+   place of v_c as chunk c's initial state;
+3. the scan itself, one program per (tile, chunk), from s_c; the last chunk writes the final state.
+
+It does about twice the recurrence work for C times the parallelism. Its y and final state differ from the
+sequential scan by fp32 rounding (the carry re-associates the sum), not bit for bit.
 """
 
 from __future__ import annotations
@@ -20,11 +31,13 @@ from torch.library import wrap_triton
 
 from ..utils import (
     cdiv,
+    complex_mul,
     interpreter_enabled,
     load_complex,
     next_power_of_2,
     registered_launcher,
     resolve_backend,
+    sm_count,
     store_complex,
 )
 from . import naive
@@ -35,21 +48,52 @@ SCAN_WARPS = 1
 SCAN_MODES_PER_THREAD = 16
 SCAN_STAGES = 3
 REDUCE_BLOCK = 1024
+# Chunking: below this many programs per SM the sequence is split (one warp per program; ~150 registers per
+# thread allow ~13 warps per SM); chunks hold at least MIN_CHUNK_TOKENS tokens and there are at most MAX_CHUNKS.
+CHUNK_TARGET_PER_SM = 8
+MIN_CHUNK_TOKENS = 256
+MAX_CHUNKS = 128
 
 
-@triton.jit(do_not_specialize=["seq_len"])
+@triton.jit
+def _scan_tokens(u_re, u_im, lam_re, lam_im, b_re, b_im, x_ptrs, out_ptrs, count, stride_xl, n_channels,
+                 channel_ok, WRITE_Y: tl.constexpr, NUM_STAGES: tl.constexpr):
+    """Advance the state tile over ``count`` tokens (x rows ``stride_xl`` apart), writing y when WRITE_Y."""
+    for _ in tl.range(0, count, num_stages=NUM_STAGES):
+        x_t = tl.load(x_ptrs, mask=channel_ok, other=0.0).to(tl.float32)
+        u_re, u_im = ssm_update(u_re, u_im, lam_re, lam_im, b_re, b_im, x_t[:, None])
+        if WRITE_Y:
+            y_t = tl.sum(u_re, axis=1)
+            tl.store(out_ptrs, y_t.to(out_ptrs.dtype.element_ty), mask=channel_ok)
+            out_ptrs += n_channels
+        x_ptrs += stride_xl
+    return u_re, u_im
+
+
+@triton.jit
+def _tile(n_channels, BLOCK_D: tl.constexpr):
+    """This program's channels: ``(channel_ok [BLOCK_D], row_mask [BLOCK_D, 1], channels64 [BLOCK_D])``."""
+    channels = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    channel_ok = channels < n_channels
+    return channel_ok, channel_ok[:, None], channels.to(tl.int64)
+
+
+@triton.jit(do_not_specialize=["seq_len", "chunk_len"])
 def _ssm_scan_kernel(
     x_ptr,
     lam_ptr,
     b_ptr,
-    state_ptr,
+    state_ptr,  # the initial state [B, D, N] (HAS_STATE), or the chunks' initial states [C, B, D, N] (CHUNKED)
     y_ptr,
     partial_ptr,
     final_ptr,
     batch,
     seq_len,
+    chunk_len,
+    n_chunks,
     n_channels,
     n_modes,
+    n_mode_blocks,
     stride_xb,
     stride_xl,
     stride_xd,
@@ -58,44 +102,122 @@ def _ssm_scan_kernel(
     stride_sn,
     HAS_STATE: tl.constexpr,
     STATE_CONTIGUOUS: tl.constexpr,
+    CHUNKED: tl.constexpr,
     SPLIT_MODES: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
-    """(BLOCK_D channels, one mode block, one batch row): walk the L tokens, write y (or partial y)."""
-    pid_d = tl.program_id(0)
+    """(BLOCK_D channels, one batch row, one mode block, one chunk): walk the chunk's tokens, write y (or
+    partial y); the last chunk writes the final state."""
     pid_b = tl.program_id(1).to(tl.int64)
-    pid_n = tl.program_id(2)
-    channels = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    pid_n = tl.program_id(2) % n_mode_blocks
+    chunk = tl.program_id(2) // n_mode_blocks
     first = pid_n * BLOCK_N
-    channel_ok = channels < n_channels
-    row_mask = channel_ok[:, None]
-    channels64 = channels.to(tl.int64)
+    channel_ok, row_mask, channels64 = _tile(n_channels, BLOCK_D)
     param_rows = channels64[:, None] * (2 * n_modes)
     lam_re, lam_im = load_complex(lam_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
     b_re, b_im = load_complex(b_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
-    if HAS_STATE:
+    if CHUNKED:
+        init_rows = state_ptr + ((chunk * batch + pid_b) * n_channels + channels64[:, None]) * (2 * n_modes)
+        u_re, u_im = load_complex(init_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+    elif HAS_STATE:
         state_rows = state_ptr + pid_b * stride_sb + channels64[:, None] * stride_sd
         u_re, u_im = load_complex(state_rows, row_mask, first, n_modes, stride_sn, BLOCK_D, BLOCK_N,
                                   STATE_CONTIGUOUS)
     else:
         u_re = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
         u_im = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    x_ptrs = x_ptr + pid_b * stride_xb + channels64 * stride_xd
+    start = chunk.to(tl.int64) * chunk_len
+    count = tl.minimum(seq_len - start, chunk_len)
+    x_ptrs = x_ptr + pid_b * stride_xb + start * stride_xl + channels64 * stride_xd
     if SPLIT_MODES:
-        out_ptrs = partial_ptr + ((pid_n * batch + pid_b) * seq_len) * n_channels + channels64
+        out_ptrs = partial_ptr + ((pid_n * batch + pid_b) * seq_len + start) * n_channels + channels64
     else:
-        out_ptrs = y_ptr + (pid_b * seq_len) * n_channels + channels64
-    for _ in tl.range(0, seq_len, num_stages=NUM_STAGES):
-        x_t = tl.load(x_ptrs, mask=channel_ok, other=0.0).to(tl.float32)
-        u_re, u_im = ssm_update(u_re, u_im, lam_re, lam_im, b_re, b_im, x_t[:, None])
-        y_t = tl.sum(u_re, axis=1)
-        tl.store(out_ptrs, y_t.to(out_ptrs.dtype.element_ty), mask=channel_ok)
-        x_ptrs += stride_xl
-        out_ptrs += n_channels
-    final_rows = final_ptr + (pid_b * n_channels + channels64[:, None]) * (2 * n_modes)
-    store_complex(final_rows, row_mask, first, n_modes, 2, u_re, u_im, BLOCK_D, BLOCK_N, True)
+        out_ptrs = y_ptr + (pid_b * seq_len + start) * n_channels + channels64
+    u_re, u_im = _scan_tokens(u_re, u_im, lam_re, lam_im, b_re, b_im, x_ptrs, out_ptrs, count, stride_xl,
+                              n_channels, channel_ok, True, NUM_STAGES)
+    if chunk == n_chunks - 1:
+        final_rows = final_ptr + (pid_b * n_channels + channels64[:, None]) * (2 * n_modes)
+        store_complex(final_rows, row_mask, first, n_modes, 2, u_re, u_im, BLOCK_D, BLOCK_N, True)
+
+
+@triton.jit(do_not_specialize=["chunk_len"])
+def _chunk_local_state_kernel(
+    x_ptr,
+    lam_ptr,
+    b_ptr,
+    local_ptr,  # out: [C, B, D, N] complex64; chunks 0 .. C-2 written
+    batch,
+    chunk_len,
+    n_channels,
+    n_modes,
+    n_mode_blocks,
+    stride_xb,
+    stride_xl,
+    stride_xd,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+):
+    """Phase 1: the state a full chunk (chunk_len tokens) reaches from zero, no y."""
+    pid_b = tl.program_id(1).to(tl.int64)
+    pid_n = tl.program_id(2) % n_mode_blocks
+    chunk = tl.program_id(2) // n_mode_blocks
+    first = pid_n * BLOCK_N
+    channel_ok, row_mask, channels64 = _tile(n_channels, BLOCK_D)
+    param_rows = channels64[:, None] * (2 * n_modes)
+    lam_re, lam_im = load_complex(lam_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+    b_re, b_im = load_complex(b_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+    u_re = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    u_im = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    x_ptrs = x_ptr + pid_b * stride_xb + chunk.to(tl.int64) * chunk_len * stride_xl + channels64 * stride_xd
+    u_re, u_im = _scan_tokens(u_re, u_im, lam_re, lam_im, b_re, b_im, x_ptrs, x_ptrs, chunk_len, stride_xl,
+                              n_channels, channel_ok, False, NUM_STAGES)
+    rows = local_ptr + ((chunk * batch + pid_b) * n_channels + channels64[:, None]) * (2 * n_modes)
+    store_complex(rows, row_mask, first, n_modes, 2, u_re, u_im, BLOCK_D, BLOCK_N, True)
+
+
+@triton.jit
+def _chunk_carry_kernel(
+    lam_pow_ptr,  # [D, N] complex64: lam ** chunk_len
+    state_ptr,  # the initial state [B, D, N] (HAS_STATE)
+    chunk_ptr,  # in: local states of chunks 0 .. C-2; out: initial states of chunks 0 .. C-1; [C, B, D, N]
+    batch,
+    n_chunks,
+    n_channels,
+    n_modes,
+    stride_sb,
+    stride_sd,
+    stride_sn,
+    HAS_STATE: tl.constexpr,
+    STATE_CONTIGUOUS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Phase 2: ``s_0 = state``, ``s_{c+1} = lam^T s_c + v_c``, each s_c written over v_c (then s_{C-1})."""
+    pid_b = tl.program_id(1).to(tl.int64)
+    first = tl.program_id(2) * BLOCK_N
+    channel_ok, row_mask, channels64 = _tile(n_channels, BLOCK_D)
+    param_rows = channels64[:, None] * (2 * n_modes)
+    pow_re, pow_im = load_complex(lam_pow_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+    if HAS_STATE:
+        state_rows = state_ptr + pid_b * stride_sb + channels64[:, None] * stride_sd
+        s_re, s_im = load_complex(state_rows, row_mask, first, n_modes, stride_sn, BLOCK_D, BLOCK_N,
+                                  STATE_CONTIGUOUS)
+    else:
+        s_re = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+        s_im = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    rows = chunk_ptr + (pid_b * n_channels + channels64[:, None]) * (2 * n_modes)
+    chunk_stride = batch * n_channels * 2 * n_modes
+    for _ in range(n_chunks - 1):
+        v_re, v_im = load_complex(rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+        store_complex(rows, row_mask, first, n_modes, 2, s_re, s_im, BLOCK_D, BLOCK_N, True)
+        carried_re, carried_im = complex_mul(pow_re, pow_im, s_re, s_im)
+        s_re = carried_re + v_re
+        s_im = carried_im + v_im
+        rows += chunk_stride
+    store_complex(rows, row_mask, first, n_modes, 2, s_re, s_im, BLOCK_D, BLOCK_N, True)
 
 
 @triton.jit
@@ -117,16 +239,32 @@ def scan_blocks(channels: int, modes: int) -> tuple[int, int]:
     return block_d, block_n
 
 
+def chunk_count(programs: int, seq_len: int, device: torch.device) -> int:
+    """How many sequence chunks the scan uses: 1 unless the (batch, channel, mode) programs leave SMs idle."""
+    target = CHUNK_TARGET_PER_SM * sm_count(device)
+    if programs >= target or seq_len < 2 * MIN_CHUNK_TOKENS:
+        return 1
+    return min(cdiv(target, programs), seq_len // MIN_CHUNK_TOKENS, MAX_CHUNKS)
+
+
 @registered_launcher("etsc_triton::ssm_scan", mutates_args=())
 def _ssm_scan_launch(
-    x: torch.Tensor, lam: torch.Tensor, b: torch.Tensor, state: torch.Tensor | None
+    x: torch.Tensor, lam: torch.Tensor, b: torch.Tensor, state: torch.Tensor | None, allow_chunks: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x ``[B, L, D]`` any strides; lam/b complex64 contiguous ``[D, N]``; state complex64 ``[B, D, N]`` or None."""
+    """x ``[B, L, D]`` any strides; lam/b complex64 contiguous ``[D, N]``; state complex64 ``[B, D, N]`` or None.
+
+    ``allow_chunks=False`` forces the sequential scan (one program per tile walks all L tokens).
+    """
     batch, seq_len, channels = x.shape
     modes = lam.shape[1]
     block_d, block_n = scan_blocks(channels, modes)
     n_mode_blocks = cdiv(modes, block_n)
+    tiles = (cdiv(channels, block_d), batch)
+    n_chunks = chunk_count(tiles[0] * batch * n_mode_blocks, seq_len, x.device) if allow_chunks else 1
+    chunk_len = cdiv(seq_len, n_chunks)
+    n_chunks = cdiv(seq_len, chunk_len)
     split = n_mode_blocks > 1
+    stages = 1 if interpreter_enabled() else SCAN_STAGES
     y = torch.empty((batch, seq_len, channels), device=x.device, dtype=x.dtype)
     final_state = torch.empty((batch, channels, modes), device=x.device, dtype=torch.complex64)
     # Unused pointers get a distinct empty tensor (never an alias of an output, for torch.compile's analysis).
@@ -134,16 +272,29 @@ def _ssm_scan_launch(
     partial_shape = (n_mode_blocks, batch, seq_len, channels)
     partial = torch.empty(partial_shape, device=x.device, dtype=torch.float32) if split else unused
     state_parts = torch.view_as_real(state) if state is not None else unused
-    grid = (cdiv(channels, block_d), batch, n_mode_blocks)
-    wrap_triton(_ssm_scan_kernel)[grid](
-        x, torch.view_as_real(lam), torch.view_as_real(b), state_parts, y, partial,
-        torch.view_as_real(final_state),
-        batch, seq_len, channels, modes,
-        x.stride(0), x.stride(1), x.stride(2),
-        *(state_parts.stride()[:3] if state is not None else (0, 0, 0)),
-        HAS_STATE=state is not None, STATE_CONTIGUOUS=state is not None and state_parts.stride(2) == 2,
-        SPLIT_MODES=split, BLOCK_D=block_d, BLOCK_N=block_n,
-        NUM_STAGES=1 if interpreter_enabled() else SCAN_STAGES, num_warps=SCAN_WARPS,
+    state_strides = state_parts.stride()[:3] if state is not None else (0, 0, 0)
+    state_contiguous = state is not None and state_parts.stride(2) == 2
+    lam_parts, b_parts = torch.view_as_real(lam), torch.view_as_real(b)
+    blocks = dict(BLOCK_D=block_d, BLOCK_N=block_n)
+    scan_init = state_parts
+    if n_chunks > 1:
+        chunk_states = torch.empty((n_chunks, batch, channels, modes, 2), device=x.device, dtype=torch.float32)
+        wrap_triton(_chunk_local_state_kernel)[(*tiles, n_mode_blocks * (n_chunks - 1))](
+            x, lam_parts, b_parts, chunk_states, batch, chunk_len, channels, modes, n_mode_blocks,
+            x.stride(0), x.stride(1), x.stride(2), **blocks, NUM_STAGES=stages, num_warps=SCAN_WARPS,
+        )
+        lam_pow = torch.view_as_real((lam.to(torch.complex128) ** chunk_len).to(torch.complex64))
+        wrap_triton(_chunk_carry_kernel)[(*tiles, n_mode_blocks)](
+            lam_pow, state_parts, chunk_states, batch, n_chunks, channels, modes, *state_strides,
+            HAS_STATE=state is not None, STATE_CONTIGUOUS=state_contiguous, **blocks, num_warps=SCAN_WARPS,
+        )
+        scan_init = chunk_states
+    wrap_triton(_ssm_scan_kernel)[(*tiles, n_mode_blocks * n_chunks)](
+        x, lam_parts, b_parts, scan_init, y, partial, torch.view_as_real(final_state),
+        batch, seq_len, chunk_len, n_chunks, channels, modes, n_mode_blocks,
+        x.stride(0), x.stride(1), x.stride(2), *state_strides,
+        HAS_STATE=state is not None, STATE_CONTIGUOUS=state_contiguous, CHUNKED=n_chunks > 1,
+        SPLIT_MODES=split, **blocks, NUM_STAGES=stages, num_warps=SCAN_WARPS,
     )
     if split:
         numel = y.numel()
@@ -196,4 +347,4 @@ def ssm_scan(
     b = b.to(torch.complex64).contiguous()
     if state is not None:
         state = state.to(torch.complex64)
-    return _ssm_scan_launch(x, lam, b, state)
+    return _ssm_scan_launch(x, lam, b, state, True)

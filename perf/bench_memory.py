@@ -17,7 +17,10 @@ tables and bias). Providers:
 
 Bytes (for the floor): x read + y written + the distinct table rows touched, ``K * min(T, 256)`` rows (rows
 shared by tokens come from L2, so this, not ``T * K`` rows, is the HBM floor); fwd_bwd adds dy, dx, the rows
-again and d tables written. FLOPs: ``2 T K d`` (the gather's multiply-adds), ``2 T d^2`` for nn.Linear.
+again and d tables written. L2 bytes (the other floor): the ``T K`` rows gathered (fwd), twice plus the fp32
+scatter-add into d tables (fwd_bwd), against the measured L2-resident copy bandwidth; rows that programs on one
+SM share can come from L1 instead, so a fraction of floor above 100% means L1 reuse. FLOPs: ``2 T K d`` (the
+gather's multiply-adds), ``2 T d^2`` for nn.Linear.
 """
 
 from __future__ import annotations
@@ -82,6 +85,15 @@ def _bytes(tokens: int, d: int, table_bytes: int, mode: str) -> float:
     if mode == "fwd":
         return fwd
     return fwd + tokens * d * 4 * 2 + rows_touched + num_tables * ROWS * d * table_bytes
+
+
+def _l2_bytes(tokens: int, d: int, table_bytes: int, mode: str) -> float:
+    """Bytes the gather re-reads from L2: one row of d values per token and table (``T K d``); fwd_bwd reads
+    them again for the score gradients and adds ``T K d`` fp32 values into d tables (read + write)."""
+    rows = tokens * (d // TAU) * d
+    if mode == "fwd":
+        return rows * table_bytes
+    return 2 * rows * table_bytes + 2 * rows * 4
 
 
 def _runner(fn, leaves, mode, dy):
@@ -160,7 +172,8 @@ def run(ctx):
                         linear = provider.startswith("linear")
                         ctx.time(op=OP, provider=provider, mode=mode, x_name="T", x_value=tokens,
                                  config=config, fn=call, flops=2 * tokens * d * d if linear else flops,
-                                 bytes=None if linear else _bytes(tokens, d, tables.element_size(), mode))
+                                 bytes=None if linear else _bytes(tokens, d, tables.element_size(), mode),
+                                 l2_bytes=None if linear else _l2_bytes(tokens, d, tables.element_size(), mode))
                 if ctx.on_gpu and tokens <= GRAPH_MAX_TOKENS:
                     with torch.no_grad():
                         graphed = {
@@ -172,7 +185,8 @@ def run(ctx):
                         linear = provider.startswith("linear")
                         ctx.time(op=OP, provider=provider, mode="fwd", x_name="T", x_value=tokens, config=config,
                                  fn=replay, flops=2 * tokens * d * d if linear else flops,
-                                 bytes=None if linear else _bytes(tokens, d, tables.element_size(), "fwd"))
+                                 bytes=None if linear else _bytes(tokens, d, tables.element_size(), "fwd"),
+                                 l2_bytes=None if linear else _l2_bytes(tokens, d, tables.element_size(), "fwd"))
                 if tokens <= 8192 and d == d_sweep[len(d_sweep) // 2]:
                     with torch.no_grad():
                         got = et.memory_layer(x, tables, bias, backend="triton")

@@ -46,23 +46,52 @@ def _git_commit() -> str:
 
 @dataclass
 class Floors:
-    """Measured ceilings of the machine: copy bandwidth (GB/s, read + write) and fp32 FMA rate (TFLOP/s)."""
+    """Measured ceilings of the machine: copy bandwidth (GB/s, read + write, device memory), fp32 FMA rate
+    (TFLOP/s) and the L2-resident copy bandwidth (GB/s, read + write; NaN when not measured)."""
 
     copy_gbps: float
     fp32_tflops: float
+    l2_gbps: float = float("nan")
 
-    def time_ms(self, nbytes: float | None, flops: float | None) -> float | None:
-        """The floor in ms for moving ``nbytes`` and doing ``flops``: the larger of the two times."""
+    def time_ms(self, nbytes: float | None, flops: float | None, l2_bytes: float | None = None) -> float | None:
+        """The floor in ms for moving ``nbytes`` through device memory, ``l2_bytes`` through L2 (data re-read
+        from the cache, e.g. gathered table rows) and doing ``flops``: the largest of the three times."""
         times = []
         if nbytes and math.isfinite(self.copy_gbps):
             times.append(nbytes / (self.copy_gbps * 1e9) * 1e3)
+        if l2_bytes and math.isfinite(self.l2_gbps):
+            times.append(l2_bytes / (self.l2_gbps * 1e9) * 1e3)
         if flops and math.isfinite(self.fp32_tflops):
             times.append(flops / (self.fp32_tflops * 1e12) * 1e3)
         return max(times) if times else None
 
 
+L2_PROBE_BYTES = 8 << 20  # source and destination together 16 MB: resident in the H100's 50 MB L2
+L2_PROBE_REPEATS = 200
+
+
+def measure_l2_copy_gbps(device: str) -> float:
+    """Read + write bandwidth of a copy whose source and destination stay in L2 (no flush between copies,
+    unlike ``do_bench``): the ceiling for data a kernel re-reads from the cache. Median of 5 timed batches."""
+    src = torch.randn(L2_PROBE_BYTES // 4, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(20):
+        dst.copy_(src)
+    samples = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(L2_PROBE_REPEATS):
+            dst.copy_(src)
+        end.record()
+        end.synchronize()
+        samples.append(2 * L2_PROBE_BYTES * L2_PROBE_REPEATS / (start.elapsed_time(end) * 1e-3) / 1e9)
+    return statistics.median(samples)
+
+
 def measure_floors(device: str, quick: bool) -> Floors:
-    """Measure copy bandwidth with a large device-to-device copy and the fp32 rate with a large SGEMM."""
+    """Measure copy bandwidth with a large device-to-device copy, the fp32 rate with a large SGEMM and the L2
+    bandwidth with a small repeated copy."""
     if device != "cuda":
         return Floors(copy_gbps=float("nan"), fp32_tflops=float("nan"))
     import triton.testing
@@ -81,7 +110,8 @@ def measure_floors(device: str, quick: bool) -> Floors:
         ms = triton.testing.do_bench(lambda: a @ b, warmup=50, rep=300, return_mode="median")
     finally:
         torch.backends.cuda.matmul.allow_tf32 = previous
-    return Floors(copy_gbps=copy_gbps, fp32_tflops=2 * size**3 / (ms * 1e-3) / 1e12)
+    return Floors(copy_gbps=copy_gbps, fp32_tflops=2 * size**3 / (ms * 1e-3) / 1e12,
+                  l2_gbps=measure_l2_copy_gbps(device))
 
 
 def random_ssm(channels: int, modes: int, device: str, *, min_radius: float = 0.5, seed: int = 0):
@@ -193,11 +223,13 @@ class Context:
         mode: str = "fwd",
         bytes: float | None = None,
         flops: float | None = None,
+        l2_bytes: float | None = None,
     ) -> float:
         """Time ``fn`` (median ms, rotating over ``args`` if given) and record it; returns the median.
 
         With ``bytes`` the achieved bandwidth (GB/s) is recorded too, with ``flops`` the achieved rate
-        (TFLOP/s); the time floor ``max(bytes / copy bandwidth, flops / FMA rate)`` goes in ``floor``.
+        (TFLOP/s), with ``l2_bytes`` (bytes re-read from L2) the achieved L2 bandwidth; the time floor
+        ``max(bytes / copy bandwidth, l2_bytes / L2 bandwidth, flops / FMA rate)`` goes in ``floor``.
         """
         if args:
             counter = iter(range(1 << 62))
@@ -217,11 +249,15 @@ class Context:
             times = _cpu_time(call, reps=3)
             p50 = statistics.median(times)
             p20, p80 = min(times), max(times)
-        floor_ms = self.floors.time_ms(bytes, flops)
+        floor_ms = self.floors.time_ms(bytes, flops, l2_bytes)
         self._row(op, provider, mode, "time", "ms", x_name, x_value, p50, p20, p80, floor_ms, config)
         if bytes:
             gbps = [bytes / (t * 1e-3) / 1e9 for t in (p50, p80, p20)]
             self._row(op, provider, mode, "bandwidth", "GB/s", x_name, x_value, *gbps, self.floors.copy_gbps,
+                      config)
+        if l2_bytes:
+            gbps = [l2_bytes / (t * 1e-3) / 1e9 for t in (p50, p80, p20)]
+            self._row(op, provider, mode, "l2_bandwidth", "GB/s", x_name, x_value, *gbps, self.floors.l2_gbps,
                       config)
         if flops:
             rate = [flops / (t * 1e-3) / 1e12 for t in (p50, p80, p20)]

@@ -74,7 +74,7 @@ def draw_group(key: tuple, rows: list[dict], out_dir: Path) -> Path:
         ax.fill_between(xs, [r["p20"] for r in points], [r["p80"] for r in points], alpha=0.2)
     floor_points = sorted((float(r["x_value"]), r["floor"]) for r in by_provider.get(OURS, []) if r["floor"])
     if floor_points:
-        ax.plot(*zip(*floor_points), ls="--", color="black", label="floor (bytes/BW, flops/FMA rate)")
+        ax.plot(*zip(*floor_points), ls="--", color="black", label="floor (bytes/BW, L2 bytes/L2 BW, flops/FMA rate)")
     by_x: dict[float, list[dict]] = defaultdict(list)
     for row in rows:
         by_x[float(row["x_value"])].append(row)
@@ -103,7 +103,8 @@ def draw_all(rows: list[dict], out_dir: Path, modules: list) -> list[Path]:
 
 def summary_table(rows: list[dict], floors) -> str:
     """One line per timed point: triton's median, the best baseline, the speedup and the fraction of floor."""
-    lines = [f"copy bandwidth {floors.copy_gbps:.0f} GB/s, fp32 rate {floors.fp32_tflops:.1f} TFLOP/s",
+    lines = [f"copy bandwidth {floors.copy_gbps:.0f} GB/s, L2 copy {floors.l2_gbps:.0f} GB/s, "
+             f"fp32 rate {floors.fp32_tflops:.1f} TFLOP/s",
              f"{'op':<18}{'mode':<9}{'x':<14}{'config':<34}{'triton ms':>11}{'best baseline':>26}"
              f"{'speedup':>9}{'of floor':>10}"]
     for (op, mode, x_name, config), group in sorted(timing_groups(rows).items()):

@@ -44,6 +44,9 @@ def test_floor_is_the_larger_of_memory_and_compute_time():
     assert floors.time_ms(1e9, 1e11) == pytest.approx(10.0)
     assert floors.time_ms(None, None) is None
     assert harness.Floors(float("nan"), float("nan")).time_ms(1e9, 1e9) is None
+    with_l2 = harness.Floors(copy_gbps=1000.0, fp32_tflops=10.0, l2_gbps=5000.0)
+    assert with_l2.time_ms(1e9, None, l2_bytes=1e10) == pytest.approx(2.0)  # 10 GB from L2 at 5 TB/s
+    assert floors.time_ms(1e9, None, l2_bytes=1e12) == pytest.approx(1.0)  # L2 not measured: ignored
 
 
 def test_summary_reports_speedup_over_best_baseline(tmp_path):

@@ -78,6 +78,36 @@ def _tile(n_channels, BLOCK_D: tl.constexpr):
     return channel_ok, channel_ok[:, None], channels.to(tl.int64)
 
 
+@triton.jit
+def _scan_program(lam_ptr, b_ptr, n_channels, n_modes, n_mode_blocks, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Where a program of grid ``(channel tiles, B, mode blocks x chunks)`` works, and its lam, b tiles:
+    ``(batch row, mode block, chunk, first mode, channel_ok, row_mask, channels64, lam_re, lam_im, b_re, b_im)``."""
+    pid_b = tl.program_id(1).to(tl.int64)
+    pid_n = tl.program_id(2) % n_mode_blocks
+    chunk = tl.program_id(2) // n_mode_blocks
+    first = pid_n * BLOCK_N
+    channel_ok, row_mask, channels64 = _tile(n_channels, BLOCK_D)
+    param_rows = channels64[:, None] * (2 * n_modes)
+    lam_re, lam_im = load_complex(lam_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+    b_re, b_im = load_complex(b_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+    return pid_b, pid_n, chunk, first, channel_ok, row_mask, channels64, lam_re, lam_im, b_re, b_im
+
+
+@triton.jit
+def _initial_state(state_ptr, pid_b, channels64, row_mask, first, n_modes, stride_sb, stride_sd, stride_sn,
+                   HAS_STATE: tl.constexpr, STATE_CONTIGUOUS: tl.constexpr, BLOCK_D: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
+    """The caller's initial state tile ``[B, D, N]`` (any strides) as ``(re, im)``, or zeros without one."""
+    if HAS_STATE:
+        state_rows = state_ptr + pid_b * stride_sb + channels64[:, None] * stride_sd
+        u_re, u_im = load_complex(state_rows, row_mask, first, n_modes, stride_sn, BLOCK_D, BLOCK_N,
+                                  STATE_CONTIGUOUS)
+    else:
+        u_re = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+        u_im = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    return u_re, u_im
+
+
 @triton.jit(do_not_specialize=["seq_len", "chunk_len"])
 def _ssm_scan_kernel(
     x_ptr,
@@ -110,24 +140,14 @@ def _ssm_scan_kernel(
 ):
     """(BLOCK_D channels, one batch row, one mode block, one chunk): walk the chunk's tokens, write y (or
     partial y); the last chunk writes the final state."""
-    pid_b = tl.program_id(1).to(tl.int64)
-    pid_n = tl.program_id(2) % n_mode_blocks
-    chunk = tl.program_id(2) // n_mode_blocks
-    first = pid_n * BLOCK_N
-    channel_ok, row_mask, channels64 = _tile(n_channels, BLOCK_D)
-    param_rows = channels64[:, None] * (2 * n_modes)
-    lam_re, lam_im = load_complex(lam_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
-    b_re, b_im = load_complex(b_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+    pid_b, pid_n, chunk, first, channel_ok, row_mask, channels64, lam_re, lam_im, b_re, b_im = _scan_program(
+        lam_ptr, b_ptr, n_channels, n_modes, n_mode_blocks, BLOCK_D, BLOCK_N)
     if CHUNKED:
         init_rows = state_ptr + ((chunk * batch + pid_b) * n_channels + channels64[:, None]) * (2 * n_modes)
         u_re, u_im = load_complex(init_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
-    elif HAS_STATE:
-        state_rows = state_ptr + pid_b * stride_sb + channels64[:, None] * stride_sd
-        u_re, u_im = load_complex(state_rows, row_mask, first, n_modes, stride_sn, BLOCK_D, BLOCK_N,
-                                  STATE_CONTIGUOUS)
     else:
-        u_re = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-        u_im = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+        u_re, u_im = _initial_state(state_ptr, pid_b, channels64, row_mask, first, n_modes, stride_sb, stride_sd,
+                                    stride_sn, HAS_STATE, STATE_CONTIGUOUS, BLOCK_D, BLOCK_N)
     start = chunk.to(tl.int64) * chunk_len
     count = tl.minimum(seq_len - start, chunk_len)
     x_ptrs = x_ptr + pid_b * stride_xb + start * stride_xl + channels64 * stride_xd
@@ -161,14 +181,8 @@ def _chunk_local_state_kernel(
     NUM_STAGES: tl.constexpr,
 ):
     """Phase 1: the state a full chunk (chunk_len tokens) reaches from zero, no y."""
-    pid_b = tl.program_id(1).to(tl.int64)
-    pid_n = tl.program_id(2) % n_mode_blocks
-    chunk = tl.program_id(2) // n_mode_blocks
-    first = pid_n * BLOCK_N
-    channel_ok, row_mask, channels64 = _tile(n_channels, BLOCK_D)
-    param_rows = channels64[:, None] * (2 * n_modes)
-    lam_re, lam_im = load_complex(lam_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
-    b_re, b_im = load_complex(b_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+    pid_b, pid_n, chunk, first, channel_ok, row_mask, channels64, lam_re, lam_im, b_re, b_im = _scan_program(
+        lam_ptr, b_ptr, n_channels, n_modes, n_mode_blocks, BLOCK_D, BLOCK_N)
     u_re = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     u_im = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     x_ptrs = x_ptr + pid_b * stride_xb + chunk.to(tl.int64) * chunk_len * stride_xl + channels64 * stride_xd
@@ -201,13 +215,8 @@ def _chunk_carry_kernel(
     channel_ok, row_mask, channels64 = _tile(n_channels, BLOCK_D)
     param_rows = channels64[:, None] * (2 * n_modes)
     pow_re, pow_im = load_complex(lam_pow_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
-    if HAS_STATE:
-        state_rows = state_ptr + pid_b * stride_sb + channels64[:, None] * stride_sd
-        s_re, s_im = load_complex(state_rows, row_mask, first, n_modes, stride_sn, BLOCK_D, BLOCK_N,
-                                  STATE_CONTIGUOUS)
-    else:
-        s_re = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-        s_im = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    s_re, s_im = _initial_state(state_ptr, pid_b, channels64, row_mask, first, n_modes, stride_sb, stride_sd,
+                                stride_sn, HAS_STATE, STATE_CONTIGUOUS, BLOCK_D, BLOCK_N)
     rows = chunk_ptr + (pid_b * n_channels + channels64[:, None]) * (2 * n_modes)
     chunk_stride = batch * n_channels * 2 * n_modes
     for _ in range(n_chunks - 1):

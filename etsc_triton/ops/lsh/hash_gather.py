@@ -9,7 +9,6 @@ sums in a fixed order: the forward is deterministic in every configuration. The 
 ``memory_gather`` (codes and scores loaded instead of computed). Backward kernels: ``backward.py``.
 """
 
-import functools
 from typing import Optional
 
 import torch
@@ -94,7 +93,6 @@ def _lsh_hash_kernel(z_ptr, codes_ptr, scores_ptr, T, K, inv_temperature,
     tl.store(scores_ptr + t64 * K + k, score, mask=t_mask)
 
 
-@functools.cache
 def forward_blocks(num_tokens: int, d_out: int, element_size: int) -> tuple[int, int]:
     """``(BLOCK_T, BLOCK_D)`` of the forward: 512-byte row chunks on the GPU, small in the interpreter."""
     if interpreter_enabled():

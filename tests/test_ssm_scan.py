@@ -251,12 +251,14 @@ def test_chunked_scan_matches_oracle(device, short_chunks, batch, length, channe
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_chunked_scan_strided_half_precision_x(device, short_chunks, dtype):
+def test_chunked_scan_strided_half_precision_x_and_strided_state(device, short_chunks, dtype):
     lam, b = make_ssm(3, 17, device=device)
     x = torch.randn(1, 3, 2 * 63, device=device).to(dtype)[:, :, ::2].transpose(1, 2)
-    assert not x.is_contiguous() and (expected_chunks(x, 17) > 1 or device == "cuda")
-    y, final = et.ssm_scan(x, lam, b, backend="triton")
-    check_against_oracle(y, final, x, lam, b)
+    state = random_state(1, 17, 3, device=device).transpose(1, 2)  # [B, D, N], modes 3 elements apart
+    assert not x.is_contiguous() and not state.is_contiguous()
+    assert expected_chunks(x, 17) > 1 or device == "cuda"
+    y, final = et.ssm_scan(x, lam, b, state, backend="triton")
+    check_against_oracle(y, final, x, lam, b, state)
 
 
 def test_long_sequences_chunk_only_when_programs_are_few():

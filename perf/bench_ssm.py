@@ -10,7 +10,8 @@ Baselines (DESIGN section 4):
   is the same scan forced to one chunk.
 
 Bytes: step = state read + written + lam, b read (+ x, y); scan = x read + y written + final state.
-Flops (scan): 8 per mode per token (complex multiply-add), ``8 B L D N``.
+Flops (scan): 8 per mode per token (complex multiply-add), ``8 B L D N``; ``fwd_bwd`` (gradients of x, lam, b):
+about 24 per mode per token.
 """
 
 from __future__ import annotations
@@ -106,6 +107,13 @@ def original_scan_loop(x, lam, b, tokens: int):
     return torch.stack(ys, 1), u
 
 
+def scan_gradients(scan_fn, x, lam, b, dy):
+    """Forward and backward of ``<scan(x, lam, b).y, dy>``: the gradients of x, lam and b."""
+    leaves = [x.detach().requires_grad_(), lam.detach().requires_grad_(), b.detach().requires_grad_()]
+    y, _ = scan_fn(*leaves)
+    return torch.autograd.grad(y, leaves, dy)
+
+
 def bench_scan(ctx) -> None:
     batch, channels = (2, 8) if ctx.quick else (8, 2048)
     for modes in ctx.sizes(quick=[4, 16], full=[16, 64, 256]):
@@ -151,6 +159,17 @@ def scan_case(ctx, batch, length, channels, modes, lam, b) -> None:
     if length <= reference_limit:
         ctx.time(op="ssm_scan", provider="torch", x_name="L", x_value=length, config=config,
                  bytes=nbytes, flops=flops, fn=lambda: naive.ssm_scan(x, lam, b))
+    # Forward + backward (gradients of x, lam, b): x twice, y, dy and dx (fp32) = 5 x 4 B per element of x;
+    # 8 flops per mode and token forward, ~16 backward (two complex recurrences, two accumulations).
+    dy = torch.randn_like(x)
+    grad_bytes = 5 * x.numel() * 4 + 4 * channels * modes * 8
+    grad_flops = 24 * batch * length * channels * modes
+    providers = {"triton": lambda *a: et.ssm_scan(*a, backend="triton")}
+    if length <= reference_limit:
+        providers["torch"] = naive.ssm_scan
+    for provider, scan_fn in providers.items():
+        ctx.time(op="ssm_scan", provider=provider, mode="fwd_bwd", x_name="L", x_value=length, config=config,
+                 bytes=grad_bytes, flops=grad_flops, fn=lambda scan_fn=scan_fn: scan_gradients(scan_fn, x, lam, b, dy))
     tokens = min(length, 16 if ctx.quick else ORIGINAL_SCAN_TOKENS)
     full_lam = torch.cat([lam, lam.conj()], dim=1)
     full_b = torch.cat([b, b.conj()], dim=1)

@@ -216,6 +216,17 @@ def _capture_cases():
                     finally:
                         scan.MIN_CHUNK_TOKENS = saved
                 cases.append((f"ssm_scan chunked D={channels} N={modes} {dtype} state={with_state}", run))
+    # The scan's backward (reverse walk): with / without an initial state, fp32 / bf16 x, one and two mode blocks.
+    for channels, modes in ((5, 33), (64, 64), (3, 600)):
+        for dtype in (torch.float32, torch.bfloat16):
+            for with_state in (False, True):
+                def run(channels=channels, modes=modes, dtype=dtype, with_state=with_state):
+                    x = torch.randn(2, 7, channels).to(dtype).requires_grad_()
+                    lam = nodes(channels, modes).requires_grad_()
+                    state = randc(2, channels, modes).requires_grad_() if with_state else None
+                    y, final = et.ssm_scan(x, lam, randc(channels, modes), state, **tr)
+                    (y.float().sum() + final.abs().sum()).backward()
+                cases.append((f"ssm_scan backward D={channels} N={modes} {dtype} state={with_state}", run))
 
     # ssm_step: with / without state_indices, fp32 / bf16 x, small and split mode counts, aligned shapes.
     for channels, modes in ((5, 33), (64, 16), (64, 256), (3, 600)):

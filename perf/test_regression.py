@@ -41,6 +41,19 @@ def _scan(batch, length, channels, modes):
     return lambda: et.ssm_scan(x, lam, b)
 
 
+def _scan_backward(batch, length, channels, modes):
+    lam, b = random_ssm(channels, modes, "cuda")
+    leaves = [torch.randn(batch, length, channels, device="cuda").requires_grad_(), lam.requires_grad_(),
+              b.requires_grad_()]
+    dy = torch.randn(batch, length, channels, device="cuda")
+
+    def run():
+        y, _ = et.ssm_scan(*leaves)
+        return torch.autograd.grad(y, leaves, dy)
+
+    return run
+
+
 def _memory(tokens, d, tau, backward):
     x = torch.randn(tokens, d, device="cuda", requires_grad=backward)
     tables = (0.02 * torch.randn(d // tau, 2**tau, d, device="cuda")).requires_grad_(backward)
@@ -63,6 +76,8 @@ CASES = {
     "step_B64_D1024_N256": lambda: _step(64, 1024, 256),
     "scan_B8_L4096_D2048_N64": lambda: _scan(8, 4096, 2048, 64),
     "scan_B8_L4096_D2048_N256": lambda: _scan(8, 4096, 2048, 256),
+    "scan_B1_L1M_D64_N16_chunked": lambda: _scan(1, 1 << 20, 64, 16),
+    "scan_fwd_bwd_B8_L4096_D2048_N64": lambda: _scan_backward(8, 4096, 2048, 64),
     "memory_fwd_T8192_d1024": lambda: _memory(8192, 1024, 8, False),
     "memory_fwd_bwd_T8192_d1024": lambda: _memory(8192, 1024, 8, True),
     "memory_fwd_T1_d1024": lambda: _memory(1, 1024, 8, False),

@@ -281,6 +281,99 @@ def test_chunked_long_sequence_on_gpu():
     check_against_oracle(y, final, x, lam, b, state)
 
 
+def scan_gradients(scan, x, lam, b, state, dy, dfinal, complex_dtype, real_dtype):
+    """Gradients of ``<y, dy> + <final_state, dfinal>`` (real inner products) w.r.t. x, lam, b and state."""
+    leaves = [x.to(real_dtype).clone().requires_grad_(), lam.to(complex_dtype).clone().requires_grad_(),
+              b.to(complex_dtype).clone().requires_grad_(),
+              None if state is None else state.to(complex_dtype).clone().requires_grad_()]
+    y, final = scan(*leaves)
+    loss = (y.double() * dy.double()).sum() if dy is not None else 0.0
+    if dfinal is not None:
+        loss = loss + (torch.view_as_real(final).double() * torch.view_as_real(dfinal).double()).sum()
+    loss.backward()
+    return [None if leaf is None else leaf.grad for leaf in leaves]
+
+
+# Gradients relative to their largest magnitude, against float64 autograd through the reference: measured
+# 5e-8 .. 2.4e-7 for L <= 63 (N <= 515); dlam, a lag-weighted sum, grows about linearly with L (2.8e-7 at
+# L = 256, 1.6e-6 at L = 1024; N = 16, interpreter). bf16 x: dx is rounded to bf16 (ELEMENT_TOL).
+GRAD_TOL = 2e-6
+
+
+def grad_tol(length: int) -> float:
+    return GRAD_TOL * max(1.0, length / 256)
+
+
+@pytest.mark.parametrize(
+    "batch,length,channels,modes,with_state,outputs",
+    [
+        (2, 63, 5, 33, True, "y+state"),
+        (2, 13, 3, 5, False, "y"),  # no initial state, the final state unused
+        (1, 9, 3, 515, True, "y+state"),  # two mode blocks: dx from partial sums
+        (2, 11, 4, 7, True, "state"),  # only the final state is used: dy is None in backward
+    ],
+)
+def test_scan_gradients_match_float64_autograd(device, batch, length, channels, modes, with_state, outputs):
+    lam, b = make_ssm(channels, modes, device=device)
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(batch, length, channels, generator=gen).to(device)
+    state = random_state(batch, channels, modes, device=device) if with_state else None
+    dy = torch.randn(batch, length, channels, generator=gen).to(device) if "y" in outputs else None
+    dfinal = random_state(batch, channels, modes, seed=9, device=device) if "state" in outputs else None
+    got = scan_gradients(lambda *a: et.ssm_scan(*a, backend="triton"), x, lam, b, state, dy, dfinal,
+                         torch.complex64, torch.float32)
+    expected = scan_gradients(reference.ssm_scan, x, lam, b, state, dy, dfinal, torch.complex128, torch.float64)
+    for name, g, e in zip(("x", "lam", "b", "state"), got, expected, strict=True):
+        if e is None:
+            assert g is None
+            continue
+        assert g.dtype == (torch.float32 if name == "x" else torch.complex64)
+        assert_close(g, e, atol=GRAD_TOL * e.abs().max().item(), rtol=0, name=f"d{name}")
+
+
+def test_scan_gradients_bf16_x_and_strided_x(device):
+    lam, b = make_ssm(5, 33, device=device)
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 5, 2 * 31, generator=gen).to(device, torch.bfloat16)[:, :, ::2].transpose(1, 2)
+    dy = torch.randn(2, 31, 5, generator=gen).to(device, torch.bfloat16).float()  # exact in bf16: y's grad is bf16
+    got = scan_gradients(lambda *a: et.ssm_scan(*a, backend="triton"), x, lam, b, None, dy, None,
+                         torch.complex64, torch.bfloat16)
+    expected = scan_gradients(reference.ssm_scan, x, lam, b, None, dy, None, torch.complex128, torch.float64)
+    assert got[0].dtype == torch.bfloat16
+    assert_close(got[0], expected[0], atol=GRAD_TOL * expected[0].abs().max().item(),
+                 rtol=ELEMENT_TOL[torch.bfloat16], name="dx")
+    for name, g, e in zip(("lam", "b"), got[1:3], expected[1:3], strict=True):
+        assert_close(g, e, atol=GRAD_TOL * e.abs().max().item(), rtol=0, name=f"d{name}")
+
+
+def test_scan_without_grad_skips_autograd(device):
+    lam, b = make_ssm(3, 5, device=device)
+    x = torch.randn(1, 7, 3, device=device, requires_grad=True)
+    with torch.no_grad():
+        y, final = et.ssm_scan(x, lam, b, backend="triton")
+    assert y.grad_fn is None and final.grad_fn is None
+    y, _ = et.ssm_scan(x, lam, b, backend="triton")
+    assert y.grad_fn is not None
+
+
+@pytest.mark.gpu
+def test_scan_gradients_on_gpu_and_under_torch_compile():
+    lam, b = make_ssm(64, 64, device="cuda")
+    x = torch.randn(2, 1024, 64, device="cuda")
+    state = random_state(2, 64, 64, device="cuda")
+    dy = torch.randn(2, 1024, 64, device="cuda")
+    dfinal = random_state(2, 64, 64, seed=5, device="cuda")
+    eager = scan_gradients(lambda *a: et.ssm_scan(*a, backend="triton"), x, lam, b, state, dy, dfinal,
+                           torch.complex64, torch.float32)
+    expected = scan_gradients(reference.ssm_scan, x, lam, b, state, dy, dfinal, torch.complex128, torch.float64)
+    for name, g, e in zip(("x", "lam", "b", "state"), eager, expected, strict=True):
+        assert_close(g, e, atol=grad_tol(1024) * e.abs().max().item(), rtol=0, name=f"d{name}")
+    compiled_scan = torch.compile(lambda *a: et.ssm_scan(*a, backend="triton"))
+    compiled = scan_gradients(compiled_scan, x, lam, b, state, dy, dfinal, torch.complex64, torch.float32)
+    for g, e in zip(compiled, eager, strict=True):
+        assert torch.equal(g, e)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("modes", [16, 64, 256, 600])
 def test_large_shapes_on_gpu(modes):

@@ -20,6 +20,16 @@ SM) and the sequence is long: C chunks of T tokens, three launches, each program
 
 It does about twice the recurrence work for C times the parallelism. Its y and final state differ from the
 sequential scan by fp32 rounding (the carry re-associates the sum), not bit for bit.
+
+Backward (``torch.autograd``; derivation in the README): with upstream gradients ``G_t = dy_t`` plus
+``dfinal`` at t = L - 1, one reverse walk per tile carries two complex states and stores nothing of the forward:
+
+    g_t = conj(lam) g_{t+1} + G_t                   (dL/du_t)
+    v_t = conj(lam) v_{t+1} + g_{t+1}               (sum over s > t of (s - t) conj(lam)^(s-t-1) G_s)
+    dx_t = Re sum_modes conj(b) g_t,   db = sum_t x_t g_t,   dlam = conj(b) sum_t x_t v_t + conj(u_init) v_{-1},
+    d u_init = conj(lam) g_0
+
+(dlam and db summed over the batch rows afterwards). About twice the forward's arithmetic per mode and token.
 """
 
 from __future__ import annotations
@@ -53,6 +63,8 @@ REDUCE_BLOCK = 1024
 CHUNK_TARGET_PER_SM = 8
 MIN_CHUNK_TOKENS = 256
 MAX_CHUNKS = 128
+BACKWARD_MODES_PER_THREAD = 8
+BACKWARD_MAX_MODE_BLOCK = 256
 
 
 @triton.jit
@@ -230,6 +242,99 @@ def _chunk_carry_kernel(
 
 
 @triton.jit
+def _conj_mul(a_re, a_im, z_re, z_im):
+    """``conj(a) * z`` on real/imaginary parts."""
+    return a_re * z_re + a_im * z_im, a_re * z_im - a_im * z_re
+
+
+@triton.jit(do_not_specialize=["seq_len"])
+def _ssm_scan_backward_kernel(
+    x_ptr,
+    lam_ptr,
+    b_ptr,
+    state_ptr,  # the initial state [B, D, N] (HAS_STATE), any strides
+    dy_ptr,  # [B, L, D] contiguous
+    dfinal_ptr,  # [B, D, N] complex64 contiguous (HAS_DFINAL)
+    dx_ptr,  # out: [B, L, D] contiguous
+    dx_partial_ptr,  # out (SPLIT_MODES): [n_blocks, B, L, D] fp32
+    dlam_ptr,  # out: [B, D, N] complex64, per batch row
+    db_ptr,  # out: [B, D, N] complex64, per batch row
+    dstate_ptr,  # out (HAS_STATE): [B, D, N] complex64
+    batch,
+    seq_len,
+    n_channels,
+    n_modes,
+    n_mode_blocks,
+    stride_xb,
+    stride_xl,
+    stride_xd,
+    stride_sb,
+    stride_sd,
+    stride_sn,
+    HAS_STATE: tl.constexpr,
+    STATE_CONTIGUOUS: tl.constexpr,
+    HAS_DFINAL: tl.constexpr,
+    SPLIT_MODES: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+):
+    """(BLOCK_D channels, one batch row, one mode block): walk the tokens backwards (module docstring)."""
+    pid_b, pid_n, _, first, channel_ok, row_mask, channels64, lam_re, lam_im, b_re, b_im = _scan_program(
+        lam_ptr, b_ptr, n_channels, n_modes, n_mode_blocks, BLOCK_D, BLOCK_N)
+    out_rows = (pid_b * n_channels + channels64[:, None]) * (2 * n_modes)
+    if HAS_DFINAL:
+        h_re, h_im = load_complex(dfinal_ptr + out_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+    else:
+        h_re = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+        h_im = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    g_re = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    g_im = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    v_re = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    v_im = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    xg_re = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    xg_im = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    xv_re = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    xv_im = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    last = seq_len - 1
+    x_ptrs = x_ptr + pid_b * stride_xb + last * stride_xl + channels64 * stride_xd
+    dy_ptrs = dy_ptr + (pid_b * seq_len + last) * n_channels + channels64
+    if SPLIT_MODES:
+        out_ptrs = dx_partial_ptr + ((pid_n * batch + pid_b) * seq_len + last) * n_channels + channels64
+    else:
+        out_ptrs = dx_ptr + (pid_b * seq_len + last) * n_channels + channels64
+    for _ in tl.range(0, seq_len, num_stages=NUM_STAGES):
+        x_t = tl.load(x_ptrs, mask=channel_ok, other=0.0).to(tl.float32)[:, None]
+        dy_t = tl.load(dy_ptrs, mask=channel_ok, other=0.0).to(tl.float32)[:, None]
+        cv_re, cv_im = _conj_mul(lam_re, lam_im, v_re, v_im)  # v_t = conj(lam) v_{t+1} + g_{t+1}
+        v_re = cv_re + g_re
+        v_im = cv_im + g_im
+        g_re = h_re + dy_t  # g_t = conj(lam) g_{t+1} + dy_t (+ dfinal at t = L - 1)
+        g_im = h_im
+        dx_t = tl.sum(b_re * g_re + b_im * g_im, axis=1)  # Re sum_s conj(b_s) g_s
+        tl.store(out_ptrs, dx_t.to(out_ptrs.dtype.element_ty), mask=channel_ok)
+        xg_re += x_t * g_re
+        xg_im += x_t * g_im
+        xv_re += x_t * v_re
+        xv_im += x_t * v_im
+        h_re, h_im = _conj_mul(lam_re, lam_im, g_re, g_im)
+        x_ptrs -= stride_xl
+        dy_ptrs -= n_channels
+        out_ptrs -= n_channels
+    dlam_re, dlam_im = _conj_mul(b_re, b_im, xv_re, xv_im)
+    if HAS_STATE:
+        s_re, s_im = _initial_state(state_ptr, pid_b, channels64, row_mask, first, n_modes, stride_sb, stride_sd,
+                                    stride_sn, HAS_STATE, STATE_CONTIGUOUS, BLOCK_D, BLOCK_N)
+        cv_re, cv_im = _conj_mul(lam_re, lam_im, v_re, v_im)  # v_{-1} = conj(lam) v_0 + g_0
+        ds_re, ds_im = _conj_mul(s_re, s_im, cv_re + g_re, cv_im + g_im)
+        dlam_re += ds_re
+        dlam_im += ds_im
+        store_complex(dstate_ptr + out_rows, row_mask, first, n_modes, 2, h_re, h_im, BLOCK_D, BLOCK_N, True)
+    store_complex(dlam_ptr + out_rows, row_mask, first, n_modes, 2, dlam_re, dlam_im, BLOCK_D, BLOCK_N, True)
+    store_complex(db_ptr + out_rows, row_mask, first, n_modes, 2, xg_re, xg_im, BLOCK_D, BLOCK_N, True)
+
+
+@triton.jit
 def _sum_mode_blocks_kernel(partial_ptr, y_ptr, numel, n_blocks, BLOCK: tl.constexpr):
     """``y = sum_k partial[k]`` over the mode blocks in ascending order (the step's order)."""
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -248,12 +353,27 @@ def scan_blocks(channels: int, modes: int) -> tuple[int, int]:
     return block_d, block_n
 
 
+def backward_blocks(channels: int, modes: int) -> tuple[int, int]:
+    """``(BLOCK_D, BLOCK_N)`` of the backward: it keeps 14 fp32 values per mode (lam, b, g, v, h and the two
+    accumulators) against the forward's 6, so about BACKWARD_MODES_PER_THREAD modes per thread and mode blocks
+    of at most BACKWARD_MAX_MODE_BLOCK (16 modes per thread took 255 registers and spilled on sm_90)."""
+    block_n = min(next_power_of_2(modes), BACKWARD_MAX_MODE_BLOCK)
+    per_program = 32 * SCAN_WARPS * BACKWARD_MODES_PER_THREAD
+    block_d = max(1, min(32, next_power_of_2(channels), per_program // block_n))
+    return block_d, block_n
+
+
 def chunk_count(programs: int, seq_len: int, device: torch.device) -> int:
     """How many sequence chunks the scan uses: 1 unless the (batch, channel, mode) programs leave SMs idle."""
     target = CHUNK_TARGET_PER_SM * sm_count(device)
     if programs >= target or seq_len < 2 * MIN_CHUNK_TOKENS:
         return 1
     return min(cdiv(target, programs), seq_len // MIN_CHUNK_TOKENS, MAX_CHUNKS)
+
+
+def _needs_grad(*tensors) -> bool:
+    """Whether autograd records this call (else the launcher runs without an autograd.Function)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 @registered_launcher("etsc_triton::ssm_scan", mutates_args=())
@@ -313,6 +433,69 @@ def _ssm_scan_launch(
     return y, final_state
 
 
+@registered_launcher("etsc_triton::ssm_scan_backward", mutates_args=())
+def _ssm_scan_backward_launch(
+    x: torch.Tensor,
+    lam: torch.Tensor,
+    b: torch.Tensor,
+    state: torch.Tensor | None,
+    dy: torch.Tensor,
+    dfinal: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of the scan: x, lam, b, state as in the forward; dy ``[B, L, D]`` contiguous; dfinal complex64
+    ``[B, D, N]`` contiguous or None. Returns ``(dx [B, L, D] in x.dtype, dlam [D, N], db [D, N], dstate)``
+    (complex64; dstate ``[B, D, N]``, empty without a state)."""
+    batch, seq_len, channels = x.shape
+    modes = lam.shape[1]
+    block_d, block_n = backward_blocks(channels, modes)
+    n_mode_blocks = cdiv(modes, block_n)
+    split = n_mode_blocks > 1
+    dx = torch.empty((batch, seq_len, channels), device=x.device, dtype=x.dtype)
+    per_row = (batch, channels, modes, 2)
+    dlam_rows = torch.empty(per_row, device=x.device, dtype=torch.float32)
+    db_rows = torch.empty(per_row, device=x.device, dtype=torch.float32)
+    dstate = torch.empty(per_row if state is not None else (0, 2), device=x.device, dtype=torch.float32)
+    unused = torch.empty(0, device=x.device, dtype=torch.float32)
+    partial = torch.empty((n_mode_blocks, batch, seq_len, channels), device=x.device, dtype=torch.float32) \
+        if split else unused
+    state_parts = torch.view_as_real(state) if state is not None else unused
+    wrap_triton(_ssm_scan_backward_kernel)[(cdiv(channels, block_d), batch, n_mode_blocks)](
+        x, torch.view_as_real(lam), torch.view_as_real(b), state_parts, dy,
+        torch.view_as_real(dfinal) if dfinal is not None else unused,
+        dx, partial, dlam_rows, db_rows, dstate,
+        batch, seq_len, channels, modes, n_mode_blocks,
+        x.stride(0), x.stride(1), x.stride(2),
+        *(state_parts.stride()[:3] if state is not None else (0, 0, 0)),
+        HAS_STATE=state is not None, STATE_CONTIGUOUS=state is not None and state_parts.stride(2) == 2,
+        HAS_DFINAL=dfinal is not None, SPLIT_MODES=split, BLOCK_D=block_d, BLOCK_N=block_n,
+        NUM_STAGES=1 if interpreter_enabled() else SCAN_STAGES, num_warps=SCAN_WARPS,
+    )
+    if split:
+        numel = dx.numel()
+        wrap_triton(_sum_mode_blocks_kernel)[(cdiv(numel, REDUCE_BLOCK),)](
+            partial, dx, numel, n_mode_blocks, BLOCK=REDUCE_BLOCK
+        )
+    dlam = torch.view_as_complex(dlam_rows.sum(0))
+    db = torch.view_as_complex(db_rows.sum(0))
+    return dx, dlam, db, torch.view_as_complex(dstate)
+
+
+class _SSMScanFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, lam, b, state):
+        y, final_state = _ssm_scan_launch(x, lam, b, state, True)
+        ctx.save_for_backward(x, lam, b, state)
+        return y, final_state
+
+    @staticmethod
+    def backward(ctx, dy, dfinal):
+        x, lam, b, state = ctx.saved_tensors
+        dy = torch.zeros(x.shape, device=x.device, dtype=x.dtype) if dy is None else dy.contiguous()
+        dfinal = None if dfinal is None else dfinal.to(torch.complex64).contiguous()
+        dx, dlam, db, dstate = _ssm_scan_backward_launch(x, lam, b, state, dy, dfinal)
+        return dx, dlam, db, dstate if state is not None else None
+
+
 def ssm_scan(
     x: torch.Tensor,
     lam: torch.Tensor,
@@ -326,7 +509,7 @@ def ssm_scan(
     ``u_t = lam * u_{t-1} + b * x_t`` and ``y_t = Re sum_s u_{t,s}`` in fp32 for every batch row and channel,
     starting from ``state`` (zero when None). The states of the intermediate tokens never go to memory. The
     update and the mode reduction are those of :func:`etsc_triton.ssm_step`: L scan tokens and L steps agree to
-    fp32 rounding.
+    fp32 rounding. Differentiable in x, lam, b and state (a reverse-scan kernel; no forward states are saved).
 
     Args:
         x: inputs, ``[B, L, D]`` float32 / bfloat16 / float16 (float64 accepted; computed in fp32), any strides
@@ -356,4 +539,6 @@ def ssm_scan(
     b = b.to(torch.complex64).contiguous()
     if state is not None:
         state = state.to(torch.complex64)
+    if _needs_grad(x, lam, b, state):
+        return _SSMScanFunction.apply(x, lam, b, state)
     return _ssm_scan_launch(x, lam, b, state, True)

@@ -107,6 +107,12 @@ def materialised_kernel_c64(lam: torch.Tensor, b: torch.Tensor, length: int) -> 
     return torch.einsum("...s,...sj->...j", b, powers).real
 
 
+def kernel_gradients(kernel_fn, lam, b, dk):
+    """Forward and backward of ``<kernel_fn(lam, b), dk>``: the gradients of lam and b."""
+    leaves = [lam.detach().requires_grad_(), b.detach().requires_grad_()]
+    return torch.autograd.grad(kernel_fn(*leaves), leaves, dk)
+
+
 def bench_ssm_kernel(ctx) -> None:
     compiled = torch.compile(materialised_kernel_c64) if ctx.on_gpu else None
     channels = ctx.sizes(quick=[4], full=[1024])[0]
@@ -153,6 +159,16 @@ def bench_ssm_kernel(ctx) -> None:
                 value=rel_err(fn()[:ERROR_ROWS].double(), expected),
                 config=config,
             )
+        # Forward + backward (S4D-style training through the kernel): ours against autograd through the
+        # materialised complex64 evaluation; the backward does twice the forward's products (P and Q).
+        dk = torch.randn(channels, length, device=ctx.device)
+        backward_providers = {"triton": lambda lam, b, length=length: et.ssm_kernel(lam, b, length, backend="triton")}
+        if "materialised" in providers:
+            backward_providers["materialised"] = lambda lam, b, length=length: materialised_kernel_c64(lam, b, length)
+        for provider, kernel_fn in backward_providers.items():
+            ctx.time(op="ssm_kernel", provider=provider, mode="fwd_bwd", x_name=x_name, x_value=x_value,
+                     config=config, fn=lambda f=kernel_fn, lam=lam, b=b, dk=dk: kernel_gradients(f, lam, b, dk),
+                     bytes=8 * channels * length + 32 * channels * modes, flops=24 * channels * modes * length)
 
 
 def spread_unit_nodes(systems: int, size: int, device: str) -> torch.Tensor:

@@ -216,6 +216,13 @@ def _capture_cases():
                     finally:
                         scan.MIN_CHUNK_TOKENS = saved
                 cases.append((f"ssm_scan chunked D={channels} N={modes} {dtype} state={with_state}", run))
+    # ssm_kernel's backward: short and long kernels (the block choices depend on L), few and many modes.
+    for modes, length in ((16, 200), (64, 4096), (40, 63)):
+        def run(modes=modes, length=length):
+            lam = nodes(2, modes).requires_grad_()
+            b = randc(2, modes).requires_grad_()
+            et.ssm_kernel(lam, b, length, **tr).sum().backward()
+        cases.append((f"ssm_kernel backward N={modes} L={length}", run))
     # The scan's backward (reverse walk): with / without an initial state, fp32 / bf16 x, one and two mode blocks.
     for channels, modes in ((5, 33), (64, 64), (3, 600)):
         for dtype in (torch.float32, torch.bfloat16):

@@ -28,6 +28,14 @@ def _ssm_kernel(channels, modes, length):
     return lambda: et.ssm_kernel(lam, b, length)
 
 
+def _ssm_kernel_backward(channels, modes, length):
+    lam, b = random_ssm(channels, modes, "cuda")
+    lam.requires_grad_()
+    b.requires_grad_()
+    dk = torch.randn(channels, length, device="cuda")
+    return lambda: torch.autograd.grad(et.ssm_kernel(lam, b, length), [lam, b], dk)
+
+
 def _step(batch, channels, modes):
     lam, b = random_ssm(channels, modes, "cuda")
     state = torch.zeros(batch, channels, modes, device="cuda", dtype=torch.complex64)
@@ -71,6 +79,7 @@ CASES = {
     "conversion_n512_d4096": lambda: _conversion(512, 4096),
     "conversion_n16384_d4096": lambda: _conversion(16384, 4096),
     "ssm_kernel_D1024_N64_L4096": lambda: _ssm_kernel(1024, 64, 4096),
+    "ssm_kernel_fwd_bwd_D1024_N64_L4096": lambda: _ssm_kernel_backward(1024, 64, 4096),
     "step_B1_D1024_N512": lambda: _step(1, 1024, 512),
     "step_B8_D1024_N256": lambda: _step(8, 1024, 256),
     "step_B64_D1024_N256": lambda: _step(64, 1024, 256),

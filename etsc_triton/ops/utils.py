@@ -108,6 +108,12 @@ def registered_launcher(name: str, *, mutates_args: Iterable[str] = ()) -> Calla
     return register
 
 
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records a call on ``tensors`` (``None`` skipped). Without it the public functions run
+    their launchers directly: an ``autograd.Function`` costs several us of host time per call."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def check_tensor(
     fn_name: str,
     name: str,

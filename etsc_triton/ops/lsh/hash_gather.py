@@ -16,7 +16,15 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ..utils import cdiv, interpreter_enabled, next_power_of_2, registered_launcher, resolve_backend, sm_count
+from ..utils import (
+    cdiv,
+    interpreter_enabled,
+    needs_grad,
+    next_power_of_2,
+    registered_launcher,
+    resolve_backend,
+    sm_count,
+)
 from . import naive
 from .backward import hash_tile, lsh_hash_backward, memory_gather_backward, memory_layer_backward
 from .naive import validate_gather, validate_hash, validate_layer
@@ -181,12 +189,6 @@ def lsh_hash_forward(z: torch.Tensor, num_tables: int, inv_temperature: float,
     return codes, scores
 
 
-def _needs_grad(tensors) -> bool:
-    """Whether autograd records this call; without it the launchers run directly (no autograd.Function:
-    it costs several us of host time per call, which a decode-sized call cannot afford)."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
 def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
     """``[..., width]`` -> ``[T, width]`` with unit last stride (copies only when needed)."""
     t = t.reshape(-1, width)
@@ -275,7 +277,7 @@ def lsh_hash(z, *, temperature=1.0, weighting="paper", backend="auto"):
     if resolve_backend("lsh_hash", backend, z) == "torch":
         return naive.lsh_hash(z, temperature=temperature, weighting=weighting)
     args = (_rows(z, num_tables * tau).contiguous(), num_tables, 1.0 / temperature, weighting == "magnitude")
-    hash_fn = _LshHashFunction.apply if _needs_grad([z]) else lsh_hash_forward
+    hash_fn = _LshHashFunction.apply if needs_grad(z) else lsh_hash_forward
     codes, scores = hash_fn(*args)
     return codes.reshape(z.shape[:-1]), scores.reshape(z.shape[:-1])
 
@@ -310,7 +312,7 @@ def memory_gather(codes, scores, tables, bias=None, *, deterministic=False, back
     lead = codes.shape[:-1]
     args = (codes.reshape(-1, num_tables).contiguous(), scores.reshape(-1, num_tables).contiguous(),
             tables.contiguous(), None if bias is None else bias.contiguous())
-    if not _needs_grad(tensors):
+    if not needs_grad(*tensors):
         return memory_gather_forward(*args).reshape(*lead, d_out)
     return _MemoryGatherFunction.apply(*args, deterministic).reshape(*lead, d_out)
 
@@ -349,7 +351,7 @@ def memory_layer(x, tables, bias=None, *, temperature=1.0, weighting="paper", de
     lead = x.shape[:-1]
     bias = None if bias is None else bias.contiguous()
     args = (_rows(x, num_tables * tau), tables.contiguous(), bias, 1.0 / temperature, weighting == "magnitude")
-    if not _needs_grad(tensors):
+    if not needs_grad(*tensors):
         y, _, _ = memory_layer_forward(*args, False)
         return y.reshape(*lead, d_out)
     y = _MemoryLayerFunction.apply(*args, deterministic, True)

@@ -44,6 +44,7 @@ from ..utils import (
     complex_mul,
     interpreter_enabled,
     load_complex,
+    needs_grad,
     next_power_of_2,
     registered_launcher,
     resolve_backend,
@@ -371,11 +372,6 @@ def chunk_count(programs: int, seq_len: int, device: torch.device) -> int:
     return min(cdiv(target, programs), seq_len // MIN_CHUNK_TOKENS, MAX_CHUNKS)
 
 
-def _needs_grad(*tensors) -> bool:
-    """Whether autograd records this call (else the launcher runs without an autograd.Function)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 @registered_launcher("etsc_triton::ssm_scan", mutates_args=())
 def _ssm_scan_launch(
     x: torch.Tensor, lam: torch.Tensor, b: torch.Tensor, state: torch.Tensor | None, allow_chunks: bool
@@ -539,6 +535,6 @@ def ssm_scan(
     b = b.to(torch.complex64).contiguous()
     if state is not None:
         state = state.to(torch.complex64)
-    if _needs_grad(x, lam, b, state):
+    if needs_grad(x, lam, b, state):
         return _SSMScanFunction.apply(x, lam, b, state)
     return _ssm_scan_launch(x, lam, b, state, True)

@@ -13,6 +13,12 @@ Powers are computed directly, not by repeated multiplication: the launcher passe
 ``angle(lam)`` in float64 (from complex128 copies of the nodes), the kernel forms ``j * angle`` in float64,
 reduces it to [-pi, pi) in float64, then takes cos/sin in float32, and ``|lam|^j = exp2(j * log2|lam|)``.
 The phase error therefore stays ~1e-7 at j = 16384, where a float32 angle times j would be off by 3e-3.
+
+Backward (``torch.autograd``): with upstream ``G_j = dL/dK_j``, ``db_s = conj(P_s)`` and
+``dlam_s = conj(b_s Q_s)`` where ``P_s = sum_j G_j lam_s^j`` and ``Q_s = sum_j j G_j lam_s^(j-1) =
+sum_j (j+1) G_{j+1} lam_s^j``: two polynomials evaluated at the nodes, the same four-step factorisation with
+the contraction over the lags instead of the modes (``sum_A lam^(A BL) sum_a G[A BL + a] lam^a``), one
+program per (channel, block of modes).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from ..utils import (
     cdiv,
     complex_mul,
     interpreter_enabled,
+    needs_grad,
     next_power_of_2,
     real_view,
     registered_launcher,
@@ -91,6 +98,55 @@ def _ssm_kernel_kernel(
     tl.store(out_ptr + row * length + lag, acc, mask=lag < length)
 
 
+@triton.jit(do_not_specialize=["length"])
+def _ssm_kernel_backward_kernel(
+    log2_mag_ptr,  # [rows, modes] float64
+    angle_ptr,  # [rows, modes] float64
+    dk_ptr,  # [rows, length] float32 contiguous: G
+    p_ptr,  # out: [rows, modes, 2] float32, P = sum_j G_j lam^j
+    q_ptr,  # out: [rows, modes, 2] float32, Q = sum_j (j + 1) G_{j+1} lam^j
+    modes,
+    length,
+    n_anchors,
+    BL: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    s_ok = s < modes
+    node_off = row * modes + s
+    log2_mag = tl.load(log2_mag_ptr + node_off, mask=s_ok, other=0.0)[None, :]
+    angle = tl.load(angle_ptr + node_off, mask=s_ok, other=0.0)[None, :]
+    offset = tl.arange(0, BL)
+    pw_re, pw_im = _node_powers(log2_mag, angle, offset.to(tl.float64)[:, None])  # [BL, BLOCK_N]: lam^a
+    p_re = tl.zeros([BLOCK_N], dtype=tl.float32)
+    p_im = tl.zeros([BLOCK_N], dtype=tl.float32)
+    q_re = tl.zeros([BLOCK_N], dtype=tl.float32)
+    q_im = tl.zeros([BLOCK_N], dtype=tl.float32)
+    dk_row = dk_ptr + row * length
+    for first in tl.range(0, n_anchors, BLOCK_A):
+        anchor = first + tl.arange(0, BLOCK_A)
+        lag = anchor.to(tl.int64)[:, None] * BL + offset[None, :]  # [BLOCK_A, BL]
+        g = tl.load(dk_row + lag, mask=lag < length, other=0.0)
+        g_next = tl.load(dk_row + lag + 1, mask=lag + 1 < length, other=0.0) * (lag + 1).to(tl.float32)
+        anchor_re, anchor_im = _node_powers(log2_mag, angle, (anchor.to(tl.int64) * BL).to(tl.float64)[:, None])
+        inner_re = tl.dot(g, pw_re, input_precision="ieee")  # [BLOCK_A, BLOCK_N]
+        inner_im = tl.dot(g, pw_im, input_precision="ieee")
+        term_re, term_im = complex_mul(anchor_re, anchor_im, inner_re, inner_im)
+        p_re += tl.sum(term_re, axis=0)
+        p_im += tl.sum(term_im, axis=0)
+        inner_re = tl.dot(g_next, pw_re, input_precision="ieee")
+        inner_im = tl.dot(g_next, pw_im, input_precision="ieee")
+        term_re, term_im = complex_mul(anchor_re, anchor_im, inner_re, inner_im)
+        q_re += tl.sum(term_re, axis=0)
+        q_im += tl.sum(term_im, axis=0)
+    tl.store(p_ptr + node_off * 2, p_re, mask=s_ok)
+    tl.store(p_ptr + node_off * 2 + 1, p_im, mask=s_ok)
+    tl.store(q_ptr + node_off * 2, q_re, mask=s_ok)
+    tl.store(q_ptr + node_off * 2 + 1, q_im, mask=s_ok)
+
+
 # ----------------------------------------------------------------------------------------------- launchers
 
 
@@ -103,6 +159,13 @@ def _kernel_blocks(modes: int, length: int) -> tuple[int, int, int]:
     return bl, 32, block_n
 
 
+def _polar64(lam2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log2 |lam|, angle(lam))`` in float64, contiguous; ``log2 |0|`` is a huge negative finite number."""
+    nodes = lam2d.detach().to(torch.complex128)
+    log2_mag = torch.log2(nodes.abs()).clamp_min(-1e30).contiguous()  # finite for lam = 0 (NaN stays NaN)
+    return log2_mag, torch.angle(nodes).contiguous()
+
+
 @registered_launcher("etsc_triton::ssm_kernel", mutates_args=())
 def _ssm_kernel_triton(lam2d: torch.Tensor, b2d: torch.Tensor, length: int) -> torch.Tensor:
     """``lam2d``, ``b2d`` `[rows, N]` complex -> K `[rows, length]` float32."""
@@ -110,9 +173,7 @@ def _ssm_kernel_triton(lam2d: torch.Tensor, b2d: torch.Tensor, length: int) -> t
     out = torch.empty((rows, length), dtype=torch.float32, device=lam2d.device)
     if rows == 0 or length == 0:
         return out
-    nodes = lam2d.to(torch.complex128)
-    log2_mag = torch.log2(nodes.abs()).clamp_min(-1e30).contiguous()  # finite for lam = 0 (NaN stays NaN)
-    angle = torch.angle(nodes).contiguous()
+    log2_mag, angle = _polar64(lam2d)
     bl, block_a, block_n = _kernel_blocks(modes, length)
     grid = (rows, cdiv(cdiv(length, bl), block_a))
     wrap_triton(_ssm_kernel_kernel)[grid](
@@ -130,6 +191,37 @@ def _ssm_kernel_triton(lam2d: torch.Tensor, b2d: torch.Tensor, length: int) -> t
     return out
 
 
+@registered_launcher("etsc_triton::ssm_kernel_backward", mutates_args=())
+def _ssm_kernel_backward_triton(
+    lam2d: torch.Tensor, b2d: torch.Tensor, dk: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lam2d``, ``b2d`` `[rows, N]` complex, ``dk`` `[rows, L]` float32 contiguous -> (dlam, db) complex64."""
+    rows, modes = lam2d.shape
+    length = dk.shape[1]
+    p = torch.empty((rows, modes), dtype=torch.complex64, device=lam2d.device)
+    q = torch.empty_like(p)
+    log2_mag, angle = _polar64(lam2d)
+    bl, block_a, block_n = _kernel_blocks(modes, length)
+    wrap_triton(_ssm_kernel_backward_kernel)[(rows, cdiv(modes, block_n))](
+        log2_mag, angle, dk, torch.view_as_real(p), torch.view_as_real(q), modes, length, cdiv(length, bl),
+        BL=bl, BLOCK_A=block_a, BLOCK_N=block_n, num_warps=4,
+    )
+    return (b2d.to(torch.complex64) * q).conj(), p.conj()
+
+
+class _SSMKernelFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lam2d, b2d, length):
+        ctx.save_for_backward(lam2d, b2d)
+        return _ssm_kernel_triton(lam2d, b2d, length)
+
+    @staticmethod
+    def backward(ctx, dk):
+        lam2d, b2d = ctx.saved_tensors
+        dlam, db = _ssm_kernel_backward_triton(lam2d, b2d, dk.to(torch.float32).contiguous())
+        return dlam.to(lam2d.dtype), db.to(b2d.dtype), None
+
+
 # ----------------------------------------------------------------------------------------------- public function
 
 
@@ -137,7 +229,8 @@ def ssm_kernel(lam, b, length, *, backend="auto"):
     """Evaluate the convolution kernel of a diagonal SSM: ``K_j = Re sum_s b_s lam_s^j``, ``0 <= j < length``.
 
     Works for any complex nodes (ETSC, S4D, LRU, ...); memory is O(D * length): the N x length Vandermonde
-    matrix is never formed.
+    matrix is never formed. Differentiable in lam and b (the backward evaluates two polynomials in the
+    upstream gradient at the nodes, with the same factorisation).
 
     Args:
         lam: `[..., N]` complex nodes.
@@ -160,5 +253,9 @@ def ssm_kernel(lam, b, length, *, backend="auto"):
         return naive.ssm_kernel(lam.to(torch.complex64), b.to(torch.complex64), length)
     batch = tuple(lam.shape[:-1])
     modes = lam.shape[-1]
-    out = _ssm_kernel_triton(lam.reshape(-1, modes), b.reshape(-1, modes), length)
+    lam2d, b2d = lam.reshape(-1, modes), b.reshape(-1, modes)
+    if needs_grad(lam, b) and length > 0 and lam2d.shape[0] > 0:
+        out = _SSMKernelFunction.apply(lam2d, b2d, length)
+    else:
+        out = _ssm_kernel_triton(lam2d, b2d, length)
     return out.reshape(*batch, length)

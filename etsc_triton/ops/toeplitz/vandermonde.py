@@ -98,6 +98,16 @@ def _ssm_kernel_kernel(
     tl.store(out_ptr + row * length + lag, acc, mask=lag < length)
 
 
+@triton.jit
+def _evaluate_anchors(coeffs, pw_re, pw_im, anchor_re, anchor_im):
+    """``sum_A lam^(A BL) sum_a coeffs[A, a] lam^a`` per node: coeffs ``[BLOCK_A, BL]`` (real), the offset powers
+    ``[BL, BLOCK_N]`` and the anchor powers ``[BLOCK_A, BLOCK_N]``; returns ``(re, im)`` ``[BLOCK_N]``."""
+    inner_re = tl.dot(coeffs, pw_re, input_precision="ieee")
+    inner_im = tl.dot(coeffs, pw_im, input_precision="ieee")
+    term_re, term_im = complex_mul(anchor_re, anchor_im, inner_re, inner_im)
+    return tl.sum(term_re, axis=0), tl.sum(term_im, axis=0)
+
+
 @triton.jit(do_not_specialize=["length"])
 def _ssm_kernel_backward_kernel(
     log2_mag_ptr,  # [rows, modes] float64
@@ -131,16 +141,12 @@ def _ssm_kernel_backward_kernel(
         g = tl.load(dk_row + lag, mask=lag < length, other=0.0)
         g_next = tl.load(dk_row + lag + 1, mask=lag + 1 < length, other=0.0) * (lag + 1).to(tl.float32)
         anchor_re, anchor_im = _node_powers(log2_mag, angle, (anchor.to(tl.int64) * BL).to(tl.float64)[:, None])
-        inner_re = tl.dot(g, pw_re, input_precision="ieee")  # [BLOCK_A, BLOCK_N]
-        inner_im = tl.dot(g, pw_im, input_precision="ieee")
-        term_re, term_im = complex_mul(anchor_re, anchor_im, inner_re, inner_im)
-        p_re += tl.sum(term_re, axis=0)
-        p_im += tl.sum(term_im, axis=0)
-        inner_re = tl.dot(g_next, pw_re, input_precision="ieee")
-        inner_im = tl.dot(g_next, pw_im, input_precision="ieee")
-        term_re, term_im = complex_mul(anchor_re, anchor_im, inner_re, inner_im)
-        q_re += tl.sum(term_re, axis=0)
-        q_im += tl.sum(term_im, axis=0)
+        term_re, term_im = _evaluate_anchors(g, pw_re, pw_im, anchor_re, anchor_im)
+        p_re += term_re
+        p_im += term_im
+        term_re, term_im = _evaluate_anchors(g_next, pw_re, pw_im, anchor_re, anchor_im)
+        q_re += term_re
+        q_im += term_im
     tl.store(p_ptr + node_off * 2, p_re, mask=s_ok)
     tl.store(p_ptr + node_off * 2 + 1, p_im, mask=s_ok)
     tl.store(q_ptr + node_off * 2, q_re, mask=s_ok)

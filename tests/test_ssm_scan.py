@@ -331,6 +331,30 @@ def test_scan_gradients_match_float64_autograd(device, batch, length, channels, 
         assert_close(g, e, atol=GRAD_TOL * e.abs().max().item(), rtol=0, name=f"d{name}")
 
 
+@settings(derandomize=True, max_examples=8, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    length=st.integers(1, 20),
+    channels=st.integers(1, 9),
+    modes=st.integers(1, 40),
+    with_state=st.booleans(),
+)
+def test_property_scan_gradients(batch, length, channels, modes, with_state):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lam, b = make_ssm(channels, modes, seed=modes, device=device)
+    gen = torch.Generator().manual_seed(length)
+    x = torch.randn(batch, length, channels, generator=gen).to(device)
+    dy = torch.randn(batch, length, channels, generator=gen).to(device)
+    state = random_state(batch, channels, modes, device=device) if with_state else None
+    dfinal = random_state(batch, channels, modes, seed=2, device=device)
+    got = scan_gradients(lambda *a: et.ssm_scan(*a, backend="triton"), x, lam, b, state, dy, dfinal,
+                         torch.complex64, torch.float32)
+    expected = scan_gradients(reference.ssm_scan, x, lam, b, state, dy, dfinal, torch.complex128, torch.float64)
+    for name, g, e in zip(("x", "lam", "b", "state"), got, expected, strict=True):
+        if e is not None:
+            assert_close(g, e, atol=GRAD_TOL * e.abs().max().item(), rtol=0, name=f"d{name}")
+
+
 def test_scan_gradients_bf16_x_and_strided_x(device):
     lam, b = make_ssm(5, 33, device=device)
     gen = torch.Generator().manual_seed(8)

@@ -18,7 +18,7 @@ Backward (``torch.autograd``): with upstream ``G_j = dL/dK_j``, ``db_s = conj(P_
 ``dlam_s = conj(b_s Q_s)`` where ``P_s = sum_j G_j lam_s^j`` and ``Q_s = sum_j j G_j lam_s^(j-1) =
 sum_j (j+1) G_{j+1} lam_s^j``: two polynomials evaluated at the nodes, the same four-step factorisation with
 the contraction over the lags instead of the modes (``sum_A lam^(A BL) sum_a G[A BL + a] lam^a``), one
-program per (channel, block of modes).
+program per (channel, block of modes, polynomial).
 """
 
 from __future__ import annotations
@@ -113,8 +113,8 @@ def _ssm_kernel_backward_kernel(
     log2_mag_ptr,  # [rows, modes] float64
     angle_ptr,  # [rows, modes] float64
     dk_ptr,  # [rows, length] float32 contiguous: G
-    p_ptr,  # out: [rows, modes, 2] float32, P = sum_j G_j lam^j
-    q_ptr,  # out: [rows, modes, 2] float32, Q = sum_j (j + 1) G_{j+1} lam^j
+    out_ptr,  # out: [2, rows, modes, 2] float32: P = sum_j G_j lam^j, then Q = sum_j (j + 1) G_{j+1} lam^j
+    rows,
     modes,
     length,
     n_anchors,
@@ -122,47 +122,48 @@ def _ssm_kernel_backward_kernel(
     BLOCK_A: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
+    """One polynomial (program_id(2): 0 for P, 1 for Q) at BLOCK_N nodes of one channel."""
     row = tl.program_id(0).to(tl.int64)
     s = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    shift = tl.program_id(2)  # Q's coefficients are the lag-weighted G shifted by one
     s_ok = s < modes
     node_off = row * modes + s
     log2_mag = tl.load(log2_mag_ptr + node_off, mask=s_ok, other=0.0)[None, :]
     angle = tl.load(angle_ptr + node_off, mask=s_ok, other=0.0)[None, :]
     offset = tl.arange(0, BL)
     pw_re, pw_im = _node_powers(log2_mag, angle, offset.to(tl.float64)[:, None])  # [BL, BLOCK_N]: lam^a
-    p_re = tl.zeros([BLOCK_N], dtype=tl.float32)
-    p_im = tl.zeros([BLOCK_N], dtype=tl.float32)
-    q_re = tl.zeros([BLOCK_N], dtype=tl.float32)
-    q_im = tl.zeros([BLOCK_N], dtype=tl.float32)
+    acc_re = tl.zeros([BLOCK_N], dtype=tl.float32)
+    acc_im = tl.zeros([BLOCK_N], dtype=tl.float32)
     dk_row = dk_ptr + row * length
     for first in tl.range(0, n_anchors, BLOCK_A):
         anchor = first + tl.arange(0, BLOCK_A)
-        lag = anchor.to(tl.int64)[:, None] * BL + offset[None, :]  # [BLOCK_A, BL]
-        g = tl.load(dk_row + lag, mask=lag < length, other=0.0)
-        g_next = tl.load(dk_row + lag + 1, mask=lag + 1 < length, other=0.0) * (lag + 1).to(tl.float32)
+        lag = anchor.to(tl.int64)[:, None] * BL + offset[None, :] + shift  # [BLOCK_A, BL]
+        coeffs = tl.load(dk_row + lag, mask=lag < length, other=0.0)
+        coeffs = tl.where(shift == 1, coeffs * lag.to(tl.float32), coeffs)
         anchor_re, anchor_im = _node_powers(log2_mag, angle, (anchor.to(tl.int64) * BL).to(tl.float64)[:, None])
-        term_re, term_im = _evaluate_anchors(g, pw_re, pw_im, anchor_re, anchor_im)
-        p_re += term_re
-        p_im += term_im
-        term_re, term_im = _evaluate_anchors(g_next, pw_re, pw_im, anchor_re, anchor_im)
-        q_re += term_re
-        q_im += term_im
-    tl.store(p_ptr + node_off * 2, p_re, mask=s_ok)
-    tl.store(p_ptr + node_off * 2 + 1, p_im, mask=s_ok)
-    tl.store(q_ptr + node_off * 2, q_re, mask=s_ok)
-    tl.store(q_ptr + node_off * 2 + 1, q_im, mask=s_ok)
+        term_re, term_im = _evaluate_anchors(coeffs, pw_re, pw_im, anchor_re, anchor_im)
+        acc_re += term_re
+        acc_im += term_im
+    out = out_ptr + (shift * rows * modes + node_off) * 2
+    tl.store(out, acc_re, mask=s_ok)
+    tl.store(out + 1, acc_im, mask=s_ok)
 
 
 # ----------------------------------------------------------------------------------------------- launchers
 
 
-def _kernel_blocks(modes: int, length: int) -> tuple[int, int, int]:
-    """(BL, BLOCK_A, BLOCK_N): every tl.dot dimension >= 16."""
+def _kernel_blocks(modes: int, length: int, max_bl: int = 64) -> tuple[int, int, int]:
+    """(BL, BLOCK_A, BLOCK_N): every tl.dot dimension >= 16; BL at most ``max_bl``."""
     if interpreter_enabled():
         return 16, 16, 16
     bl = 64 if length >= 2048 else max(16, min(64, next_power_of_2(max(1, length) // 32)))
     block_n = 16 if modes <= 16 else 32
-    return bl, 32, block_n
+    return min(bl, max_bl), 32, block_n
+
+
+# The backward's dot contracts over BL (the forward's over BLOCK_N): BL = 64 took 128 registers and spilled
+# on sm_90, BL = 32 compiles to 127 without spills (perf/NOTES.md, experiment 7).
+BACKWARD_MAX_BL = 32
 
 
 def _polar64(lam2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,14 +205,14 @@ def _ssm_kernel_backward_triton(
     """``lam2d``, ``b2d`` `[rows, N]` complex, ``dk`` `[rows, L]` float32 contiguous -> (dlam, db) complex64."""
     rows, modes = lam2d.shape
     length = dk.shape[1]
-    p = torch.empty((rows, modes), dtype=torch.complex64, device=lam2d.device)
-    q = torch.empty_like(p)
+    polynomials = torch.empty((2, rows, modes), dtype=torch.complex64, device=lam2d.device)
     log2_mag, angle = _polar64(lam2d)
-    bl, block_a, block_n = _kernel_blocks(modes, length)
-    wrap_triton(_ssm_kernel_backward_kernel)[(rows, cdiv(modes, block_n))](
-        log2_mag, angle, dk, torch.view_as_real(p), torch.view_as_real(q), modes, length, cdiv(length, bl),
+    bl, block_a, block_n = _kernel_blocks(modes, length, BACKWARD_MAX_BL)
+    wrap_triton(_ssm_kernel_backward_kernel)[(rows, cdiv(modes, block_n), 2)](
+        log2_mag, angle, dk, torch.view_as_real(polynomials), rows, modes, length, cdiv(length, bl),
         BL=bl, BLOCK_A=block_a, BLOCK_N=block_n, num_warps=4,
     )
+    p, q = polynomials
     return (b2d.to(torch.complex64) * q).conj(), p.conj()
 
 

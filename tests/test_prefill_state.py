@@ -200,3 +200,25 @@ def test_long_prompt_gpu():
     x, b, gamma = _problem(2, 8192, 64, 2048, 1024, seed=10)
     out = ssm_prefill_state(x.cuda(), b.cuda(), 2048, gamma.cuda(), backend="triton")
     _check(out, x, b, 2048, gamma)
+
+
+def test_gradients_follow_the_oracle(device):
+    gen = torch.Generator().manual_seed(6)
+    n, length = 31, 40
+    t = torch.randn(3, n, generator=gen)
+    _, b = et.toeplitz_to_ssm(t, 0.9, backend="torch")
+    x = torch.randn(2, length, 3, generator=gen)
+    upstream = torch.randn(2, 3, b.shape[-1], generator=gen, dtype=torch.complex64)
+
+    def grads(fn, real_dtype, complex_dtype):
+        leaves = [x.to(real_dtype).clone().to(device).requires_grad_(),
+                  b.to(complex_dtype).clone().to(device).requires_grad_()]
+        state = fn(*leaves)
+        loss = (torch.view_as_real(state).double() * torch.view_as_real(upstream.to(device)).double()).sum()
+        return torch.autograd.grad(loss, leaves)
+
+    got = grads(lambda x, b: ssm_prefill_state(x, b, n, 0.9, backend="triton"), torch.float32, torch.complex64)
+    expected = grads(lambda x, b: naive.ssm_prefill_state(x, b, n, 0.9), torch.float64, torch.complex128)
+    for name, g, e in zip(("x", "b"), got, expected, strict=True):
+        # float32 oracle arithmetic over 40 tokens: measured 7.9e-8 (dx), 1.9e-7 (db) of the largest gradient
+        assert_close(g, e, atol=2e-6 * e.abs().max().item(), rtol=0, name=f"d{name}")

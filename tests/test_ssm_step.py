@@ -271,3 +271,16 @@ def test_out_of_range_index_on_gpu_gives_nan_and_touches_nothing(monkeypatch):
     monkeypatch.setenv("ETSC_TRITON_DEBUG", "1")
     with pytest.raises(ValueError, match="state_indices must be < P"):
         et.ssm_step(torch.randn(2, 64, device="cuda"), lam, b, state, state_indices=indices, backend="triton")
+
+
+def test_differentiable_inputs_are_refused_and_the_state_left_untouched(device):
+    lam, b = make_ssm(5, 33, device=device)
+    x = torch.randn(2, 5, device=device, requires_grad=True)
+    state = random_state(2, 5, 33, device=device)
+    before = state.clone()
+    with pytest.raises(NotImplementedError, match="not differentiable"):
+        et.ssm_step(x, lam, b, state, backend="triton")
+    assert torch.equal(state, before)
+    with torch.no_grad():
+        et.ssm_step(x, lam, b, state, backend="triton")
+    assert not torch.equal(state, before)

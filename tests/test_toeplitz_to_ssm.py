@@ -229,3 +229,27 @@ def test_torch_compile():
     lam_e, b_e = et.toeplitz_to_ssm(t, 0.99, backend="triton")
     assert_close(lam, lam_e, atol=0, rtol=0, name="lam")
     assert_close(b, b_e, atol=1e-7, rtol=0, name="b")
+
+
+def test_gradients_of_t_and_gamma_follow_the_reference(device):
+    """The Triton conversion is differentiable through the reference: the gradients equal float64 autograd of
+    the conversion (within float32 rounding of the reference's arithmetic)."""
+    gen = torch.Generator().manual_seed(5)
+    t = torch.randn(3, 31, generator=gen).to(device)
+    gamma = torch.tensor([0.9, 0.95, 1.0], device=device)
+    lam_up = torch.randn(3, 16, generator=gen, dtype=torch.complex64).to(device)
+    b_up = torch.randn(3, 16, generator=gen, dtype=torch.complex64).to(device)
+
+    def grads(backend, dtype):
+        leaves = [t.to(dtype).clone().requires_grad_(), gamma.to(dtype).clone().requires_grad_()]
+        lam, b = et.toeplitz_to_ssm(*leaves, backend=backend) if backend else reference.toeplitz_to_ssm(*leaves)
+        loss = (torch.view_as_real(lam).double() * torch.view_as_real(lam_up).double()).sum()
+        loss = loss + (torch.view_as_real(b).double() * torch.view_as_real(b_up).double()).sum()
+        return torch.autograd.grad(loss, leaves)
+
+    got = grads("triton", torch.float32)
+    expected = grads(None, torch.float64)
+    for name, g, e in zip(("t", "gamma"), got, expected, strict=True):
+        assert g.dtype == torch.float32
+        # float32 reference arithmetic: measured 4.8e-7 (dt), 1.8e-7 (dgamma) of the largest gradient
+        assert_close(g, e, atol=2e-6 * e.abs().max().item(), rtol=0, name=f"d{name}")

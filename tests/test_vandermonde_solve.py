@@ -145,3 +145,18 @@ def test_kernel_leja_order_equals_oracle_order(device, size):
         lam = lam.to(torch.complex64)
         _, order = solve.solve_with_order(lam.to(device), torch.zeros(lam.shape, device=device))
         assert torch.equal(order.cpu().long(), reference_leja_order(lam)), name
+
+
+def test_gradient_of_t_and_refusal_for_lam(device):
+    lam = spread_nodes(2, 9, seed=5).to(torch.complex64).to(device)
+    t = torch.randn(2, 9, device=device, requires_grad=True)
+    upstream = torch.randn(2, 9, dtype=torch.complex64, device=device)
+    b = et.vandermonde_solve(lam, t, backend="triton")
+    (grad_t,) = torch.autograd.grad((torch.view_as_real(b) * torch.view_as_real(upstream)).sum(), [t])
+    t64 = t.detach().double().cpu().requires_grad_()
+    b64 = direct_solve(lam.cpu(), t64)
+    (expected,) = torch.autograd.grad((torch.view_as_real(b64) * torch.view_as_real(upstream.cpu()).double()).sum(),
+                                      [t64])
+    assert rel_error(grad_t, expected) <= RTOL_SPREAD
+    with pytest.raises(NotImplementedError, match="gradients with respect to lam"):
+        et.vandermonde_solve(lam.clone().requires_grad_(), t, backend="triton")

@@ -114,6 +114,40 @@ def needs_grad(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+class _ReferenceGradient(torch.autograd.Function):
+    """Forward by the Triton path, backward by autograd through the Torch reference of the same function."""
+
+    @staticmethod
+    def forward(ctx, fast, reference, *inputs):
+        ctx.reference = reference
+        ctx.save_for_backward(*inputs)
+        return fast(*inputs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        needed = ctx.needs_input_grad[2:]
+        inputs = [x.detach().requires_grad_(need) if x is not None else None
+                  for x, need in zip(ctx.saved_tensors, needed, strict=True)]
+        with torch.enable_grad():
+            outputs = ctx.reference(*inputs)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        pairs = [(out, grad) for out, grad in zip(outputs, grads, strict=True)
+                 if grad is not None and out.requires_grad]
+        wanted = [x for x, need in zip(inputs, needed, strict=True) if need]
+        found = iter(torch.autograd.grad([out for out, _ in pairs], wanted, [grad for _, grad in pairs],
+                                         allow_unused=True) if pairs else [None] * len(wanted))
+        return (None, None, *(next(found) if need else None for need in needed))
+
+
+def with_reference_gradient(fast: Callable, reference: Callable, *inputs: torch.Tensor | None):
+    """``fast(*inputs)`` (the Triton path), differentiable: when autograd records, the backward differentiates
+    ``reference(*inputs)`` (the Torch oracle of the same function, which must return the same dtypes). For ops
+    whose gradient is not worth a kernel of its own (one-off conversions); exact, at the reference's speed."""
+    if not needs_grad(*inputs):
+        return fast(*inputs)
+    return _ReferenceGradient.apply(fast, reference, *inputs)
+
+
 def check_tensor(
     fn_name: str,
     name: str,

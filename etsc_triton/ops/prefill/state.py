@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ..utils import cdiv, interpreter_enabled, registered_launcher, resolve_backend
+from ..utils import cdiv, interpreter_enabled, registered_launcher, resolve_backend, with_reference_gradient
 from . import naive
 from .naive import FN_NAME, check_prefill_inputs
 
@@ -133,7 +133,7 @@ def ssm_prefill_state(
 
     Returns:
         The state ``u`` complex64 ``[B, D, N]`` (the Torch oracle returns complex128 for float64 / complex128
-        inputs).
+        inputs); differentiable in x, b and a tensor gamma (the backward differentiates the oracle).
 
     Example:
         >>> import torch, etsc_triton as et
@@ -147,6 +147,15 @@ def ssm_prefill_state(
     gamma_t, modes_t = check_prefill_inputs(FN_NAME, x, b, n, gamma, modes)
     if resolve_backend(FN_NAME, backend, x, b) == "torch":
         return naive.ssm_prefill_state(x, b, n, gamma, modes=modes)
-    log2_gamma = torch.log2(gamma_t).to(torch.float32).contiguous()
-    folded = _fold_prompt(x, log2_gamma, n + 1)
-    return _dft_at_modes(folded, modes_t) * b.to(torch.complex64).unsqueeze(0)
+    log2_gamma = torch.log2(gamma_t.detach()).to(torch.float32).contiguous()
+
+    def triton_path(x, b, gamma_tensor):
+        folded = _fold_prompt(x, log2_gamma, n + 1)
+        return _dft_at_modes(folded, modes_t) * b.to(torch.complex64).unsqueeze(0)
+
+    def reference_path(x, b, gamma_tensor):
+        gamma_ref = gamma_tensor if gamma_tensor is not None else gamma
+        return naive.ssm_prefill_state(x, b, n, gamma_ref, modes=modes).to(torch.complex64)
+
+    gamma_tensor = gamma if isinstance(gamma, torch.Tensor) else None
+    return with_reference_gradient(triton_path, reference_path, x, b, gamma_tensor)

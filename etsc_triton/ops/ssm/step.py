@@ -23,6 +23,7 @@ from ..utils import (
     cdiv,
     complex_mul,
     load_complex,
+    needs_grad,
     next_power_of_2,
     registered_launcher,
     resolve_backend,
@@ -161,7 +162,8 @@ def ssm_step(
         backend: ``"auto"`` (Triton on CUDA, else the Torch reference), ``"triton"`` or ``"torch"``.
 
     Returns:
-        y ``[B, D]`` in x.dtype.
+        y ``[B, D]`` in x.dtype. Not differentiable: with ``backend="triton"`` an input that requires grad (grad
+        mode on) raises ``NotImplementedError``; decode under ``torch.no_grad()``.
 
     Example:
         >>> import torch, etsc_triton as et
@@ -177,6 +179,11 @@ def ssm_step(
         return naive.ssm_step(x, lam, b, state, state_indices=state_indices)
     if state.dtype != torch.complex64:
         raise TypeError(f"ssm_step: backend='triton' updates a complex64 state, got {state.dtype}")
+    if needs_grad(x, lam, b, state):
+        raise NotImplementedError(
+            "ssm_step: the in-place decode step is not differentiable (an input requires grad); decode under "
+            "torch.no_grad() or torch.inference_mode(), and train through ssm_scan"
+        )
     lam = lam.to(torch.complex64).contiguous()
     b = b.to(torch.complex64).contiguous()
     return _ssm_step_launch(x, lam, b, state, state_indices)

@@ -28,7 +28,15 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ..utils import cdiv, load_complex, next_power_of_2, registered_launcher, resolve_backend, store_complex
+from ..utils import (
+    cdiv,
+    load_complex,
+    next_power_of_2,
+    registered_launcher,
+    resolve_backend,
+    store_complex,
+    with_reference_gradient,
+)
 from . import naive
 from .naive import check_toeplitz_args, etsc_mode_count
 
@@ -250,7 +258,8 @@ def toeplitz_to_ssm(t, gamma=None, *, real=True, compensate=True, backend="auto"
         backend: ``"auto"`` (Triton on CUDA, else Torch), ``"triton"`` or ``"torch"``.
 
     Returns:
-        ``(lam, b)``: complex64 `[..., N]` nodes and weights, modes ordered k = 1, 2, ...
+        ``(lam, b)``: complex64 `[..., N]` nodes and weights, modes ordered k = 1, 2, ...; differentiable in t and
+        a tensor gamma (the backward differentiates the Torch reference of the same conversion).
 
     Example:
         >>> import torch, etsc_triton as et
@@ -264,15 +273,23 @@ def toeplitz_to_ssm(t, gamma=None, *, real=True, compensate=True, backend="auto"
     if which == "torch":
         lam, b = naive.toeplitz_to_ssm(t.to(torch.float32), gamma, real=real, compensate=compensate)
         return lam.to(torch.complex64), b.to(torch.complex64)
-    batch = tuple(t.shape[:-1])
-    n = t.shape[-1]
-    t2d = t.reshape(-1, n).to(torch.float32).contiguous()
-    if isinstance(gamma_checked, torch.Tensor):
-        gamma_rows = gamma_checked.to(torch.float64).reshape(-1).contiguous()
-        gamma_scalar = 1.0
-    else:
-        gamma_rows = None
-        gamma_scalar = gamma_checked
-    lam, b = _toeplitz_to_ssm_triton(t2d, gamma_rows, gamma_scalar, real, compensate)
-    modes = lam.shape[-1]
-    return lam.reshape(*batch, modes), b.reshape(*batch, modes)
+    gamma_tensor = gamma_checked if isinstance(gamma_checked, torch.Tensor) else None
+
+    def triton_path(t, gamma_tensor):
+        batch = tuple(t.shape[:-1])
+        n = t.shape[-1]
+        t2d = t.reshape(-1, n).to(torch.float32).contiguous()
+        if gamma_tensor is not None:
+            gamma_rows, gamma_scalar = gamma_tensor.to(torch.float64).reshape(-1).contiguous(), 1.0
+        else:
+            gamma_rows, gamma_scalar = None, gamma_checked
+        lam, b = _toeplitz_to_ssm_triton(t2d, gamma_rows, gamma_scalar, real, compensate)
+        modes = lam.shape[-1]
+        return lam.reshape(*batch, modes), b.reshape(*batch, modes)
+
+    def reference_path(t, gamma_tensor):
+        gamma_ref = gamma_tensor if gamma_tensor is not None else gamma_checked
+        lam, b = naive.toeplitz_to_ssm(t.to(torch.float32), gamma_ref, real=real, compensate=compensate)
+        return lam.to(torch.complex64), b.to(torch.complex64)
+
+    return with_reference_gradient(triton_path, reference_path, t, gamma_tensor)

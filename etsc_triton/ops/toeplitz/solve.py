@@ -29,7 +29,16 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ..utils import complex_mul, interpreter_enabled, next_power_of_2, real_view, registered_launcher, resolve_backend
+from ..utils import (
+    complex_mul,
+    interpreter_enabled,
+    needs_grad,
+    next_power_of_2,
+    real_view,
+    registered_launcher,
+    resolve_backend,
+    with_reference_gradient,
+)
 from . import naive
 from .naive import check_solve_args
 
@@ -226,7 +235,7 @@ def vandermonde_solve(lam, t, *, backend="auto"):
         backend: ``"auto"`` (Triton on CUDA, else Torch), ``"triton"`` or ``"torch"``.
 
     Returns:
-        b `[..., N]` complex64.
+        b `[..., N]` complex64, differentiable in t (a lam that requires grad raises ``NotImplementedError``).
 
     Example:
         >>> import torch, etsc_triton as et
@@ -240,6 +249,19 @@ def vandermonde_solve(lam, t, *, backend="auto"):
     if which == "torch":
         rhs = t.to(torch.complex64) if t.is_complex() else t.to(torch.float32)
         return naive.vandermonde_solve(lam.to(torch.complex64), rhs)
-    batch = tuple(lam.shape[:-1])
-    size = lam.shape[-1]
-    return _vandermonde_solve_triton(lam.reshape(-1, size), t.reshape(-1, size)).reshape(*batch, size)
+    if needs_grad(lam):
+        raise NotImplementedError(
+            "vandermonde_solve: gradients with respect to lam are not implemented (the nodes enter through "
+            "divided differences); pass lam.detach() or call under torch.no_grad(). Gradients of t are."
+        )
+
+    def triton_path(lam, t):
+        batch = tuple(lam.shape[:-1])
+        size = lam.shape[-1]
+        return _vandermonde_solve_triton(lam.reshape(-1, size), t.reshape(-1, size)).reshape(*batch, size)
+
+    def reference_path(lam, t):
+        rhs = t.to(torch.complex64) if t.is_complex() else t.to(torch.float32)
+        return naive.vandermonde_solve(lam.to(torch.complex64), rhs).to(torch.complex64)
+
+    return with_reference_gradient(triton_path, reference_path, lam, t)

@@ -297,7 +297,7 @@ def _ssm_scan_backward_kernel(
     xg_im = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     xv_re = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     xv_im = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    last = seq_len - 1
+    last = (seq_len - 1).to(tl.int64)  # last * stride_xl passes 2^31 at L = 1M, D = 4096
     x_ptrs = x_ptr + pid_b * stride_xb + last * stride_xl + channels64 * stride_xd
     dy_ptrs = dy_ptr + (pid_b * seq_len + last) * n_channels + channels64
     if SPLIT_MODES:

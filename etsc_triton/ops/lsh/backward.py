@@ -92,7 +92,7 @@ def _gather_backward_kernel(
             rows = tl.load(tables_ptr + row[:, None] + d[None, :], mask=mask, other=0.0).to(tl.float32)
             dscore += tl.sum(dy * rows, axis=1)
         if ATOMIC_DTABLES:
-            tl.atomic_add(dtables_ptr + row[:, None] + d[None, :], score[:, None] * dy, mask=mask)
+            tl.atomic_add(dtables_ptr + row[:, None] + d[None, :], score[:, None] * dy, mask=mask, sem="relaxed")
     if COMPUTE_DSCORE:
         if HASH:
             dz = score_grad(z, s, prod, dscore, inv_temperature, MAGNITUDE)

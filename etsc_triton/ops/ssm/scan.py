@@ -5,7 +5,9 @@
 One program owns (batch row, BLOCK_D channels, one block of BLOCK_N modes): the state tile lives in registers
 and the program walks the sequence token by token (a pipelined ``tl.range`` loop, x prefetched), reading
 ``x[b, t, d-block]`` and writing ``y[b, t, d-block]``; only the final state goes to memory. The update and the
-mode blocks are those of the step (:mod:`.step`), so L scan tokens and L steps agree to fp32 rounding.
+mode blocks are those of the step (:mod:`.step`), so L scan tokens and L steps agree to fp32 rounding. Tiles
+are held as ``[BLOCK_N, BLOCK_D]`` (modes in each thread's registers, channels across lanes) so the per-token
+sum over modes is in-thread adds (op README).
 
 When N needs more than one mode block (N > MAX_MODE_BLOCK), each mode block writes its partial y to an fp32
 workspace ``[n_blocks, B, L, D]`` and a second kernel sums the blocks in order (deterministic, the step's order).
@@ -29,7 +31,8 @@ Backward (``torch.autograd``; derivation in the README): with upstream gradients
     dx_t = Re sum_modes conj(b) g_t,   db = sum_t x_t g_t,   dlam = conj(b) sum_t x_t v_t + conj(u_init) v_{-1},
     d u_init = conj(lam) g_0
 
-(dlam and db summed over the batch rows afterwards). About twice the forward's arithmetic per mode and token.
+(dlam and db summed over the batch rows afterwards). About 18 FP32 instructions per mode and token against the
+forward's 7 (PTX counts, perf/NOTES.md).
 """
 
 from __future__ import annotations

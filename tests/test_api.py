@@ -85,9 +85,9 @@ def test_poisoned_empty_is_nan(device):
     assert (torch.empty(3, dtype=torch.int32) == torch.iinfo(torch.int32).min).all()
 
 
-REGISTERED_OPS = ["toeplitz_to_ssm", "ssm_kernel", "vandermonde_solve", "ssm_scan", "ssm_step", "fold_prompt",
-                  "lsh_hash_forward", "lsh_hash_backward", "memory_gather_forward", "memory_gather_backward",
-                  "memory_layer_forward", "memory_layer_backward"]
+REGISTERED_OPS = ["toeplitz_to_ssm", "ssm_kernel", "ssm_kernel_backward", "vandermonde_solve", "ssm_scan",
+                  "ssm_scan_backward", "ssm_step", "fold_prompt", "lsh_hash_forward", "lsh_hash_backward",
+                  "memory_gather_forward", "memory_gather_backward", "memory_layer_forward", "memory_layer_backward"]
 
 
 @pytest.mark.parametrize("name", REGISTERED_OPS)

@@ -97,7 +97,7 @@ def test_launchers_are_registered_custom_ops(name):
 
 def test_registered_op_path_equals_eager_path(device, monkeypatch):
     """Eager calls skip the custom-op dispatch; the op path (what torch.compile traces) must compute the same,
-    including the in-place state update of ssm_step."""
+    including the in-place state update of ssm_step and the backward ops."""
     gen = torch.Generator().manual_seed(3)
     lam = (0.9 * torch.rand(5, 33, generator=gen) * torch.exp(2j * torch.rand(5, 33, generator=gen))).to(
         torch.complex64).to(device)
@@ -109,7 +109,11 @@ def test_registered_op_path_equals_eager_path(device, monkeypatch):
         y, final = et.ssm_scan(x, lam, b, state, backend="triton")
         stepped = state.clone()
         y_step = et.ssm_step(x[:, 0], lam, b, stepped, backend="triton")
-        return y, final, y_step, stepped
+        leaves = [x.clone().requires_grad_(), lam.clone().requires_grad_(), b.clone().requires_grad_()]
+        y_grad, _ = et.ssm_scan(*leaves, state, backend="triton")
+        kernel = et.ssm_kernel(leaves[1], leaves[2], 9, backend="triton")
+        grads = torch.autograd.grad(y_grad.sum() + kernel.sum(), leaves)
+        return y, final, y_step, stepped, *grads
 
     eager = run()
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)

@@ -88,9 +88,9 @@ def registered_launcher(name: str, *, mutates_args: Iterable[str] = ()) -> Calla
 
     Under ``torch.compile`` the caller goes through the registered op, which is what the compiler traces. Eager
     calls run the launcher directly: the custom-op dispatch (autograd and in-place-or-view layers, argument
-    normalisation) costs about 30 us of host time per call, measured on the development CPU (see
-    perf/NOTES.md), which is several times a decode step's whole GPU time. The op stays reachable as
-    ``caller.op`` (and as ``torch.ops.etsc_triton.<name>``).
+    normalisation) cost 12-17 us of host time per call on the development CPU (perf/NOTES.md, experiment 5),
+    several times a decode step's GPU time. The op stays reachable as ``caller.op`` (and as
+    ``torch.ops.etsc_triton.<name>``).
     """
 
     def register(launch: Callable) -> Callable:

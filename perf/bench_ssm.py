@@ -7,7 +7,7 @@ Baselines (DESIGN section 4):
   reference step's arithmetic.
 - ``triton_cudagraph``: one step under a CUDA graph (the launch overhead removed), GPU only.
 - ``ssm_scan_long_narrow``: B=1, D=64, N=16, L to 1M, where the scan chunks the sequence; ``triton_sequential``
-  is the same scan forced to one chunk.
+  is the same scan forced to one chunk; mode ``bwd`` times the backward kernel alone (chunked and sequential).
 
 Bytes: step = state read + written + lam, b read (+ x, y); scan = x read + y written + final state.
 Flops (scan): 8 per mode per token (complex multiply-add), ``8 B L D N``; ``fwd_bwd`` (gradients of x, lam, b):
@@ -144,6 +144,13 @@ def bench_long_narrow_scan(ctx) -> None:
         for provider, fn in providers.items():
             ctx.time(op="ssm_scan_long_narrow", provider=provider, x_name="L", x_value=length, config=config,
                      bytes=nbytes, flops=flops, fn=fn)
+        dy = torch.randn_like(x)
+        backward = {"triton": lambda x=x, dy=dy: scan._ssm_scan_backward_launch(x, lam, b, None, dy, None, True),
+                    "triton_sequential": lambda x=x, dy=dy: scan._ssm_scan_backward_launch(x, lam, b, None, dy,
+                                                                                          None, False)}
+        for provider, fn in backward.items():
+            ctx.time(op="ssm_scan_long_narrow", provider=provider, mode="bwd", x_name="L", x_value=length,
+                     config=config, bytes=3 * x.numel() * 4, flops=2 * flops, fn=fn)
 
 
 def scan_case(ctx, batch, length, channels, modes, lam, b) -> None:

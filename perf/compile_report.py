@@ -234,6 +234,19 @@ def _capture_cases():
                     y, final = et.ssm_scan(x, lam, randc(channels, modes), state, **tr)
                     (y.float().sum() + final.abs().sum()).backward()
                 cases.append((f"ssm_scan backward D={channels} N={modes} {dtype} state={with_state}", run))
+    # The chunked backward (local walks, right-to-left carry, chunk walks): chunks from 8 tokens on.
+    for channels, modes in ((5, 33), (64, 64), (3, 600)):
+        for with_state in (False, True):
+            def run(channels=channels, modes=modes, with_state=with_state):
+                x = torch.randn(1, 12, channels).requires_grad_()
+                state = randc(1, channels, modes).requires_grad_() if with_state else None
+                saved, scan.MIN_CHUNK_TOKENS = scan.MIN_CHUNK_TOKENS, 4
+                try:
+                    y, final = et.ssm_scan(x, nodes(channels, modes), randc(channels, modes), state, **tr)
+                    (y.sum() + final.abs().sum()).backward()
+                finally:
+                    scan.MIN_CHUNK_TOKENS = saved
+            cases.append((f"ssm_scan chunked backward D={channels} N={modes} state={with_state}", run))
 
     # ssm_step: with / without state_indices, fp32 / bf16 x, small and split mode counts, aligned shapes.
     for channels, modes in ((5, 33), (64, 16), (64, 256), (3, 600)):

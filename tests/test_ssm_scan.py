@@ -355,6 +355,39 @@ def test_property_scan_gradients(batch, length, channels, modes, with_state):
             assert_close(g, e, atol=GRAD_TOL * e.abs().max().item(), rtol=0, name=f"d{name}")
 
 
+@pytest.mark.parametrize(
+    "batch,length,channels,modes,with_state,outputs",
+    [
+        (1, 63, 5, 33, True, "y+state"),  # 15 chunks of 4 tokens, the last of 3
+        (1, 63, 5, 33, False, "y"),
+        (1, 9, 3, 1, True, "state"),  # two chunks; only dfinal: it enters through the last chunk's local walk
+        (1, 40, 3, 515, True, "y+state"),  # three backward mode blocks x chunks: dx from partial sums
+    ],
+)
+def test_chunked_scan_gradients(device, short_chunks, batch, length, channels, modes, with_state, outputs):
+    lam, b = make_ssm(channels, modes, device=device)
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(batch, length, channels, generator=gen).to(device)
+    block_d, block_n = scan.backward_blocks(channels, modes)
+    programs = -(-channels // block_d) * batch * -(-modes // block_n)
+    assert scan.chunk_count(programs, length, x.device) > 1 or device == "cuda"
+    state = random_state(batch, channels, modes, device=device) if with_state else None
+    dy = torch.randn(batch, length, channels, generator=gen).to(device) if "y" in outputs else None
+    dfinal = random_state(batch, channels, modes, seed=9, device=device) if "state" in outputs else None
+    got = scan_gradients(lambda *a: et.ssm_scan(*a, backend="triton"), x, lam, b, state, dy, dfinal,
+                         torch.complex64, torch.float32)
+    expected = scan_gradients(reference.ssm_scan, x, lam, b, state, dy, dfinal, torch.complex128, torch.float64)
+    for name, g, e in zip(("x", "lam", "b", "state"), got, expected, strict=True):
+        if e is not None:
+            assert_close(g, e, atol=GRAD_TOL * e.abs().max().item(), rtol=0, name=f"d{name}")
+    dy_full = dy if dy is not None else torch.zeros_like(x)
+    dfinal_c = None if dfinal is None else dfinal.contiguous()
+    sequential = scan._ssm_scan_backward_launch(x, lam, b, state, dy_full, dfinal_c, False)
+    chunked = scan._ssm_scan_backward_launch(x, lam, b, state, dy_full, dfinal_c, True)
+    for name, c, q in zip(("dx", "dlam", "db"), chunked, sequential, strict=False):
+        assert_close(c, q, atol=GRAD_TOL * q.abs().max().item(), rtol=0, name=f"{name} chunked vs sequential")
+
+
 def test_scan_gradients_bf16_x_and_strided_x(device):
     lam, b = make_ssm(5, 33, device=device)
     gen = torch.Generator().manual_seed(8)

@@ -32,7 +32,11 @@ Backward (``torch.autograd``; derivation in the README): with upstream gradients
     d u_init = conj(lam) g_0
 
 (dlam and db summed over the batch rows afterwards). About 18 FP32 instructions per mode and token against the
-forward's 7 (PTX counts, perf/NOTES.md).
+forward's 7 (PTX counts, perf/NOTES.md). Chunked like the forward when the tiles leave SMs idle: the pair
+(v, g) obeys ``(v, g)_t = M (v, g)_{t+1} + (0, G_t)`` with ``M = [[conj(lam), 1], [0, conj(lam)]]``, so local
+reverse walks of chunks 1 .. C-1 from zero, a right-to-left carry with ``M^T = [[c^T, T c^(T-1)], [0, c^T]]``
+(c = conj(lam), powers from complex128), then every chunk's walk from its entering (g, v), with dlam and db
+accumulated per chunk and summed afterwards.
 """
 
 from __future__ import annotations
@@ -270,7 +274,51 @@ def _conj_mul(a_re, a_im, z_re, z_im):
     return a_re * z_re + a_im * z_im, a_re * z_im - a_im * z_re
 
 
-@triton.jit(do_not_specialize=["seq_len"])
+@triton.jit
+def _reverse_tokens(g_re, g_im, v_re, v_im, h_re, h_im, lam_re, lam_im, b_re, b_im, x_ptrs, dy_ptrs, out_ptrs,
+                    count, stride_xl, n_channels, channel_ok, WRITE_DX: tl.constexpr, NUM_STAGES: tl.constexpr):
+    """Walk ``count`` tokens backwards from the pointers' token (module docstring): carries g (gradient reaching
+    u_t), v (lag-weighted) and h = conj(lam) g_{t+1}; accumulates x g and x v; writes dx when WRITE_DX.
+    Returns ``(g, v, h, xg, xv)`` as re/im pairs, g and v at the first token walked last."""
+    xg_re = tl.zeros(g_re.shape, dtype=tl.float32)
+    xg_im = tl.zeros(g_re.shape, dtype=tl.float32)
+    xv_re = tl.zeros(g_re.shape, dtype=tl.float32)
+    xv_im = tl.zeros(g_re.shape, dtype=tl.float32)
+    for _ in tl.range(0, count, num_stages=NUM_STAGES):
+        x_t = tl.load(x_ptrs, mask=channel_ok, other=0.0).to(tl.float32)[None, :]
+        dy_t = tl.load(dy_ptrs, mask=channel_ok, other=0.0).to(tl.float32)[None, :]
+        cv_re, cv_im = _conj_mul(lam_re, lam_im, v_re, v_im)  # v_t = conj(lam) v_{t+1} + g_{t+1}
+        v_re = cv_re + g_re
+        v_im = cv_im + g_im
+        g_re = h_re + dy_t  # g_t = conj(lam) g_{t+1} + dy_t (+ dfinal at t = L - 1)
+        g_im = h_im
+        if WRITE_DX:
+            dx_t = tl.sum(b_re * g_re + b_im * g_im, axis=0)  # Re sum_s conj(b_s) g_s
+            tl.store(out_ptrs, dx_t.to(out_ptrs.dtype.element_ty), mask=channel_ok)
+            out_ptrs -= n_channels
+        xg_re += x_t * g_re
+        xg_im += x_t * g_im
+        xv_re += x_t * v_re
+        xv_im += x_t * v_im
+        h_re, h_im = _conj_mul(lam_re, lam_im, g_re, g_im)
+        x_ptrs -= stride_xl
+        dy_ptrs -= n_channels
+    return g_re, g_im, v_re, v_im, h_re, h_im, xg_re, xg_im, xv_re, xv_im
+
+
+@triton.jit
+def _chunk_pointers(x_ptr, dy_ptr, pid_b, chunk, chunk_len, seq_len, n_channels, channels64, stride_xb,
+                    stride_xl, stride_xd):
+    """The last token of a chunk (int64), its token count, and the x / dy pointers at that token."""
+    start = chunk.to(tl.int64) * chunk_len
+    count = tl.minimum(seq_len - start, chunk_len)
+    last = start + count - 1
+    x_ptrs = x_ptr + pid_b * stride_xb + last * stride_xl + channels64 * stride_xd
+    dy_ptrs = dy_ptr + (pid_b * seq_len + last) * n_channels + channels64
+    return last, count, x_ptrs, dy_ptrs
+
+
+@triton.jit(do_not_specialize=["seq_len", "chunk_len"])
 def _ssm_scan_backward_kernel(
     x_ptr,
     lam_ptr,
@@ -278,13 +326,17 @@ def _ssm_scan_backward_kernel(
     state_ptr,  # the initial state [B, D, N] (HAS_STATE), any strides
     dy_ptr,  # [B, L, D] contiguous
     dfinal_ptr,  # [B, D, N] complex64 contiguous (HAS_DFINAL)
+    carry_g_ptr,  # (CHUNKED) [C, B, D, N] complex64: g entering each chunk from the right (after its last token)
+    carry_v_ptr,  # (CHUNKED) [C, B, D, N] complex64: v likewise
     dx_ptr,  # out: [B, L, D] contiguous
     dx_partial_ptr,  # out (SPLIT_MODES): [n_blocks, B, L, D] fp32
-    dlam_ptr,  # out: [B, D, N] complex64, per batch row
-    db_ptr,  # out: [B, D, N] complex64, per batch row
+    dlam_ptr,  # out: [C, B, D, N] complex64, per chunk and batch row
+    db_ptr,  # out: [C, B, D, N] complex64, per chunk and batch row
     dstate_ptr,  # out (HAS_STATE): [B, D, N] complex64
     batch,
     seq_len,
+    chunk_len,
+    n_chunks,
     n_channels,
     n_modes,
     n_mode_blocks,
@@ -297,65 +349,143 @@ def _ssm_scan_backward_kernel(
     HAS_STATE: tl.constexpr,
     STATE_CONTIGUOUS: tl.constexpr,
     HAS_DFINAL: tl.constexpr,
+    CHUNKED: tl.constexpr,
     SPLIT_MODES: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
     NUM_STAGES: tl.constexpr,
 ):
-    """(BLOCK_D channels, one batch row, one mode block): walk the tokens backwards (module docstring)."""
-    pid_b, pid_n, _, first, channel_ok, row_mask, channels64, lam_re, lam_im, b_re, b_im = _scan_program(
+    """(BLOCK_D channels, one batch row, one mode block, one chunk): walk the chunk's tokens backwards."""
+    pid_b, pid_n, chunk, first, channel_ok, row_mask, channels64, lam_re, lam_im, b_re, b_im = _scan_program(
         lam_ptr, b_ptr, n_channels, n_modes, n_mode_blocks, BLOCK_D, BLOCK_N)
-    out_rows = (pid_b * n_channels + channels64[:, None]) * (2 * n_modes)
-    if HAS_DFINAL:
-        h_re, h_im = _load_modes_by_channels(dfinal_ptr + out_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N,
-                                             True)
+    rows = (pid_b * n_channels + channels64[:, None]) * (2 * n_modes)  # [B, D, N] row offsets
+    chunk_rows = rows + chunk.to(tl.int64) * batch * n_channels * (2 * n_modes)  # [C, B, D, N]
+    zero = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    g_re, g_im, v_re, v_im, h_re, h_im = zero, zero, zero, zero, zero, zero
+    if chunk == n_chunks - 1:  # the sequence's last token: dL/du_{L-1} starts as dfinal
+        if HAS_DFINAL:
+            h_re, h_im = _load_modes_by_channels(dfinal_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N,
+                                                 True)
     else:
-        h_re = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-        h_im = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    g_re = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    g_im = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    v_re = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    v_im = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    xg_re = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    xg_im = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    xv_re = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    xv_im = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-    last = (seq_len - 1).to(tl.int64)  # last * stride_xl passes 2^31 at L = 1M, D = 4096
-    x_ptrs = x_ptr + pid_b * stride_xb + last * stride_xl + channels64 * stride_xd
-    dy_ptrs = dy_ptr + (pid_b * seq_len + last) * n_channels + channels64
+        if CHUNKED:
+            g_re, g_im = _load_modes_by_channels(carry_g_ptr + chunk_rows, row_mask, first, n_modes, 2, BLOCK_D,
+                                                 BLOCK_N, True)
+            v_re, v_im = _load_modes_by_channels(carry_v_ptr + chunk_rows, row_mask, first, n_modes, 2, BLOCK_D,
+                                                 BLOCK_N, True)
+            h_re, h_im = _conj_mul(lam_re, lam_im, g_re, g_im)
+    last, count, x_ptrs, dy_ptrs = _chunk_pointers(x_ptr, dy_ptr, pid_b, chunk, chunk_len, seq_len, n_channels,
+                                                   channels64, stride_xb, stride_xl, stride_xd)
     if SPLIT_MODES:
         out_ptrs = dx_partial_ptr + ((pid_n * batch + pid_b) * seq_len + last) * n_channels + channels64
     else:
         out_ptrs = dx_ptr + (pid_b * seq_len + last) * n_channels + channels64
-    for _ in tl.range(0, seq_len, num_stages=NUM_STAGES):
-        x_t = tl.load(x_ptrs, mask=channel_ok, other=0.0).to(tl.float32)[None, :]
-        dy_t = tl.load(dy_ptrs, mask=channel_ok, other=0.0).to(tl.float32)[None, :]
-        cv_re, cv_im = _conj_mul(lam_re, lam_im, v_re, v_im)  # v_t = conj(lam) v_{t+1} + g_{t+1}
-        v_re = cv_re + g_re
-        v_im = cv_im + g_im
-        g_re = h_re + dy_t  # g_t = conj(lam) g_{t+1} + dy_t (+ dfinal at t = L - 1)
-        g_im = h_im
-        dx_t = tl.sum(b_re * g_re + b_im * g_im, axis=0)  # Re sum_s conj(b_s) g_s
-        tl.store(out_ptrs, dx_t.to(out_ptrs.dtype.element_ty), mask=channel_ok)
-        xg_re += x_t * g_re
-        xg_im += x_t * g_im
-        xv_re += x_t * v_re
-        xv_im += x_t * v_im
-        h_re, h_im = _conj_mul(lam_re, lam_im, g_re, g_im)
-        x_ptrs -= stride_xl
-        dy_ptrs -= n_channels
-        out_ptrs -= n_channels
+    g_re, g_im, v_re, v_im, h_re, h_im, xg_re, xg_im, xv_re, xv_im = _reverse_tokens(
+        g_re, g_im, v_re, v_im, h_re, h_im, lam_re, lam_im, b_re, b_im, x_ptrs, dy_ptrs, out_ptrs, count,
+        stride_xl, n_channels, channel_ok, True, NUM_STAGES)
     dlam_re, dlam_im = _conj_mul(b_re, b_im, xv_re, xv_im)
     if HAS_STATE:
-        s_re, s_im = _initial_state(state_ptr, pid_b, channels64, row_mask, first, n_modes, stride_sb, stride_sd,
-                                    stride_sn, HAS_STATE, STATE_CONTIGUOUS, BLOCK_D, BLOCK_N)
-        cv_re, cv_im = _conj_mul(lam_re, lam_im, v_re, v_im)  # v_{-1} = conj(lam) v_0 + g_0
-        ds_re, ds_im = _conj_mul(s_re, s_im, cv_re + g_re, cv_im + g_im)
-        dlam_re += ds_re
-        dlam_im += ds_im
-        _store_modes_by_channels(dstate_ptr + out_rows, row_mask, first, n_modes, h_re, h_im, BLOCK_D, BLOCK_N)
-    _store_modes_by_channels(dlam_ptr + out_rows, row_mask, first, n_modes, dlam_re, dlam_im, BLOCK_D, BLOCK_N)
-    _store_modes_by_channels(db_ptr + out_rows, row_mask, first, n_modes, xg_re, xg_im, BLOCK_D, BLOCK_N)
+        if chunk == 0:
+            s_re, s_im = _initial_state(state_ptr, pid_b, channels64, row_mask, first, n_modes, stride_sb,
+                                        stride_sd, stride_sn, HAS_STATE, STATE_CONTIGUOUS, BLOCK_D, BLOCK_N)
+            cv_re, cv_im = _conj_mul(lam_re, lam_im, v_re, v_im)  # v_{-1} = conj(lam) v_0 + g_0
+            ds_re, ds_im = _conj_mul(s_re, s_im, cv_re + g_re, cv_im + g_im)
+            dlam_re += ds_re
+            dlam_im += ds_im
+            _store_modes_by_channels(dstate_ptr + rows, row_mask, first, n_modes, h_re, h_im, BLOCK_D, BLOCK_N)
+    _store_modes_by_channels(dlam_ptr + chunk_rows, row_mask, first, n_modes, dlam_re, dlam_im, BLOCK_D, BLOCK_N)
+    _store_modes_by_channels(db_ptr + chunk_rows, row_mask, first, n_modes, xg_re, xg_im, BLOCK_D, BLOCK_N)
+
+
+@triton.jit(do_not_specialize=["seq_len", "chunk_len"])
+def _chunk_backward_local_kernel(
+    x_ptr,
+    lam_ptr,
+    b_ptr,
+    dy_ptr,
+    dfinal_ptr,
+    carry_g_ptr,  # out: [C, B, D, N] complex64; chunks 1 .. C-1: g at the chunk's first token from zero
+    carry_v_ptr,  # out: likewise for v
+    batch,
+    seq_len,
+    chunk_len,
+    n_chunks,
+    n_channels,
+    n_modes,
+    n_mode_blocks,
+    stride_xb,
+    stride_xl,
+    stride_xd,
+    HAS_DFINAL: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+):
+    """Backward phase 1: chunk c + 1 walked from a zero entering state (dfinal for the last chunk), no dx."""
+    pid_b, pid_n, chunk, first, channel_ok, row_mask, channels64, lam_re, lam_im, b_re, b_im = _scan_program(
+        lam_ptr, b_ptr, n_channels, n_modes, n_mode_blocks, BLOCK_D, BLOCK_N)
+    chunk = chunk + 1  # chunk 0's own contribution is never carried
+    rows = (pid_b * n_channels + channels64[:, None]) * (2 * n_modes)
+    zero = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    h_re, h_im = zero, zero
+    if HAS_DFINAL:
+        if chunk == n_chunks - 1:
+            h_re, h_im = _load_modes_by_channels(dfinal_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N,
+                                                 True)
+    last, count, x_ptrs, dy_ptrs = _chunk_pointers(x_ptr, dy_ptr, pid_b, chunk, chunk_len, seq_len, n_channels,
+                                                   channels64, stride_xb, stride_xl, stride_xd)
+    g_re, g_im, v_re, v_im, _, _, _, _, _, _ = _reverse_tokens(
+        zero, zero, zero, zero, h_re, h_im, lam_re, lam_im, b_re, b_im, x_ptrs, dy_ptrs, x_ptrs, count,
+        stride_xl, n_channels, channel_ok, False, NUM_STAGES)
+    chunk_rows = rows + chunk.to(tl.int64) * batch * n_channels * (2 * n_modes)
+    _store_modes_by_channels(carry_g_ptr + chunk_rows, row_mask, first, n_modes, g_re, g_im, BLOCK_D, BLOCK_N)
+    _store_modes_by_channels(carry_v_ptr + chunk_rows, row_mask, first, n_modes, v_re, v_im, BLOCK_D, BLOCK_N)
+
+
+@triton.jit
+def _chunk_backward_carry_kernel(
+    propagate_ptr,  # [D, N] complex64: P = conj(lam)^T
+    lag_weight_ptr,  # [D, N] complex64: Q = T conj(lam)^(T-1)
+    carry_g_ptr,  # in: local (g, v) of chunks 1 .. C-1; out: (g, v) entering chunks 0 .. C-2 from the right
+    carry_v_ptr,
+    batch,
+    n_chunks,
+    n_channels,
+    n_modes,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Backward phase 2, right to left: (g, v) at the start of chunk c is ``(P g_in, P v_in + Q g_in)`` plus the
+    chunk's local part, and it is what enters chunk c - 1."""
+    pid_b = tl.program_id(1).to(tl.int64)
+    first = tl.program_id(2) * BLOCK_N
+    channel_ok, row_mask, channels64 = _tile(n_channels, BLOCK_D)
+    param_rows = channels64[:, None] * (2 * n_modes)
+    p_re, p_im = _load_modes_by_channels(propagate_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D,
+                                         BLOCK_N, True)
+    q_re, q_im = _load_modes_by_channels(lag_weight_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D,
+                                         BLOCK_N, True)
+    chunk_stride = batch * n_channels * 2 * n_modes
+    rows = (pid_b * n_channels + channels64[:, None]) * (2 * n_modes) + (n_chunks - 1) * chunk_stride
+    g_re, g_im = _load_modes_by_channels(carry_g_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+    v_re, v_im = _load_modes_by_channels(carry_v_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+    for _ in range(n_chunks - 2):
+        rows -= chunk_stride
+        local_g_re, local_g_im = _load_modes_by_channels(carry_g_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D,
+                                                         BLOCK_N, True)
+        local_v_re, local_v_im = _load_modes_by_channels(carry_v_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D,
+                                                         BLOCK_N, True)
+        _store_modes_by_channels(carry_g_ptr + rows, row_mask, first, n_modes, g_re, g_im, BLOCK_D, BLOCK_N)
+        _store_modes_by_channels(carry_v_ptr + rows, row_mask, first, n_modes, v_re, v_im, BLOCK_D, BLOCK_N)
+        pv_re, pv_im = complex_mul(p_re, p_im, v_re, v_im)
+        qg_re, qg_im = complex_mul(q_re, q_im, g_re, g_im)
+        pg_re, pg_im = complex_mul(p_re, p_im, g_re, g_im)
+        v_re = pv_re + qg_re + local_v_re
+        v_im = pv_im + qg_im + local_v_im
+        g_re = pg_re + local_g_re
+        g_im = pg_im + local_g_im
+    rows -= chunk_stride
+    _store_modes_by_channels(carry_g_ptr + rows, row_mask, first, n_modes, g_re, g_im, BLOCK_D, BLOCK_N)
+    _store_modes_by_channels(carry_v_ptr + rows, row_mask, first, n_modes, v_re, v_im, BLOCK_D, BLOCK_N)
 
 
 @triton.jit
@@ -460,42 +590,69 @@ def _ssm_scan_backward_launch(
     state: torch.Tensor | None,
     dy: torch.Tensor,
     dfinal: torch.Tensor | None,
+    allow_chunks: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of the scan: x, lam, b, state as in the forward; dy ``[B, L, D]`` contiguous; dfinal complex64
     ``[B, D, N]`` contiguous or None. Returns ``(dx [B, L, D] in x.dtype, dlam [D, N], db [D, N], dstate)``
-    (complex64; dstate ``[B, D, N]``, empty without a state)."""
+    (complex64; dstate ``[B, D, N]``, empty without a state). Chunked like the forward when the tiles leave SMs
+    idle (``allow_chunks=False`` forces one reverse walk per tile)."""
     batch, seq_len, channels = x.shape
     modes = lam.shape[1]
     block_d, block_n = backward_blocks(channels, modes)
     n_mode_blocks = cdiv(modes, block_n)
+    tiles = (cdiv(channels, block_d), batch)
+    n_chunks = chunk_count(tiles[0] * batch * n_mode_blocks, seq_len, x.device) if allow_chunks else 1
+    chunk_len = cdiv(seq_len, n_chunks)
+    n_chunks = cdiv(seq_len, chunk_len)
     split = n_mode_blocks > 1
+    stages = 1 if interpreter_enabled() else SCAN_STAGES
     dx = torch.empty((batch, seq_len, channels), device=x.device, dtype=x.dtype)
-    per_row = (batch, channels, modes, 2)
-    dlam_rows = torch.empty(per_row, device=x.device, dtype=torch.float32)
-    db_rows = torch.empty(per_row, device=x.device, dtype=torch.float32)
-    dstate = torch.empty(per_row if state is not None else (0, 2), device=x.device, dtype=torch.float32)
+    per_chunk = (n_chunks, batch, channels, modes, 2)
+    dlam_parts = torch.empty(per_chunk, device=x.device, dtype=torch.float32)
+    db_parts = torch.empty(per_chunk, device=x.device, dtype=torch.float32)
+    dstate = torch.empty((batch, channels, modes, 2) if state is not None else (0, 2), device=x.device,
+                         dtype=torch.float32)
     unused = torch.empty(0, device=x.device, dtype=torch.float32)
     partial = torch.empty((n_mode_blocks, batch, seq_len, channels), device=x.device, dtype=torch.float32) \
         if split else unused
     state_parts = torch.view_as_real(state) if state is not None else unused
-    wrap_triton(_ssm_scan_backward_kernel)[(cdiv(channels, block_d), batch, n_mode_blocks)](
-        x, torch.view_as_real(lam), torch.view_as_real(b), state_parts, dy,
-        torch.view_as_real(dfinal) if dfinal is not None else unused,
-        dx, partial, dlam_rows, db_rows, dstate,
-        batch, seq_len, channels, modes, n_mode_blocks,
+    lam_parts, b_parts = torch.view_as_real(lam), torch.view_as_real(b)
+    dfinal_parts = torch.view_as_real(dfinal) if dfinal is not None else unused
+    blocks = dict(BLOCK_D=block_d, BLOCK_N=block_n)
+    carry_g = carry_v = unused
+    if n_chunks > 1:
+        carry_g = torch.empty(per_chunk, device=x.device, dtype=torch.float32)
+        carry_v = torch.empty(per_chunk, device=x.device, dtype=torch.float32)
+        wrap_triton(_chunk_backward_local_kernel)[(*tiles, n_mode_blocks * (n_chunks - 1))](
+            x, lam_parts, b_parts, dy, dfinal_parts, carry_g, carry_v,
+            batch, seq_len, chunk_len, n_chunks, channels, modes, n_mode_blocks,
+            x.stride(0), x.stride(1), x.stride(2),
+            HAS_DFINAL=dfinal is not None, **blocks, NUM_STAGES=stages, num_warps=SCAN_WARPS,
+        )
+        nodes = lam.to(torch.complex128)
+        propagate = torch.view_as_real((nodes ** chunk_len).conj().to(torch.complex64))
+        lag_weight = torch.view_as_real((chunk_len * nodes ** (chunk_len - 1)).conj().to(torch.complex64))
+        wrap_triton(_chunk_backward_carry_kernel)[(*tiles, n_mode_blocks)](
+            propagate, lag_weight, carry_g, carry_v, batch, n_chunks, channels, modes, **blocks,
+            num_warps=SCAN_WARPS,
+        )
+    wrap_triton(_ssm_scan_backward_kernel)[(*tiles, n_mode_blocks * n_chunks)](
+        x, lam_parts, b_parts, state_parts, dy, dfinal_parts, carry_g, carry_v,
+        dx, partial, dlam_parts, db_parts, dstate,
+        batch, seq_len, chunk_len, n_chunks, channels, modes, n_mode_blocks,
         x.stride(0), x.stride(1), x.stride(2),
         *(state_parts.stride()[:3] if state is not None else (0, 0, 0)),
         HAS_STATE=state is not None, STATE_CONTIGUOUS=state is not None and state_parts.stride(2) == 2,
-        HAS_DFINAL=dfinal is not None, SPLIT_MODES=split, BLOCK_D=block_d, BLOCK_N=block_n,
-        NUM_STAGES=1 if interpreter_enabled() else SCAN_STAGES, num_warps=SCAN_WARPS,
+        HAS_DFINAL=dfinal is not None, CHUNKED=n_chunks > 1, SPLIT_MODES=split, **blocks,
+        NUM_STAGES=stages, num_warps=SCAN_WARPS,
     )
     if split:
         numel = dx.numel()
         wrap_triton(_sum_mode_blocks_kernel)[(cdiv(numel, REDUCE_BLOCK),)](
             partial, dx, numel, n_mode_blocks, BLOCK=REDUCE_BLOCK
         )
-    dlam = torch.view_as_complex(dlam_rows.sum(0))
-    db = torch.view_as_complex(db_rows.sum(0))
+    dlam = torch.view_as_complex(dlam_parts.sum((0, 1)))
+    db = torch.view_as_complex(db_parts.sum((0, 1)))
     return dx, dlam, db, torch.view_as_complex(dstate)
 
 
@@ -511,7 +668,7 @@ class _SSMScanFunction(torch.autograd.Function):
         x, lam, b, state = ctx.saved_tensors
         dy = torch.zeros(x.shape, device=x.device, dtype=x.dtype) if dy is None else dy.contiguous()
         dfinal = None if dfinal is None else dfinal.to(torch.complex64).contiguous()
-        dx, dlam, db, dstate = _ssm_scan_backward_launch(x, lam, b, state, dy, dfinal)
+        dx, dlam, db, dstate = _ssm_scan_backward_launch(x, lam, b, state, dy, dfinal, True)
         return dx, dlam, db, dstate if state is not None else None
 
 

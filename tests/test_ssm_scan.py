@@ -189,15 +189,13 @@ def test_bad_inputs_are_refused(device):
         et.ssm_scan(x, lam, b, backend="cuda")
 
 
+# Interpreter-sized scan shapes for the property tests, with and without an initial state.
+SCAN_SHAPES = dict(batch=st.integers(1, 3), length=st.integers(1, 20), channels=st.integers(1, 9),
+                   modes=st.integers(1, 40), with_state=st.booleans())
+
+
 @settings(derandomize=True, max_examples=20, deadline=None)
-@given(
-    batch=st.integers(1, 3),
-    length=st.integers(1, 20),
-    channels=st.integers(1, 9),
-    modes=st.integers(1, 40),
-    with_state=st.booleans(),
-    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
-)
+@given(**SCAN_SHAPES, dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
 def test_property_scan_matches_oracle(batch, length, channels, modes, with_state, dtype):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     lam, b = make_ssm(channels, modes, seed=modes, device=device)
@@ -304,6 +302,19 @@ def grad_tol(length: int) -> float:
     return GRAD_TOL * max(1.0, length / 256)
 
 
+def check_scan_gradients(x, lam, b, state, dy, dfinal, tol=GRAD_TOL):
+    """The Triton scan's gradients (x, lam, b, state) against float64 autograd through the reference."""
+    got = scan_gradients(lambda *a: et.ssm_scan(*a, backend="triton"), x, lam, b, state, dy, dfinal,
+                         torch.complex64, torch.float32)
+    expected = scan_gradients(reference.ssm_scan, x, lam, b, state, dy, dfinal, torch.complex128, torch.float64)
+    for name, g, e in zip(("x", "lam", "b", "state"), got, expected, strict=True):
+        if e is None:
+            assert g is None
+            continue
+        assert g.dtype == (torch.float32 if name == "x" else torch.complex64)
+        assert_close(g, e, atol=tol * e.abs().max().item(), rtol=0, name=f"d{name}")
+
+
 @pytest.mark.parametrize(
     "batch,length,channels,modes,with_state,outputs",
     [
@@ -320,25 +331,11 @@ def test_scan_gradients_match_float64_autograd(device, batch, length, channels, 
     state = random_state(batch, channels, modes, device=device) if with_state else None
     dy = torch.randn(batch, length, channels, generator=gen).to(device) if "y" in outputs else None
     dfinal = random_state(batch, channels, modes, seed=9, device=device) if "state" in outputs else None
-    got = scan_gradients(lambda *a: et.ssm_scan(*a, backend="triton"), x, lam, b, state, dy, dfinal,
-                         torch.complex64, torch.float32)
-    expected = scan_gradients(reference.ssm_scan, x, lam, b, state, dy, dfinal, torch.complex128, torch.float64)
-    for name, g, e in zip(("x", "lam", "b", "state"), got, expected, strict=True):
-        if e is None:
-            assert g is None
-            continue
-        assert g.dtype == (torch.float32 if name == "x" else torch.complex64)
-        assert_close(g, e, atol=GRAD_TOL * e.abs().max().item(), rtol=0, name=f"d{name}")
+    check_scan_gradients(x, lam, b, state, dy, dfinal)
 
 
 @settings(derandomize=True, max_examples=8, deadline=None)
-@given(
-    batch=st.integers(1, 3),
-    length=st.integers(1, 20),
-    channels=st.integers(1, 9),
-    modes=st.integers(1, 40),
-    with_state=st.booleans(),
-)
+@given(**SCAN_SHAPES)
 def test_property_scan_gradients(batch, length, channels, modes, with_state):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     lam, b = make_ssm(channels, modes, seed=modes, device=device)
@@ -347,12 +344,7 @@ def test_property_scan_gradients(batch, length, channels, modes, with_state):
     dy = torch.randn(batch, length, channels, generator=gen).to(device)
     state = random_state(batch, channels, modes, device=device) if with_state else None
     dfinal = random_state(batch, channels, modes, seed=2, device=device)
-    got = scan_gradients(lambda *a: et.ssm_scan(*a, backend="triton"), x, lam, b, state, dy, dfinal,
-                         torch.complex64, torch.float32)
-    expected = scan_gradients(reference.ssm_scan, x, lam, b, state, dy, dfinal, torch.complex128, torch.float64)
-    for name, g, e in zip(("x", "lam", "b", "state"), got, expected, strict=True):
-        if e is not None:
-            assert_close(g, e, atol=GRAD_TOL * e.abs().max().item(), rtol=0, name=f"d{name}")
+    check_scan_gradients(x, lam, b, state, dy, dfinal)
 
 
 @pytest.mark.parametrize(
@@ -374,12 +366,7 @@ def test_chunked_scan_gradients(device, short_chunks, batch, length, channels, m
     state = random_state(batch, channels, modes, device=device) if with_state else None
     dy = torch.randn(batch, length, channels, generator=gen).to(device) if "y" in outputs else None
     dfinal = random_state(batch, channels, modes, seed=9, device=device) if "state" in outputs else None
-    got = scan_gradients(lambda *a: et.ssm_scan(*a, backend="triton"), x, lam, b, state, dy, dfinal,
-                         torch.complex64, torch.float32)
-    expected = scan_gradients(reference.ssm_scan, x, lam, b, state, dy, dfinal, torch.complex128, torch.float64)
-    for name, g, e in zip(("x", "lam", "b", "state"), got, expected, strict=True):
-        if e is not None:
-            assert_close(g, e, atol=GRAD_TOL * e.abs().max().item(), rtol=0, name=f"d{name}")
+    check_scan_gradients(x, lam, b, state, dy, dfinal)
     dy_full = dy if dy is not None else torch.zeros_like(x)
     dfinal_c = None if dfinal is None else dfinal.contiguous()
     sequential = scan._ssm_scan_backward_launch(x, lam, b, state, dy_full, dfinal_c, False)

@@ -5,7 +5,8 @@ rows), tables in fp32 and bf16, modes ``fwd`` (under ``torch.no_grad``) and ``fw
 tables and bias). Providers:
 
 - ``triton``: ``et.memory_layer`` (fused forward; atomic backward), ``triton_deterministic`` (sorted-segment
-  backward, fwd_bwd only);
+  backward, fwd_bwd only), ``triton_two_pass`` (fwd only: ``lsh_hash`` then ``memory_gather``, hashing once
+  per token and table instead of once per d-block program);
 - ``original``: MemoryFormer's torch gather ``tables[k_index, codes] * score`` summed over K (written from
   DESIGN 1.4; materialises ``[T, K, d]``, skipped where that passes 4 GB);
 - ``embedding_bag``: ``F.embedding_bag`` over the flattened ``[K * 256, d]`` rows with ``per_sample_weights``
@@ -107,6 +108,13 @@ def _runner(fn, leaves, mode, dy):
     return run
 
 
+def _two_pass_memory_layer(x, tables, bias, tau):
+    """``lsh_hash`` once per (token, table), then ``memory_gather``: against the fused kernel, which hashes in
+    every d-block program (perf/NOTES.md, experiment 10)."""
+    codes, scores = et.lsh_hash(x.view(x.shape[0], -1, tau), backend="triton")
+    return et.memory_gather(codes, scores, tables, bias, backend="triton")
+
+
 def _works(run) -> bool:
     try:
         run()
@@ -124,6 +132,8 @@ def _providers(x, x16, tables, bias, linear32, linear16, tau, mode, *, with_orig
         "linear_fp32": (lambda: linear32(x), [x, linear32.weight, linear32.bias]),
         "linear_bf16": (lambda: linear16(x16), [x16, linear16.weight, linear16.bias]),
     }
+    if mode == "fwd":
+        providers["triton_two_pass"] = (lambda: _two_pass_memory_layer(x, tables, bias, tau), leaves)
     if mode == "fwd_bwd":
         providers["triton_deterministic"] = (
             lambda: et.memory_layer(x, tables, bias, deterministic=True, backend="triton"), leaves)

@@ -79,26 +79,10 @@ def bench_toeplitz_to_ssm(ctx) -> None:
             if compiled is not None:
                 providers["compile"] = compiled
             for provider, fn in providers.items():
-                ctx.time(
-                    op="toeplitz_to_ssm",
-                    provider=provider,
-                    x_name="n",
-                    x_value=n,
-                    config=config,
-                    fn=fn,
-                    args=inputs,
-                    bytes=nbytes,
-                )
+                point = dict(op="toeplitz_to_ssm", provider=provider, x_name="n", x_value=n, config=config)
+                ctx.time(**point, fn=fn, args=inputs, bytes=nbytes)
                 lam, b = fn(t)
-                ctx.value(
-                    op="toeplitz_to_ssm",
-                    provider=provider,
-                    metric="rel_err",
-                    value=conversion_error(lam, b, t),
-                    x_name="n",
-                    x_value=n,
-                    config=config,
-                )
+                ctx.value(**point, metric="rel_err", value=conversion_error(lam, b, t))
 
 
 def materialised_kernel_c64(lam: torch.Tensor, b: torch.Tensor, length: int) -> torch.Tensor:
@@ -140,25 +124,10 @@ def bench_ssm_kernel(ctx) -> None:
                 providers["compile"] = lambda lam=lam, b=b, length=length: compiled(lam, b, length)
         expected = realised_kernel64(lam[:ERROR_ROWS], b[:ERROR_ROWS], length)
         for provider, fn in providers.items():
-            ctx.time(
-                op="ssm_kernel",
-                provider=provider,
-                x_name=x_name,
-                x_value=x_value,
-                config=config,
-                fn=fn,
-                bytes=4 * channels * length + 16 * channels * modes,
-                flops=8 * channels * modes * length,
-            )
-            ctx.value(
-                op="ssm_kernel",
-                provider=provider,
-                metric="rel_err",
-                x_name=x_name,
-                x_value=x_value,
-                value=rel_err(fn()[:ERROR_ROWS].double(), expected),
-                config=config,
-            )
+            point = dict(op="ssm_kernel", provider=provider, x_name=x_name, x_value=x_value, config=config)
+            ctx.time(**point, fn=fn, bytes=4 * channels * length + 16 * channels * modes,
+                     flops=8 * channels * modes * length)
+            ctx.value(**point, metric="rel_err", value=rel_err(fn()[:ERROR_ROWS].double(), expected))
         # Forward + backward (S4D-style training through the kernel): ours against autograd through the
         # materialised complex64 evaluation; the backward does twice the forward's products (P and Q).
         dk = torch.randn(channels, length, device=ctx.device)

@@ -78,14 +78,8 @@ def _decode_sweep(ctx, model: TNNLanguageModel, batches, lengths, backend: str) 
                         decoder.length = length
                         return decoder.step(token)
 
-                ctx.time(
-                    op="decode_token",
-                    provider=provider,
-                    x_name="length",
-                    x_value=length,
-                    config=cfg,
-                    fn=one_token,
-                )
+                ctx.time(op="decode_token", provider=provider, x_name="length", x_value=length, config=cfg,
+                         fn=one_token)
                 del decoder
             original = OriginalETSCDecoder(model, batch)
 
@@ -93,14 +87,8 @@ def _decode_sweep(ctx, model: TNNLanguageModel, batches, lengths, backend: str) 
                 with torch.no_grad():
                     return original.step(token)
 
-            ctx.time(
-                op="decode_token",
-                provider="original",
-                x_name="length",
-                x_value=length,
-                config=cfg,
-                fn=original_token,
-            )
+            ctx.time(op="decode_token", provider="original", x_name="length", x_value=length, config=cfg,
+                     fn=original_token)
 
 
 def _prefill_sweep(ctx, channels: int, n: int, batches, lengths, backend: str) -> None:
@@ -117,30 +105,14 @@ def _prefill_sweep(ctx, channels: int, n: int, batches, lengths, backend: str) -
                 for i in range(x.shape[1]):
                     layer.step(x[:, i], state)
 
-            ctx.time(
-                op="prefill_layer",
-                provider="triton",
-                x_name="prompt_len",
-                x_value=length,
-                config=cfg,
-                fn=lambda x=x: layer.prefill(x),
-            )
-            ctx.time(
-                op="prefill_layer",
-                provider="step_loop",
-                x_name="prompt_len",
-                x_value=length,
-                config=cfg,
-                fn=step_loop,
-            )
-            ctx.time(
-                op="prefill_layer",
-                provider="scan",
-                x_name="prompt_len",
-                x_value=length,
-                config=cfg,
-                fn=lambda x=x: et.ssm_scan(x, layer.lam, layer.b, backend=backend),
-            )
+            providers = {
+                "triton": lambda x=x: layer.prefill(x),
+                "step_loop": step_loop,
+                "scan": lambda x=x: et.ssm_scan(x, layer.lam, layer.b, backend=backend),
+            }
+            for provider, fn in providers.items():
+                ctx.time(op="prefill_layer", provider=provider, x_name="prompt_len", x_value=length, config=cfg,
+                         fn=fn)
             y, final = layer.prefill(x)
             y_scan, final_scan = et.ssm_scan(x, layer.lam, layer.b, backend=backend)
             err = ((final - final_scan).abs().max() / final_scan.abs().max()).item()

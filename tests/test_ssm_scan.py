@@ -212,12 +212,10 @@ def short_chunks(monkeypatch):
     monkeypatch.setattr(scan, "MIN_CHUNK_TOKENS", 4)
 
 
-def expected_chunks(x, modes):
+def expected_chunks(x, modes, blocks=scan.scan_blocks):
+    """The chunk count the launcher plans for this scan (``blocks``: the forward's or the backward's tiles)."""
     batch, length, channels = x.shape
-    block_d, block_n = scan.scan_blocks(channels, modes)
-    programs = -(-channels // block_d) * batch * -(-modes // block_n)
-    count = scan.chunk_count(programs, length, x.device)
-    return -(-length // -(-length // count))
+    return scan.chunk_plan(batch, length, channels, modes, blocks(channels, modes), x.device)[0]
 
 
 @pytest.mark.parametrize(
@@ -233,6 +231,7 @@ def expected_chunks(x, modes):
 def test_chunked_scan_matches_oracle(device, short_chunks, batch, length, channels, modes, with_state, chunks):
     lam, b = make_ssm(channels, modes, device=device)
     x = torch.randn(batch, length, channels, device=device)
+    assert expected_chunks(x, modes) > 1  # chunked on a GPU too (132 SMs ask for more chunks than 2)
     assert expected_chunks(x, modes) == chunks or device == "cuda"
     state = random_state(batch, channels, modes, device=device) if with_state else None
     before = None if state is None else state.clone()
@@ -254,7 +253,7 @@ def test_chunked_scan_strided_half_precision_x_and_strided_state(device, short_c
     x = torch.randn(1, 3, 2 * 63, device=device).to(dtype)[:, :, ::2].transpose(1, 2)
     state = random_state(1, 17, 3, device=device).transpose(1, 2)  # [B, D, N], modes 3 elements apart
     assert not x.is_contiguous() and not state.is_contiguous()
-    assert expected_chunks(x, 17) > 1 or device == "cuda"
+    assert expected_chunks(x, 17) > 1
     y, final = et.ssm_scan(x, lam, b, state, backend="triton")
     check_against_oracle(y, final, x, lam, b, state)
 
@@ -360,9 +359,7 @@ def test_chunked_scan_gradients(device, short_chunks, batch, length, channels, m
     lam, b = make_ssm(channels, modes, device=device)
     gen = torch.Generator().manual_seed(11)
     x = torch.randn(batch, length, channels, generator=gen).to(device)
-    block_d, block_n = scan.backward_blocks(channels, modes)
-    programs = -(-channels // block_d) * batch * -(-modes // block_n)
-    assert scan.chunk_count(programs, length, x.device) > 1 or device == "cuda"
+    assert expected_chunks(x, modes, scan.backward_blocks) > 1
     state = random_state(batch, channels, modes, device=device) if with_state else None
     dy = torch.randn(batch, length, channels, generator=gen).to(device) if "y" in outputs else None
     dfinal = random_state(batch, channels, modes, seed=9, device=device) if "state" in outputs else None

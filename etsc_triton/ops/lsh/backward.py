@@ -51,6 +51,20 @@ def hash_tile(x_ptr, row_offsets, row_mask, k, inv_temperature, TAU: tl.constexp
 
 
 @triton.jit
+def hash_program_tile(z_ptr, T, K, inv_temperature, TAU: tl.constexpr, TAU_P2: tl.constexpr,
+                      MAGNITUDE: tl.constexpr, BLOCK_T: tl.constexpr):
+    """The hash of a program of grid ``(T / BLOCK_T, K)`` over contiguous ``z [T, K*tau]``: its token rows
+    (``t64``, ``t_mask``), table ``k`` and :func:`hash_tile`'s ``(z, s, code, prod, score)``."""
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    k = tl.program_id(1)
+    t_mask = t < T
+    t64 = t.to(tl.int64)
+    z, s, code, prod, score = hash_tile(z_ptr, t64 * K * TAU, t_mask, k, inv_temperature, TAU, TAU_P2,
+                                        MAGNITUDE)
+    return t64, t_mask, k, z, s, code, prod, score
+
+
+@triton.jit
 def score_grad(z, s, prod, dscore, inv_temperature, MAGNITUDE: tl.constexpr):
     """``dz [BLOCK_T, TAU_P2]`` from ``dscore [BLOCK_T]`` through the score formula (``sign(0) = 0``)."""
     sign = tl.where(z > 0, 1.0, tl.where(z < 0, -1.0, 0.0))
@@ -131,12 +145,8 @@ def _dtables_segment_kernel(
 def _hash_backward_kernel(z_ptr, dscores_ptr, dz_ptr, T, K, inv_temperature,
                           TAU: tl.constexpr, TAU_P2: tl.constexpr, MAGNITUDE: tl.constexpr,
                           BLOCK_T: tl.constexpr):
-    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    k = tl.program_id(1)
-    t_mask = t < T
-    t64 = t.to(tl.int64)
-    z, s, code, prod, score = hash_tile(z_ptr, t64 * K * TAU, t_mask, k, inv_temperature, TAU, TAU_P2,
-                                        MAGNITUDE)
+    t64, t_mask, k, z, s, code, prod, score = hash_program_tile(z_ptr, T, K, inv_temperature, TAU, TAU_P2,
+                                                                 MAGNITUDE, BLOCK_T)
     dscore = tl.load(dscores_ptr + t64 * K + k, mask=t_mask, other=0.0).to(tl.float32)
     dz = score_grad(z, s, prod, dscore, inv_temperature, MAGNITUDE)
     j = tl.arange(0, TAU_P2)

@@ -26,7 +26,7 @@ from ..utils import (
     sm_count,
 )
 from . import naive
-from .backward import hash_tile, lsh_hash_backward, memory_gather_backward, memory_layer_backward
+from .backward import hash_program_tile, hash_tile, lsh_hash_backward, memory_gather_backward, memory_layer_backward
 from .naive import validate_gather, validate_hash, validate_layer
 
 
@@ -91,12 +91,8 @@ def _split_reduce_kernel(workspace_ptr, bias_ptr, out_ptr, N, D, num_splits,
 @triton.jit(do_not_specialize=["T"])
 def _lsh_hash_kernel(z_ptr, codes_ptr, scores_ptr, T, K, inv_temperature,
                      TAU: tl.constexpr, TAU_P2: tl.constexpr, MAGNITUDE: tl.constexpr, BLOCK_T: tl.constexpr):
-    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    k = tl.program_id(1)
-    t_mask = t < T
-    t64 = t.to(tl.int64)
-    z, s, code, prod, score = hash_tile(z_ptr, t64 * K * TAU, t_mask, k, inv_temperature, TAU, TAU_P2,
-                                        MAGNITUDE)
+    t64, t_mask, k, z, s, code, prod, score = hash_program_tile(z_ptr, T, K, inv_temperature, TAU, TAU_P2,
+                                                                 MAGNITUDE, BLOCK_T)
     tl.store(codes_ptr + t64 * K + k, code, mask=t_mask)
     tl.store(scores_ptr + t64 * K + k, score, mask=t_mask)
 

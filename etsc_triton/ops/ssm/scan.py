@@ -499,22 +499,23 @@ def _sum_mode_blocks_kernel(partial_ptr, y_ptr, numel, n_blocks, BLOCK: tl.const
     tl.store(y_ptr + offsets, acc.to(y_ptr.dtype.element_ty), mask=ok)
 
 
+def _warp_tile(channels: int, block_n: int, modes_per_thread: int) -> tuple[int, int]:
+    """``(BLOCK_D, BLOCK_N)`` of a one-warp program holding about ``modes_per_thread`` modes per thread."""
+    per_program = 32 * SCAN_WARPS * modes_per_thread
+    return max(1, min(32, next_power_of_2(channels), per_program // block_n)), block_n
+
+
 def scan_blocks(channels: int, modes: int) -> tuple[int, int]:
-    """``(BLOCK_D, BLOCK_N)``: about SCAN_MODES_PER_THREAD modes per thread (one warp per program)."""
-    block_n = mode_block_size(modes)
-    per_program = 32 * SCAN_WARPS * SCAN_MODES_PER_THREAD
-    block_d = max(1, min(32, next_power_of_2(channels), per_program // block_n))
-    return block_d, block_n
+    """``(BLOCK_D, BLOCK_N)`` of the forward: about SCAN_MODES_PER_THREAD modes per thread, the step's mode
+    blocks."""
+    return _warp_tile(channels, mode_block_size(modes), SCAN_MODES_PER_THREAD)
 
 
 def backward_blocks(channels: int, modes: int) -> tuple[int, int]:
     """``(BLOCK_D, BLOCK_N)`` of the backward: it keeps 14 fp32 values per mode (lam, b, g, v, h and the two
     accumulators) against the forward's 6, so about BACKWARD_MODES_PER_THREAD modes per thread and mode blocks
     of at most BACKWARD_MAX_MODE_BLOCK (16 modes per thread took 255 registers and spilled on sm_90)."""
-    block_n = min(next_power_of_2(modes), BACKWARD_MAX_MODE_BLOCK)
-    per_program = 32 * SCAN_WARPS * BACKWARD_MODES_PER_THREAD
-    block_d = max(1, min(32, next_power_of_2(channels), per_program // block_n))
-    return block_d, block_n
+    return _warp_tile(channels, min(next_power_of_2(modes), BACKWARD_MAX_MODE_BLOCK), BACKWARD_MODES_PER_THREAD)
 
 
 def chunk_count(programs: int, seq_len: int, device: torch.device) -> int:
@@ -523,6 +524,16 @@ def chunk_count(programs: int, seq_len: int, device: torch.device) -> int:
     if programs >= target or seq_len < 2 * MIN_CHUNK_TOKENS:
         return 1
     return min(cdiv(target, programs), seq_len // MIN_CHUNK_TOKENS, MAX_CHUNKS)
+
+
+def chunk_plan(batch: int, seq_len: int, channels: int, modes: int, blocks: tuple[int, int],
+               device: torch.device) -> tuple[int, int]:
+    """``(n_chunks, chunk_len)`` for a scan (or its backward) tiled by ``blocks`` = ``(BLOCK_D, BLOCK_N)``:
+    every chunk but the last holds ``chunk_len`` tokens; ``(1, seq_len)`` when the tiles fill the GPU."""
+    block_d, block_n = blocks
+    count = chunk_count(cdiv(channels, block_d) * batch * cdiv(modes, block_n), seq_len, device)
+    chunk_len = cdiv(seq_len, count)
+    return cdiv(seq_len, chunk_len), chunk_len
 
 
 @registered_launcher("etsc_triton::ssm_scan", mutates_args=())
@@ -538,9 +549,8 @@ def _ssm_scan_launch(
     block_d, block_n = scan_blocks(channels, modes)
     n_mode_blocks = cdiv(modes, block_n)
     tiles = (cdiv(channels, block_d), batch)
-    n_chunks = chunk_count(tiles[0] * batch * n_mode_blocks, seq_len, x.device) if allow_chunks else 1
-    chunk_len = cdiv(seq_len, n_chunks)
-    n_chunks = cdiv(seq_len, chunk_len)
+    n_chunks, chunk_len = chunk_plan(batch, seq_len, channels, modes, (block_d, block_n), x.device) \
+        if allow_chunks else (1, seq_len)
     split = n_mode_blocks > 1
     stages = 1 if interpreter_enabled() else SCAN_STAGES
     y = torch.empty((batch, seq_len, channels), device=x.device, dtype=x.dtype)
@@ -601,9 +611,8 @@ def _ssm_scan_backward_launch(
     block_d, block_n = backward_blocks(channels, modes)
     n_mode_blocks = cdiv(modes, block_n)
     tiles = (cdiv(channels, block_d), batch)
-    n_chunks = chunk_count(tiles[0] * batch * n_mode_blocks, seq_len, x.device) if allow_chunks else 1
-    chunk_len = cdiv(seq_len, n_chunks)
-    n_chunks = cdiv(seq_len, chunk_len)
+    n_chunks, chunk_len = chunk_plan(batch, seq_len, channels, modes, (block_d, block_n), x.device) \
+        if allow_chunks else (1, seq_len)
     split = n_mode_blocks > 1
     stages = 1 if interpreter_enabled() else SCAN_STAGES
     dx = torch.empty((batch, seq_len, channels), device=x.device, dtype=x.dtype)

@@ -3,8 +3,11 @@
     python -m perf                       # every family, full sizes (needs a GPU)
     python -m perf --only ssm,memory     # some families
     python -m perf --quick --out DIR     # tiny sizes on a CPU through the interpreter: tests the pipeline
-    python -m perf --plot-only FILE.csv  # redraw plots from a results file
+    python -m perf --plot-only DIR       # redraw the plots from the results files (DIR/*.csv, or named files)
     python -m perf --budget 540          # stop starting new points after 540 s; results and plots still written
+
+Each family writes its own results file, ``<family>.csv`` (``<family>_quick.csv`` under ``--quick``), so runs
+of different families (one remote command each) never overwrite one another.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import importlib
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -34,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", default="", help=f"comma-separated families from {sorted(FAMILIES)}")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default: perf/results/<gpu>/ for results, plots/<gpu>/ for plots)")
-    parser.add_argument("--plot-only", type=Path, default=None, help="redraw the plots of a results CSV")
+    parser.add_argument("--plot-only", type=Path, nargs="+", default=None,
+                        help="redraw the plots of results CSVs (files, or folders of *.csv)")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds: points that would start later are skipped (the results file and the plots "
                              "are still written, after every family)")
@@ -54,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
     families = [f for f in FAMILIES if not args.only or f in args.only.split(",")]
     if args.plot_only is not None:
-        rows = harness.read_results(args.plot_only)
-        out = args.out or args.plot_only.parent
+        files = [f for path in args.plot_only for f in (sorted(path.glob("*.csv")) if path.is_dir() else [path])]
+        rows = [row for f in files for row in harness.read_results(f)]
+        out = args.out or (args.plot_only[0] if args.plot_only[0].is_dir() else args.plot_only[0].parent)
         paths = plots.draw_all(rows, out, [importlib.import_module(FAMILIES[f]) for f in families])
         print(f"{len(paths)} plots in {out}")
         return 0
@@ -70,23 +76,36 @@ def main(argv: list[str] | None = None) -> int:
     deadline = None if args.budget is None else time.monotonic() + args.budget
     ctx = harness.Context(device=device, quick=args.quick, floors=floors,
                           progress=harness.progress_printer(total=0), deadline=deadline)
-    results = results_dir / ("results_quick.csv" if args.quick else "results.csv")
-    modules, cut_short = [], []
+    modules, cut_short, written = [], [], []
     for family in families:
         module = importlib.import_module(FAMILIES[family])
         modules.append(module)
         ctx.family = family
+        first_row = len(ctx.rows)
+        started = time.monotonic()
         try:
             module.run(ctx)
         except harness.BudgetExhausted as stop:
-            cut_short.append(str(stop))
-        harness.write_results(ctx.rows, results)  # after every family: a killed run keeps what it measured
+            cut_short.append(f"cut short by --budget: {stop}")
+        except Exception as error:  # noqa: BLE001 - the other families still run; reported below
+            if harness.is_fatal(error):
+                raise
+            traceback.print_exc()
+            cut_short.append(f"{family} stopped by {type(error).__name__}: {str(error).strip()[:300]}")
+        results = results_dir / (f"{family}_quick.csv" if args.quick else f"{family}.csv")
+        harness.write_results(ctx.rows[first_row:], results)  # now: a killed run keeps what it measured
+        written.append(f"{family}: {len(ctx.rows) - first_row} rows in {time.monotonic() - started:.0f} s -> "
+                       f"{results}")
     paths = plots.draw_all(ctx.rows, plots_dir, modules)
     print()
     print(plots.summary_table(ctx.rows, floors))
-    print(f"\n{len(ctx.rows)} rows -> {results}; {len(paths)} plots -> {plots_dir}")
+    print()
+    print("\n".join(written))
+    print(f"{len(paths)} plots -> {plots_dir}")
+    for line in ctx.failures:
+        print(f"failed point: {line}")
     for line in cut_short:
-        print(f"cut short by --budget: {line}")
+        print(line)
     return 0
 
 

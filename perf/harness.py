@@ -157,6 +157,15 @@ class BudgetExhausted(Exception):
     recorded so far are kept."""
 
 
+FATAL_MARKERS = ("CUDA error", "illegal memory access", "device-side assert", "unspecified launch failure")
+
+
+def is_fatal(error: BaseException) -> bool:
+    """True for errors after which the CUDA context is unusable (every later launch fails too): these stop the
+    run instead of being recorded as one failed point."""
+    return any(marker in str(error) for marker in FATAL_MARKERS)
+
+
 @dataclass
 class Context:
     """What a bench module's ``run(ctx)`` receives; see perf/README.md.
@@ -164,6 +173,10 @@ class Context:
     ``deadline`` (a ``time.monotonic()`` value, or None) is the run's time budget: a point that would start
     after it raises :class:`BudgetExhausted` instead (``python -m perf --budget SECONDS``), so a remote command
     with a hard time limit still brings back its results and plots.
+
+    A point whose call raises (out of memory, a compile error, a provider torch refuses) is recorded as a
+    ``failed`` row and listed in ``failures``; the sweep goes on. Errors that leave the CUDA context unusable
+    (:func:`is_fatal`) are raised.
     """
 
     device: str
@@ -173,6 +186,7 @@ class Context:
     family: str = ""
     progress: Callable[[str], None] = lambda msg: None
     deadline: float | None = None
+    failures: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self._meta = {
@@ -225,7 +239,8 @@ class Context:
         flops: float | None = None,
         l2_bytes: float | None = None,
     ) -> float:
-        """Time ``fn`` (median ms, rotating over ``args`` if given) and record it; returns the median.
+        """Time ``fn`` (median ms, rotating over ``args`` if given) and record it; returns the median (NaN when
+        the call raised: the point is then recorded as ``failed``, see the class docstring).
 
         With ``bytes`` the achieved bandwidth (GB/s) is recorded too, with ``flops`` the achieved rate
         (TFLOP/s), with ``l2_bytes`` (bytes re-read from L2) the achieved L2 bandwidth; the time floor
@@ -241,14 +256,13 @@ class Context:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise BudgetExhausted(f"{self.family}: budget spent before {op} {provider} {x_name}={x_value}")
         self.progress(f"{self.family}: {op} {provider} {x_name}={x_value} {config or ''}")
-        if self.on_gpu:
-            import triton.testing
-
-            p20, p50, p80 = triton.testing.do_bench(call, warmup=25, rep=100, quantiles=[0.2, 0.5, 0.8])
-        else:
-            times = _cpu_time(call, reps=3)
-            p50 = statistics.median(times)
-            p20, p80 = min(times), max(times)
+        try:
+            p20, p50, p80 = self._measure(call)
+        except Exception as error:  # noqa: BLE001 - recorded, reported at the end of the run
+            if is_fatal(error):
+                raise
+            self.record_failure(op, provider, mode, x_name, x_value, config, error)
+            return math.nan
         floor_ms = self.floors.time_ms(bytes, flops, l2_bytes)
         self._row(op, provider, mode, "time", "ms", x_name, x_value, p50, p20, p80, floor_ms, config)
         if bytes:
@@ -264,6 +278,26 @@ class Context:
             self._row(op, provider, mode, "rate", "TFLOP/s", x_name, x_value, *rate, self.floors.fp32_tflops,
                       config)
         return p50
+
+    def _measure(self, call: Callable[[], object]) -> tuple[float, float, float]:
+        """(p20, p50, p80) in ms: CUDA events through ``do_bench`` on a GPU, a wall clock on a CPU."""
+        if self.on_gpu:
+            import triton.testing
+
+            p20, p50, p80 = triton.testing.do_bench(call, warmup=25, rep=100, quantiles=[0.2, 0.5, 0.8])
+            return p20, p50, p80
+        times = _cpu_time(call, reps=3)
+        return min(times), statistics.median(times), max(times)
+
+    def record_failure(self, op, provider, mode, x_name, x_value, config, error: BaseException) -> None:
+        """A ``failed`` row (the error's first line in ``config["error"]``) and a line in ``failures``."""
+        message = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        if isinstance(error, torch.OutOfMemoryError):
+            torch.cuda.empty_cache()
+        self._row(op, provider, mode, "failed", "", x_name, x_value, None, None, None, None,
+                  {**(config or {}), "error": message[:300]})
+        self.failures.append(f"{self.family}: {op} {provider} {mode} {x_name}={x_value} {config or ''}: "
+                             f"{message[:300]}")
 
     def value(
         self,

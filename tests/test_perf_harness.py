@@ -1,5 +1,7 @@
 """The benchmark pipeline itself: ``python -m perf --quick`` runs, writes the results file and the plots."""
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -20,7 +22,9 @@ def test_quick_run_writes_results_and_plots(tmp_path):
     run = subprocess.run([sys.executable, "-m", "perf", "--quick", "--out", str(tmp_path)], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    rows = harness.read_results(tmp_path / "results_quick.csv")
+    files = sorted(tmp_path.glob("*_quick.csv"))
+    assert {f.name for f in files} == {f"{family}_quick.csv" for family in perf_main.FAMILIES}
+    rows = [row for f in files for row in harness.read_results(f)]
     families_seen = {row["op"] for row in rows}
     assert {"toeplitz_to_ssm", "ssm_kernel", "ssm_scan", "ssm_step", "memory_layer"} <= families_seen
     for op in ("toeplitz_to_ssm", "ssm_scan", "ssm_step", "memory_layer"):
@@ -66,3 +70,41 @@ def test_budget_stops_new_points_and_keeps_recorded_rows():
     with pytest.raises(harness.BudgetExhausted, match="budget spent before op torch n=2"):
         ctx.time(op="op", provider="torch", x_name="n", x_value=2, fn=lambda: None)
     assert [r["provider"] for r in ctx.rows] == ["triton"]
+
+
+def test_failed_point_is_recorded_and_the_sweep_goes_on():
+    ctx = harness.Context(device="cpu", quick=True, floors=harness.Floors(float("nan"), float("nan")))
+    ctx.family = "fam"
+
+    def refuses():
+        raise RuntimeError("no kernel image for this shape\nsecond line")
+
+    assert math.isnan(ctx.time(op="op", provider="torch", x_name="n", x_value=3, fn=refuses, config={"d": 2}))
+    assert ctx.time(op="op", provider="triton", x_name="n", x_value=3, fn=lambda: None) > 0
+    failed = [r for r in ctx.rows if r["metric"] == "failed"]
+    assert [(r["provider"], r["x_value"]) for r in failed] == [("torch", 3)]
+    assert json.loads(failed[0]["config"]) == {"d": 2, "error": "RuntimeError: no kernel image for this shape"}
+    assert ctx.failures == ["fam: op torch fwd n=3 {'d': 2}: RuntimeError: no kernel image for this shape"]
+
+
+def test_error_that_breaks_the_cuda_context_stops_the_run():
+    ctx = harness.Context(device="cpu", quick=True, floors=harness.Floors(float("nan"), float("nan")))
+
+    def crashes():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        ctx.time(op="op", provider="triton", x_name="n", x_value=1, fn=crashes)
+    assert ctx.rows == [] and ctx.failures == []
+
+
+def test_plot_only_reads_every_results_file_of_a_folder(tmp_path):
+    ctx = harness.Context(device="cpu", quick=True, floors=harness.Floors(1000.0, 10.0))
+    for op, file in (("op_a", "a.csv"), ("op_b", "b.csv")):
+        first = len(ctx.rows)
+        for provider, ms in (("triton", 1.0), ("torch", 2.0)):
+            ctx._row(op, provider, "fwd", "time", "ms", "n", 8, ms, ms, ms, None, {})
+            ctx._row(op, provider, "fwd", "time", "ms", "n", 16, 2 * ms, 2 * ms, 2 * ms, None, {})
+        harness.write_results(ctx.rows[first:], tmp_path / file)
+    assert perf_main.main(["--plot-only", str(tmp_path), "--only", "conversion"]) == 0
+    assert {p.name for p in tmp_path.glob("*.png")} >= {"op_a_fwd_vs_n_all.png", "op_b_fwd_vs_n_all.png"}

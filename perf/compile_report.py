@@ -45,6 +45,8 @@ import traceback
 import warnings
 from pathlib import Path
 
+from perf.sass_probe import hot_loop
+
 REPO = Path(__file__).resolve().parent.parent
 TARGET_ARCH = 90
 OPTION_NAMES = ("num_warps", "num_stages", "num_ctas", "maxnreg", "enable_fp_fusion")
@@ -485,23 +487,43 @@ def _short_config(fn, signature: dict, constexprs: dict) -> tuple[str, str]:
     return ", ".join(user), ", ".join(pointers + specialised)
 
 
-def compile_one(record: dict, workdir: str) -> dict:
-    """Compile one captured launch for sm_90; never raises (errors go in the result)."""
-    warnings.filterwarnings("ignore")
+def _jit_function(record: dict):
+    fn = getattr(importlib.import_module(record["module"]), record["name"])
+    while not hasattr(fn, "params") and hasattr(fn, "fn"):  # unwrap autotuner / heuristics
+        fn = fn.fn
+    return fn
+
+
+def compile_kernel(record: dict):
+    """Compile one captured launch for sm_90: ``(triton CompiledKernel, triton's ptxas -v log)``; raises."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
+
+    fn = _jit_function(record)
+    target = GPUTarget("cuda", TARGET_ARCH, 32)
+    signature, constexprs, attrs, _ = _specialize(fn, record, make_backend(target))
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    with contextlib.suppress(AttributeError):  # triton prints its own ptxas -v log: the exact numbers
+        triton.knobs.nvidia.dump_ptxas_log = True
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        kernel = triton.compile(src, target=target, options=dict(record["options"]))
+    return kernel, log.getvalue()
+
+
+def compile_one(record: dict, workdir: str) -> dict:
+    """Compile one captured launch for sm_90; never raises (errors go in the result)."""
+    warnings.filterwarnings("ignore")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
 
     result = {"kernel": f"{record['module']}.{record['name']}", "cases": record["cases"],
               "num_warps": record["options"].get("num_warps", 4),
               "num_stages": record["options"].get("num_stages", 3)}
     try:
-        fn = getattr(importlib.import_module(record["module"]), record["name"])
-        while not hasattr(fn, "params") and hasattr(fn, "fn"):  # unwrap autotuner / heuristics
-            fn = fn.fn
-        target = GPUTarget("cuda", TARGET_ARCH, 32)
-        backend = make_backend(target)
-        signature, constexprs, attrs, how = _specialize(fn, record, backend)
+        fn = _jit_function(record)
+        signature, constexprs, attrs, how = _specialize(fn, record, make_backend(GPUTarget("cuda", TARGET_ARCH, 32)))
         result["config"], result["args"] = _short_config(fn, signature, constexprs)
         result["specialization"] = how
         result["key"] = json.dumps([result["kernel"], signature, sorted((list(k), repr(v)) for k, v in
@@ -512,12 +534,7 @@ def compile_one(record: dict, workdir: str) -> dict:
         return result
     start = time.perf_counter()
     try:
-        src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-        with contextlib.suppress(AttributeError):  # triton prints its own ptxas -v log: the exact numbers
-            triton.knobs.nvidia.dump_ptxas_log = True
-        log = io.StringIO()
-        with contextlib.redirect_stdout(log):
-            kernel = triton.compile(src, target=target, options=dict(record["options"]))
+        kernel, log = compile_kernel(record)
     except Exception as exc:
         message = " ".join(str(exc).split())
         result["status"] = f"{type(exc).__name__}: {message}"[:400]
@@ -529,13 +546,14 @@ def compile_one(record: dict, workdir: str) -> dict:
     result["num_warps"] = getattr(metadata, "num_warps", result["num_warps"])
     result["num_stages"] = getattr(metadata, "num_stages", result["num_stages"])
     arch = "sm_90a" if TARGET_ARCH == 90 else f"sm_{TARGET_ARCH}"
-    stats = _parse_ptxas_log(log.getvalue())
+    stats = _parse_ptxas_log(log)
     result["ptxas_source"] = "triton"
     if "registers" not in stats:  # cached kernel or a triton without the log knob: run ptxas ourselves
         stats = _ptxas_stats(kernel.asm["ptx"], arch, workdir)
         result["ptxas_source"] = "ptxas -v"
     result.update(stats)
     result["global_access"] = global_access_widths(kernel.asm["ptx"])
+    result["hot_loop"] = hot_loop(kernel.asm["cubin"])
     result["status"] = "OK"
     return result
 
@@ -605,10 +623,13 @@ def render(results: list[dict], capture: dict, elapsed: dict) -> str:
         + (f"capture {elapsed['capture']:.1f} s, " if elapsed.get("capture") is not None else "capture loaded, ")
         + f"compile {elapsed['compile']:.1f} s. regs / spills: the `ptxas -v` log of triton's own ptxas run "
         f"({_ptxas_version()}), smem (bytes): the compiled metadata. "
-        "`args`: pointer arguments that are not *fp32, and ints the launch specialises to constexpr 1.",
+        "`args`: pointer arguments that are not *fp32, and ints the launch specialises to constexpr 1. "
+        "hot loop: the SASS instructions of the largest loop body and its three most frequent opcodes "
+        "(`python -m perf.sass_probe` for one kernel at other sizes).",
         "",
-        "| kernel | config | args | warps | stages | regs | spill st/ld (B) | smem (B) | global ld/st | status |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| kernel | config | args | warps | stages | regs | spill st/ld (B) | smem (B) | global ld/st | "
+        "hot loop (SASS) | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         spills = (f"{r['spill_stores']}/{r['spill_loads']}" if "spill_stores" in r else "-")
@@ -616,7 +637,8 @@ def render(results: list[dict], capture: dict, elapsed: dict) -> str:
         lines.append(
             f"| {_cell(r['kernel'].removeprefix('etsc_triton.ops.'))} | {_cell(r.get('config'))} | "
             f"{_cell(r.get('args') or '')} | {r['num_warps']} | {r['num_stages']} | {_cell(r.get('registers'))} | "
-            f"{spills} | {_cell(r.get('shared'))} | {_cell(r.get('global_access'))} | {_cell(status)} |"
+            f"{spills} | {_cell(r.get('shared'))} | {_cell(r.get('global_access'))} | {_cell(r.get('hot_loop'))} | "
+            f"{_cell(status)} |"
         )
     flagged = [r for r in results if r.get("spill_stores") or r.get("spill_loads") or (r.get("registers") or 0) > 200]
     lines += ["", "## Spills and high register counts (> 200)", ""]

@@ -99,7 +99,7 @@ def test_code_length_16(device):
 
 def test_single_token_uses_split_k(device):
     x, tables, bias, dy = make_inputs((1,), 9, 2, 40, seed=5)
-    block_t, block_d = forward_blocks(1, 40, 4)
+    block_t, block_d, _ = forward_blocks(1, 40, 4)
     num_splits, per_split = choose_k_split(1, 9, 40, block_t, block_d, torch.device(device))
     assert num_splits > 1 and num_splits * per_split >= 9
     for deterministic in (False, True):
@@ -107,8 +107,18 @@ def test_single_token_uses_split_k(device):
 
 
 def test_many_tokens_no_split(device):
-    block_t, block_d = forward_blocks(4096, 1024, 4)
+    block_t, block_d, _ = forward_blocks(4096, 1024, 4)
     assert choose_k_split(4096, 128, 1024, block_t, block_d, torch.device(device))[0] == 1
+
+
+def test_whole_d_blocks_with_padding_tokens(device):
+    # d_out a multiple of BLOCK_D: the hashed forward and backward load rows (and dy) unmasked, with padding
+    # tokens in the last token tile
+    block_t, block_d, _ = forward_blocks(7, 64, 4)
+    x, tables, bias, dy = make_inputs((7,), 3, 4, 2 * block_d, seed=13)
+    assert 7 % block_t != 0
+    for weighting, deterministic in (("paper", False), ("magnitude", False), ("paper", True)):
+        check_against_reference(x, tables, bias, dy, device, weighting=weighting, deterministic=deterministic)
 
 
 def test_deterministic_is_bit_identical_and_matches_atomic(device):
@@ -216,9 +226,10 @@ def test_property_matches_oracle(tokens, num_tables, tau, d_out, weighting, dete
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("tokens", [1, 16, 1024])
-def test_gpu_large(dtype, tokens):
-    x, tables, bias, dy = make_inputs((tokens,), 128, 8, 1000, seed=11)  # d_out not a block multiple
+@pytest.mark.parametrize("tokens", [1, 16, 1023])
+@pytest.mark.parametrize("d_out", [1000, 1024])  # not a block multiple (masked rows), a multiple (unmasked)
+def test_gpu_large(dtype, tokens, d_out):
+    x, tables, bias, dy = make_inputs((tokens,), 128, 8, d_out, seed=11)
     check_against_reference(x, tables, bias, dy, "cuda", dtype=dtype)
     runs = [triton_and_grads(x.float(), tables.to(dtype), bias.float(), dy.float(), "cuda",
                              deterministic=True) for _ in range(2)]

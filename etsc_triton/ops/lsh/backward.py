@@ -82,7 +82,8 @@ def _gather_backward_kernel(
     x_ptr, codes_ptr, scores_ptr, dy_ptr, tables_ptr, dx_ptr, dscores_ptr, dtables_ptr,
     T, K, S, D, stride_x, stride_dy, inv_temperature,
     TAU: tl.constexpr, TAU_P2: tl.constexpr, HASH: tl.constexpr, MAGNITUDE: tl.constexpr,
-    COMPUTE_DSCORE: tl.constexpr, ATOMIC_DTABLES: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    COMPUTE_DSCORE: tl.constexpr, ATOMIC_DTABLES: tl.constexpr, EVEN_D: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
     k = tl.program_id(1)
@@ -97,17 +98,33 @@ def _gather_backward_kernel(
         score = tl.load(scores_ptr + t64 * K + k, mask=t_mask, other=0.0).to(tl.float32)
     valid = t_mask & (code >= 0) & (code < S)
     row = (k * S + code).to(tl.int64) * D
-    dscore = tl.zeros([BLOCK_T], dtype=tl.float32)
+    # Hashed codes are always rows of the table: with whole d-blocks the loads need no mask, padding tokens
+    # reading the last token's dy (their dscore is not stored, their atomics are masked).
+    UNMASKED: tl.constexpr = HASH and EVEN_D
+    dy_rows = tl.minimum(t64, T - 1) * stride_dy if UNMASKED else t64 * stride_dy
+    row_weight = tl.where(t_mask, score, 0.0)
+    products = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)  # dy * rows, reduced over d after the loop
     for d_start in range(0, D, BLOCK_D):
         d = d_start + tl.arange(0, BLOCK_D)
         mask = valid[:, None] & (d < D)[None, :]
-        dy = tl.load(dy_ptr + (t64 * stride_dy)[:, None] + d[None, :], mask=mask, other=0.0).to(tl.float32)
+        if UNMASKED:
+            dy = tl.load(dy_ptr + dy_rows[:, None] + d[None, :]).to(tl.float32)
+        else:
+            dy = tl.load(dy_ptr + dy_rows[:, None] + d[None, :], mask=mask, other=0.0).to(tl.float32)
         if COMPUTE_DSCORE:
-            rows = tl.load(tables_ptr + row[:, None] + d[None, :], mask=mask, other=0.0).to(tl.float32)
-            dscore += tl.sum(dy * rows, axis=1)
+            if UNMASKED:
+                rows = tl.load(tables_ptr + row[:, None] + d[None, :]).to(tl.float32)
+            else:
+                rows = tl.load(tables_ptr + row[:, None] + d[None, :], mask=mask, other=0.0).to(tl.float32)
+            products += dy * rows
         if ATOMIC_DTABLES:
-            tl.atomic_add(dtables_ptr + row[:, None] + d[None, :], score[:, None] * dy, mask=mask, sem="relaxed")
+            if UNMASKED:  # padding tokens add zeros (an unpredicated atomic needs no branch per row)
+                tl.atomic_add(dtables_ptr + row[:, None] + d[None, :], row_weight[:, None] * dy, sem="relaxed")
+            else:
+                tl.atomic_add(dtables_ptr + row[:, None] + d[None, :], score[:, None] * dy, mask=mask,
+                              sem="relaxed")
     if COMPUTE_DSCORE:
+        dscore = tl.sum(products, axis=1)
         if HASH:
             dz = score_grad(z, s, prod, dscore, inv_temperature, MAGNITUDE)
             j = tl.arange(0, TAU_P2)
@@ -215,7 +232,8 @@ def launch_gather_backward(
             x if hash_x else codes, codes, scores, dy, tables, input_grad, input_grad, dtables_acc,
             num_tokens, num_tables, rows, d_out, x.stride(0) if hash_x else 0, dy.stride(0), inv_temperature,
             TAU=tau, TAU_P2=next_power_of_2(tau), HASH=hash_x, MAGNITUDE=magnitude,
-            COMPUTE_DSCORE=need_input_grad, ATOMIC_DTABLES=atomic, BLOCK_T=block_t, BLOCK_D=block_d,
+            COMPUTE_DSCORE=need_input_grad, ATOMIC_DTABLES=atomic, EVEN_D=d_out % block_d == 0,
+            BLOCK_T=block_t, BLOCK_D=block_d,
         )
     if not need_dtables:
         dtables = torch.empty(0, device=tables.device, dtype=tables.dtype)

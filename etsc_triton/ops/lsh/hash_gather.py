@@ -35,7 +35,7 @@ def _memory_forward_kernel(
     x_ptr, codes_ptr, scores_ptr, tables_ptr, bias_ptr, out_ptr,
     T, K, S, D, stride_x, tables_per_split, inv_temperature,
     TAU: tl.constexpr, TAU_P2: tl.constexpr, HASH: tl.constexpr, MAGNITUDE: tl.constexpr,
-    WRITE_CODES: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+    WRITE_CODES: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, EVEN_D: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_t = tl.program_id(0)
@@ -60,10 +60,13 @@ def _memory_forward_kernel(
         else:
             code = tl.load(codes_ptr + t64 * K + k, mask=t_mask, other=0).to(tl.int32)
             score = tl.load(scores_ptr + t64 * K + k, mask=t_mask, other=0.0).to(tl.float32)
-        valid = t_mask & (code >= 0) & (code < S)
         row = (k * S + code).to(tl.int64) * D
-        mask = valid[:, None] & d_mask[None, :]
-        rows = tl.load(tables_ptr + row[:, None] + d[None, :], mask=mask, other=0.0).to(tl.float32)
+        if HASH and EVEN_D:  # a hashed code is always a row of the table (padding tokens' rows are not stored)
+            rows = tl.load(tables_ptr + row[:, None] + d[None, :]).to(tl.float32)
+        else:
+            valid = t_mask & (code >= 0) & (code < S)
+            mask = valid[:, None] & d_mask[None, :]
+            rows = tl.load(tables_ptr + row[:, None] + d[None, :], mask=mask, other=0.0).to(tl.float32)
         acc += score[:, None] * rows
     out_mask = t_mask[:, None] & d_mask[None, :]
     if SPLIT:
@@ -97,12 +100,20 @@ def _lsh_hash_kernel(z_ptr, codes_ptr, scores_ptr, T, K, inv_temperature,
     tl.store(scores_ptr + t64 * K + k, score, mask=t_mask)
 
 
-def forward_blocks(num_tokens: int, d_out: int, element_size: int) -> tuple[int, int]:
-    """``(BLOCK_T, BLOCK_D)`` of the forward: 512-byte row chunks on the GPU, small in the interpreter."""
+def forward_blocks(num_tokens: int, d_out: int, element_size: int) -> tuple[int, int, int]:
+    """``(BLOCK_T, BLOCK_D, num_warps)`` of the forward (small d-blocks in the interpreter).
+
+    BLOCK_T never exceeds the tokens rounded up to a power of two, so a decode call (T = 1..16) loads no padding
+    rows. On the GPU a program covers 256 values of a row (1 KB of fp32, 512 B of bf16), about 32 values per
+    thread (8 warps at 32 x 256): each program hashes its token tile once per table, so the wider the d-block,
+    the fewer programs repeat that hash (sm_90 SASS per gathered fp32 element at T = 8192, d = 1024: 4.8
+    instructions at 128 values and 4 warps, 3.6 at 256 and 8; perf/NOTES.md experiment 11).
+    """
+    block_t = min(16 if num_tokens <= 16 else 32, next_power_of_2(num_tokens))
     if interpreter_enabled():
-        return 16, 32
-    block_t = 16 if num_tokens <= 16 else 32
-    return block_t, min(next_power_of_2(d_out), 512 // element_size)
+        return block_t, 32, 4
+    block_d = min(next_power_of_2(d_out), 256)
+    return block_t, block_d, min(8, max(1, block_t * block_d // 1024))
 
 
 def choose_k_split(num_tokens: int, num_tables: int, d_out: int, block_t: int, block_d: int,
@@ -127,7 +138,7 @@ def _launch_forward(x, codes, scores, tables, bias, inv_temperature, magnitude, 
     tau = rows.bit_length() - 1
     device = tables.device
     out = torch.empty(num_tokens, d_out, device=device, dtype=out_dtype)
-    block_t, block_d = forward_blocks(num_tokens, d_out, tables.element_size())
+    block_t, block_d, num_warps = forward_blocks(num_tokens, d_out, tables.element_size())
     num_splits, tables_per_split = choose_k_split(num_tokens, num_tables, d_out, block_t, block_d, device)
     split = num_splits > 1
     target = torch.empty(num_splits, num_tokens, d_out, device=device, dtype=torch.float32) if split else out
@@ -136,7 +147,8 @@ def _launch_forward(x, codes, scores, tables, bias, inv_temperature, magnitude, 
         x if hash_x else codes, codes, scores, tables, bias if bias is not None else tables, target,
         num_tokens, num_tables, rows, d_out, x.stride(0) if hash_x else 0, tables_per_split, inv_temperature,
         TAU=tau, TAU_P2=next_power_of_2(tau), HASH=hash_x, MAGNITUDE=magnitude,
-        WRITE_CODES=write_codes, HAS_BIAS=bias is not None, SPLIT=split, BLOCK_T=block_t, BLOCK_D=block_d,
+        WRITE_CODES=write_codes, HAS_BIAS=bias is not None, SPLIT=split, EVEN_D=d_out % block_d == 0,
+        BLOCK_T=block_t, BLOCK_D=block_d, num_warps=num_warps,
     )
     if split:
         numel = num_tokens * d_out

@@ -71,14 +71,16 @@ def test_step_sequence_equals_scan(device, modes):
     y_scan, final_scan = et.ssm_scan(x, lam, b, state, backend="triton")
     ys = [et.ssm_step(x[:, t], lam, b, state, backend="triton") for t in range(length)]
     y_steps = torch.stack(ys, 1)
-    # Interpreter: bit for bit equal (measured). GPU: the reductions' trees may differ (different tile
-    # layouts), so allow a few ulps of the sum of |terms| for y and of the magnitude for the state.
+    # The state update is one order of operations: bit for bit equal in the interpreter; compiled, FMA
+    # contraction may differ between the kernels, so a few ulps of the magnitude. y sums the modes over
+    # different trees (the scan within each thread's modes, the step along the row): measured <= 1.5 ulps of
+    # the sum of |terms| in the interpreter; 8 allowed.
     state_tol = 4 * EPS32 * final_scan.abs().max().item()
     assert_close(state, final_scan, atol=state_tol, rtol=0, name="state")
     y_tol = 8 * EPS32 * final_scan.real.abs().sum(-1).max().item()
     assert_close(y_steps, y_scan, atol=y_tol, rtol=0, name="y")
     if device == "cpu":
-        assert torch.equal(state, final_scan) and torch.equal(y_steps, y_scan)
+        assert torch.equal(state, final_scan)
 
 
 def test_state_indices_with_padding_rows_and_a_larger_pool(device):

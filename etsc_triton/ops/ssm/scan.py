@@ -50,13 +50,11 @@ from ..utils import (
     cdiv,
     complex_mul,
     interpreter_enabled,
-    load_complex,
     needs_grad,
     next_power_of_2,
     registered_launcher,
     resolve_backend,
     sm_count,
-    store_complex,
 )
 from . import naive
 from .naive import check_scan_inputs
@@ -76,20 +74,37 @@ BACKWARD_MAX_MODE_BLOCK = 256
 
 
 @triton.jit
+def _modes_by_channels(row_ptrs, row_mask, first, n_modes, mode_stride, BLOCK_N: tl.constexpr):
+    """Pointers ``[BLOCK_N, BLOCK_D]`` to the real parts of modes ``first..`` of complex channel rows, and their
+    mask (``row_ptrs`` / ``row_mask`` ``[BLOCK_D, 1]``).
+
+    Built modes x channels with no contiguous axis (real and imaginary parts are two loads, ``mode_stride``
+    apart), so the compiler places the lanes along the channels and each thread holds its modes: the scan's
+    per-token sum over modes is then in-thread adds. A flat complex span would put the lanes along the
+    contiguous modes, whatever ``tl.trans`` follows (sm_90 SASS: 40 shuffles per token at 8 x 64; op README).
+    """
+    modes = first + tl.arange(0, BLOCK_N)
+    ptrs = tl.trans(row_ptrs) + modes.to(tl.int64)[:, None] * mode_stride
+    return ptrs, tl.trans(row_mask) & (modes < n_modes)[:, None]
+
+
+@triton.jit
 def _load_modes_by_channels(row_ptrs, row_mask, first, n_modes, mode_stride, BLOCK_D: tl.constexpr,
-                            BLOCK_N: tl.constexpr, CONTIGUOUS: tl.constexpr):
-    """``load_complex`` of ``[BLOCK_D, BLOCK_N]`` channel rows, returned as ``[BLOCK_N, BLOCK_D]`` tiles: the scan
-    keeps modes down each thread's registers and channels across the lanes, so the per-token mode reduction
-    is mostly in-thread adds (PTX: ~7 instead of ~12 instructions per mode and token; perf/NOTES.md)."""
-    re, im = load_complex(row_ptrs, row_mask, first, n_modes, mode_stride, BLOCK_D, BLOCK_N, CONTIGUOUS)
-    return tl.trans(re), tl.trans(im)
+                            BLOCK_N: tl.constexpr):
+    """``(re, im)`` fp32 tiles ``[BLOCK_N, BLOCK_D]`` of modes ``first..`` of complex channel rows; masked rows
+    and modes ``>= n_modes`` read as 0. Read once per program, so the 4-byte accesses cost nothing that
+    matters."""
+    ptrs, mask = _modes_by_channels(row_ptrs, row_mask, first, n_modes, mode_stride, BLOCK_N)
+    return tl.load(ptrs, mask=mask, other=0.0), tl.load(ptrs + 1, mask=mask, other=0.0)
 
 
 @triton.jit
 def _store_modes_by_channels(row_ptrs, row_mask, first, n_modes, re, im, BLOCK_D: tl.constexpr,
                              BLOCK_N: tl.constexpr):
     """Store ``[BLOCK_N, BLOCK_D]`` tiles into contiguous complex64 channel rows (the inverse of the load)."""
-    store_complex(row_ptrs, row_mask, first, n_modes, 2, tl.trans(re), tl.trans(im), BLOCK_D, BLOCK_N, True)
+    ptrs, mask = _modes_by_channels(row_ptrs, row_mask, first, n_modes, 2, BLOCK_N)
+    tl.store(ptrs, re, mask=mask)
+    tl.store(ptrs + 1, im, mask=mask)
 
 
 @triton.jit
@@ -125,21 +140,19 @@ def _scan_program(lam_ptr, b_ptr, n_channels, n_modes, n_mode_blocks, BLOCK_D: t
     first = pid_n * BLOCK_N
     channel_ok, row_mask, channels64 = _tile(n_channels, BLOCK_D)
     param_rows = channels64[:, None] * (2 * n_modes)
-    lam_re, lam_im = _load_modes_by_channels(lam_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N,
-                                             True)
-    b_re, b_im = _load_modes_by_channels(b_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+    lam_re, lam_im = _load_modes_by_channels(lam_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N)
+    b_re, b_im = _load_modes_by_channels(b_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N)
     return pid_b, pid_n, chunk, first, channel_ok, row_mask, channels64, lam_re, lam_im, b_re, b_im
 
 
 @triton.jit
 def _initial_state(state_ptr, pid_b, channels64, row_mask, first, n_modes, stride_sb, stride_sd, stride_sn,
-                   HAS_STATE: tl.constexpr, STATE_CONTIGUOUS: tl.constexpr, BLOCK_D: tl.constexpr,
+                   HAS_STATE: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_N: tl.constexpr):
     """The caller's initial state tile ``[B, D, N]`` (any strides) as ``(re, im)``, or zeros without one."""
     if HAS_STATE:
         state_rows = state_ptr + pid_b * stride_sb + channels64[:, None] * stride_sd
-        u_re, u_im = _load_modes_by_channels(state_rows, row_mask, first, n_modes, stride_sn, BLOCK_D, BLOCK_N,
-                                             STATE_CONTIGUOUS)
+        u_re, u_im = _load_modes_by_channels(state_rows, row_mask, first, n_modes, stride_sn, BLOCK_D, BLOCK_N)
     else:
         u_re = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
         u_im = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
@@ -169,7 +182,6 @@ def _ssm_scan_kernel(
     stride_sd,
     stride_sn,
     HAS_STATE: tl.constexpr,
-    STATE_CONTIGUOUS: tl.constexpr,
     CHUNKED: tl.constexpr,
     SPLIT_MODES: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -182,10 +194,10 @@ def _ssm_scan_kernel(
         lam_ptr, b_ptr, n_channels, n_modes, n_mode_blocks, BLOCK_D, BLOCK_N)
     if CHUNKED:
         init_rows = state_ptr + ((chunk * batch + pid_b) * n_channels + channels64[:, None]) * (2 * n_modes)
-        u_re, u_im = _load_modes_by_channels(init_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+        u_re, u_im = _load_modes_by_channels(init_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N)
     else:
         u_re, u_im = _initial_state(state_ptr, pid_b, channels64, row_mask, first, n_modes, stride_sb, stride_sd,
-                                    stride_sn, HAS_STATE, STATE_CONTIGUOUS, BLOCK_D, BLOCK_N)
+                                    stride_sn, HAS_STATE, BLOCK_D, BLOCK_N)
     start = chunk.to(tl.int64) * chunk_len
     count = tl.minimum(seq_len - start, chunk_len)
     x_ptrs = x_ptr + pid_b * stride_xb + start * stride_xl + channels64 * stride_xd
@@ -243,7 +255,6 @@ def _chunk_carry_kernel(
     stride_sd,
     stride_sn,
     HAS_STATE: tl.constexpr,
-    STATE_CONTIGUOUS: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
@@ -253,13 +264,13 @@ def _chunk_carry_kernel(
     channel_ok, row_mask, channels64 = _tile(n_channels, BLOCK_D)
     param_rows = channels64[:, None] * (2 * n_modes)
     pow_re, pow_im = _load_modes_by_channels(lam_pow_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D,
-                                             BLOCK_N, True)
+                                             BLOCK_N)
     s_re, s_im = _initial_state(state_ptr, pid_b, channels64, row_mask, first, n_modes, stride_sb, stride_sd,
-                                stride_sn, HAS_STATE, STATE_CONTIGUOUS, BLOCK_D, BLOCK_N)
+                                stride_sn, HAS_STATE, BLOCK_D, BLOCK_N)
     rows = chunk_ptr + (pid_b * n_channels + channels64[:, None]) * (2 * n_modes)
     chunk_stride = batch * n_channels * 2 * n_modes
     for _ in range(n_chunks - 1):
-        v_re, v_im = _load_modes_by_channels(rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+        v_re, v_im = _load_modes_by_channels(rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N)
         _store_modes_by_channels(rows, row_mask, first, n_modes, s_re, s_im, BLOCK_D, BLOCK_N)
         carried_re, carried_im = complex_mul(pow_re, pow_im, s_re, s_im)
         s_re = carried_re + v_re
@@ -347,7 +358,6 @@ def _ssm_scan_backward_kernel(
     stride_sd,
     stride_sn,
     HAS_STATE: tl.constexpr,
-    STATE_CONTIGUOUS: tl.constexpr,
     HAS_DFINAL: tl.constexpr,
     CHUNKED: tl.constexpr,
     SPLIT_MODES: tl.constexpr,
@@ -364,14 +374,13 @@ def _ssm_scan_backward_kernel(
     g_re, g_im, v_re, v_im, h_re, h_im = zero, zero, zero, zero, zero, zero
     if chunk == n_chunks - 1:  # the sequence's last token: dL/du_{L-1} starts as dfinal
         if HAS_DFINAL:
-            h_re, h_im = _load_modes_by_channels(dfinal_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N,
-                                                 True)
+            h_re, h_im = _load_modes_by_channels(dfinal_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N)
     else:
         if CHUNKED:
             g_re, g_im = _load_modes_by_channels(carry_g_ptr + chunk_rows, row_mask, first, n_modes, 2, BLOCK_D,
-                                                 BLOCK_N, True)
+                                                 BLOCK_N)
             v_re, v_im = _load_modes_by_channels(carry_v_ptr + chunk_rows, row_mask, first, n_modes, 2, BLOCK_D,
-                                                 BLOCK_N, True)
+                                                 BLOCK_N)
             h_re, h_im = _conj_mul(lam_re, lam_im, g_re, g_im)
     last, count, x_ptrs, dy_ptrs = _chunk_pointers(x_ptr, dy_ptr, pid_b, chunk, chunk_len, seq_len, n_channels,
                                                    channels64, stride_xb, stride_xl, stride_xd)
@@ -386,7 +395,7 @@ def _ssm_scan_backward_kernel(
     if HAS_STATE:
         if chunk == 0:
             s_re, s_im = _initial_state(state_ptr, pid_b, channels64, row_mask, first, n_modes, stride_sb,
-                                        stride_sd, stride_sn, HAS_STATE, STATE_CONTIGUOUS, BLOCK_D, BLOCK_N)
+                                        stride_sd, stride_sn, HAS_STATE, BLOCK_D, BLOCK_N)
             cv_re, cv_im = _conj_mul(lam_re, lam_im, v_re, v_im)  # v_{-1} = conj(lam) v_0 + g_0
             ds_re, ds_im = _conj_mul(s_re, s_im, cv_re + g_re, cv_im + g_im)
             dlam_re += ds_re
@@ -429,8 +438,7 @@ def _chunk_backward_local_kernel(
     h_re, h_im = zero, zero
     if HAS_DFINAL:
         if chunk == n_chunks - 1:
-            h_re, h_im = _load_modes_by_channels(dfinal_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N,
-                                                 True)
+            h_re, h_im = _load_modes_by_channels(dfinal_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N)
     last, count, x_ptrs, dy_ptrs = _chunk_pointers(x_ptr, dy_ptr, pid_b, chunk, chunk_len, seq_len, n_channels,
                                                    channels64, stride_xb, stride_xl, stride_xd)
     g_re, g_im, v_re, v_im, _, _, _, _, _, _ = _reverse_tokens(
@@ -461,19 +469,19 @@ def _chunk_backward_carry_kernel(
     channel_ok, row_mask, channels64 = _tile(n_channels, BLOCK_D)
     param_rows = channels64[:, None] * (2 * n_modes)
     p_re, p_im = _load_modes_by_channels(propagate_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D,
-                                         BLOCK_N, True)
+                                         BLOCK_N)
     q_re, q_im = _load_modes_by_channels(lag_weight_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D,
-                                         BLOCK_N, True)
+                                         BLOCK_N)
     chunk_stride = batch * n_channels * 2 * n_modes
     rows = (pid_b * n_channels + channels64[:, None]) * (2 * n_modes) + (n_chunks - 1) * chunk_stride
-    g_re, g_im = _load_modes_by_channels(carry_g_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
-    v_re, v_im = _load_modes_by_channels(carry_v_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+    g_re, g_im = _load_modes_by_channels(carry_g_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N)
+    v_re, v_im = _load_modes_by_channels(carry_v_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N)
     for _ in range(n_chunks - 2):
         rows -= chunk_stride
         local_g_re, local_g_im = _load_modes_by_channels(carry_g_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D,
-                                                         BLOCK_N, True)
+                                                         BLOCK_N)
         local_v_re, local_v_im = _load_modes_by_channels(carry_v_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D,
-                                                         BLOCK_N, True)
+                                                         BLOCK_N)
         _store_modes_by_channels(carry_g_ptr + rows, row_mask, first, n_modes, g_re, g_im, BLOCK_D, BLOCK_N)
         _store_modes_by_channels(carry_v_ptr + rows, row_mask, first, n_modes, v_re, v_im, BLOCK_D, BLOCK_N)
         pv_re, pv_im = complex_mul(p_re, p_im, v_re, v_im)
@@ -561,7 +569,6 @@ def _ssm_scan_launch(
     partial = torch.empty(partial_shape, device=x.device, dtype=torch.float32) if split else unused
     state_parts = torch.view_as_real(state) if state is not None else unused
     state_strides = state_parts.stride()[:3] if state is not None else (0, 0, 0)
-    state_contiguous = state is not None and state_parts.stride(2) == 2
     lam_parts, b_parts = torch.view_as_real(lam), torch.view_as_real(b)
     blocks = dict(BLOCK_D=block_d, BLOCK_N=block_n)
     scan_init = state_parts
@@ -574,14 +581,14 @@ def _ssm_scan_launch(
         lam_pow = torch.view_as_real((lam.to(torch.complex128) ** chunk_len).to(torch.complex64))
         wrap_triton(_chunk_carry_kernel)[(*tiles, n_mode_blocks)](
             lam_pow, state_parts, chunk_states, batch, n_chunks, channels, modes, *state_strides,
-            HAS_STATE=state is not None, STATE_CONTIGUOUS=state_contiguous, **blocks, num_warps=SCAN_WARPS,
+            HAS_STATE=state is not None, **blocks, num_warps=SCAN_WARPS,
         )
         scan_init = chunk_states
     wrap_triton(_ssm_scan_kernel)[(*tiles, n_mode_blocks * n_chunks)](
         x, lam_parts, b_parts, scan_init, y, partial, torch.view_as_real(final_state),
         batch, seq_len, chunk_len, n_chunks, channels, modes, n_mode_blocks,
         x.stride(0), x.stride(1), x.stride(2), *state_strides,
-        HAS_STATE=state is not None, STATE_CONTIGUOUS=state_contiguous, CHUNKED=n_chunks > 1,
+        HAS_STATE=state is not None, CHUNKED=n_chunks > 1,
         SPLIT_MODES=split, **blocks, NUM_STAGES=stages, num_warps=SCAN_WARPS,
     )
     if split:
@@ -651,7 +658,7 @@ def _ssm_scan_backward_launch(
         batch, seq_len, chunk_len, n_chunks, channels, modes, n_mode_blocks,
         x.stride(0), x.stride(1), x.stride(2),
         *(state_parts.stride()[:3] if state is not None else (0, 0, 0)),
-        HAS_STATE=state is not None, STATE_CONTIGUOUS=state is not None and state_parts.stride(2) == 2,
+        HAS_STATE=state is not None,
         HAS_DFINAL=dfinal is not None, CHUNKED=n_chunks > 1, SPLIT_MODES=split, **blocks,
         NUM_STAGES=stages, num_warps=SCAN_WARPS,
     )

@@ -11,7 +11,8 @@ formed: transcendentals drop from N * L to N * (L / BL + BL) per channel.
 
 Powers are computed directly, not by repeated multiplication: the launcher passes ``log2 |lam|`` and
 ``angle(lam)`` in float64 (from complex128 copies of the nodes), the kernel forms ``j * angle`` in float64,
-reduces it to [-pi, pi) in float64, then takes cos/sin in float32, and ``|lam|^j = exp2(j * log2|lam|)``.
+reduces it to [-pi/4, pi/4] plus quarter turns in float64, then evaluates sin/cos polynomials in float32
+(:func:`_sincos_quadrant`), and ``|lam|^j = exp2(j * log2|lam|)``.
 The phase error therefore stays ~1e-7 at j = 16384, where a float32 angle times j would be off by 3e-3.
 
 Backward (``torch.autograd``): with upstream ``G_j = dL/dK_j``, ``db_s = conj(P_s)`` and
@@ -45,18 +46,38 @@ from .naive import check_kernel_args
 
 
 @triton.jit
+def _sincos_quadrant(phase):
+    """``(cos, sin)`` float32 of a float64 angle ``phase``: reduced in float64 to ``r`` in [-pi/4, pi/4] plus
+    ``q`` quarter turns, then Taylor polynomials in float32 (the first neglected terms, r^11 / 11! and
+    r^12 / 12!, are below 2e-9) and the quadrant's swap and signs. Replaces ``tl.cos`` / ``tl.sin``, whose
+    own range reduction (and large-argument slow path) took ~70% of the kernel's instructions
+    (perf/NOTES.md, experiment 15)."""
+    two_over_pi = tl.full([1, 1], 0.6366197723675814, tl.float64)
+    half_pi = tl.full([1, 1], 1.5707963267948966, tl.float64)
+    quarter_turns = tl.floor(phase * two_over_pi + 0.5)
+    r = (phase - quarter_turns * half_pi).to(tl.float32)
+    quadrant = quarter_turns.to(tl.int64) & 3
+    z = r * r
+    sin_r = r + r * z * (-1.0 / 6 + z * (1.0 / 120 + z * (-1.0 / 5040 + z * (1.0 / 362880))))
+    cos_r = 1.0 + z * (-0.5 + z * (1.0 / 24 + z * (-1.0 / 720 + z * (1.0 / 40320 + z * (-1.0 / 3628800)))))
+    odd = (quadrant & 1) == 1  # cos(r + q pi/2), sin(r + q pi/2) for q = 0, 1, 2, 3
+    cos_val = tl.where(odd, sin_r, cos_r)
+    sin_val = tl.where(odd, cos_r, sin_r)
+    cos_val = tl.where((quadrant == 1) | (quadrant == 2), -cos_val, cos_val)
+    sin_val = tl.where(quadrant >= 2, -sin_val, sin_val)
+    return cos_val, sin_val
+
+
+@triton.jit
 def _node_powers(log2_mag, angle, exponent):
     """``lam^exponent`` as (re, im) float32 from float64 ``log2|lam|``, ``angle(lam)`` and exponents.
 
     All three are broadcast-compatible float64 tensors. A zero node arrives with a huge negative finite
     ``log2|lam|`` (not -inf), so ``0^0 = 1`` and ``0^j = 0`` without a 0 * inf.
     """
-    two_pi = tl.full([1, 1], 6.283185307179586, tl.float64)
-    phase = exponent * angle
-    phase = phase - two_pi * tl.floor(phase / two_pi + 0.5)
     magnitude = tl.exp2((exponent * log2_mag).to(tl.float32))
-    phase32 = phase.to(tl.float32)
-    return magnitude * tl.cos(phase32), magnitude * tl.sin(phase32)
+    cos_val, sin_val = _sincos_quadrant(exponent * angle)
+    return magnitude * cos_val, magnitude * sin_val
 
 
 @triton.jit(do_not_specialize=["length"])

@@ -127,6 +127,31 @@ def test_codes_checked_on_cuda_with_debug_flag(monkeypatch):
         et.memory_gather(codes, torch.rand(1, 2, device="cuda"), tables)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_unchecked_out_of_range_codes_contribute_nothing_on_cuda(deterministic):
+    # Without ETSC_TRITON_DEBUG the CUDA path skips the (syncing) range check: such a code must read and
+    # write nothing, in the forward and in both backwards, and no other table's row may take it.
+    gen = torch.Generator().manual_seed(21)
+    codes = torch.randint(0, 16, (9, 3), generator=gen, dtype=torch.int32)
+    bad = torch.zeros_like(codes, dtype=torch.bool)
+    bad[1, 1], bad[4, 2], bad[7, 0] = True, True, True
+    codes[1, 1], codes[4, 2], codes[7, 0] = -1, 16, -16  # -1 of table 1 would be row 15 of table 0
+    scores = torch.rand(9, 3, generator=gen, dtype=torch.float64)
+    tables = torch.randn(3, 16, 8, generator=gen, dtype=torch.float64)
+    dy = torch.randn(9, 8, generator=gen, dtype=torch.float64)
+    leaves = [scores.float().cuda().requires_grad_(), tables.float().cuda().requires_grad_()]
+    y = et.memory_gather(codes.cuda(), *leaves, backend="triton", deterministic=deterministic)
+    dscores, dtables = torch.autograd.grad(y, leaves, dy.float().cuda())
+    ref_leaves = [scores.masked_fill(bad, 0.0).requires_grad_(), tables.clone().requires_grad_()]
+    expected = reference.memory_gather(codes.masked_fill(bad, 0), *ref_leaves)
+    ref_dscores, ref_dtables = torch.autograd.grad(expected, ref_leaves, dy)
+    assert_close(y, expected, atol=1e-5, rtol=1e-5, name="y")
+    assert_close(dtables, ref_dtables, atol=1e-5, rtol=1e-5, name="dtables")
+    assert_close(dscores[~bad.cuda()], ref_dscores[~bad], atol=1e-5, rtol=1e-5, name="dscores")
+    assert (dscores[bad.cuda()] == 0).all()
+
+
 @settings(derandomize=True, max_examples=6, deadline=None)
 @given(tokens=st.integers(1, 30), num_tables=st.integers(1, 4), log_rows=st.integers(0, 5),
        d_out=st.integers(1, 70), deterministic=st.booleans())

@@ -121,6 +121,21 @@ def test_whole_d_blocks_with_padding_tokens(device):
         check_against_reference(x, tables, bias, dy, device, weighting=weighting, deterministic=deterministic)
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_infinite_gradient_reaches_only_its_own_rows(device, deterministic):
+    # The last token's dy is infinite: exactly the table rows it hashed to get non-finite gradients, none of
+    # the rows padding tokens of its token block point at (they must add exact zeros, not 0 * inf).
+    block_t, block_d, _ = forward_blocks(7, 64, 4)
+    x, tables, bias, dy = make_inputs((7,), 3, 4, 2 * block_d, seed=14)
+    dy[6, 5] = float("inf")
+    _, (_, dt_ref, _) = reference_and_grads(x.float(), tables.float(), bias.float(), dy)
+    _, (_, dt, _) = triton_and_grads(x.float(), tables.float(), bias.float(), dy.float(), device,
+                                     deterministic=deterministic)
+    finite = torch.isfinite(dt_ref)
+    assert torch.equal(torch.isfinite(dt).cpu(), finite) and (~finite).sum() == 3  # column 5 of one row a table
+    assert_close(dt.cpu()[finite], dt_ref[finite], **DTABLES_TOL[torch.float32], name="dtables")
+
+
 def test_deterministic_is_bit_identical_and_matches_atomic(device):
     x, tables, bias, dy = make_inputs((53,), 3, 3, 26, seed=6)  # 53 tokens on 8 rows: long segments
     runs = [triton_and_grads(x.float(), tables.float(), bias.float(), dy.float(), device, deterministic=True)

@@ -98,17 +98,18 @@ def _gather_backward_kernel(
         score = tl.load(scores_ptr + t64 * K + k, mask=t_mask, other=0.0).to(tl.float32)
     valid = t_mask & (code >= 0) & (code < S)
     row = (k * S + code).to(tl.int64) * D
-    # Hashed codes are always rows of the table: with whole d-blocks the loads need no mask, padding tokens
-    # reading the last token's dy (their dscore is not stored, their atomics are masked).
+    # Hashed codes are always rows of the table: with whole d-blocks the table rows need no mask, and dy only
+    # a row mask: padding tokens read dy = 0, so their unpredicated atomics add exact zeros (0 * dy would be
+    # NaN for a non-finite dy) and their dscore, never stored, is 0.
     UNMASKED: tl.constexpr = HASH and EVEN_D
-    dy_rows = tl.minimum(t64, T - 1) * stride_dy if UNMASKED else t64 * stride_dy
+    dy_rows = t64 * stride_dy
     row_weight = tl.where(t_mask, score, 0.0)
     products = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)  # dy * rows, reduced over d after the loop
     for d_start in range(0, D, BLOCK_D):
         d = d_start + tl.arange(0, BLOCK_D)
         mask = valid[:, None] & (d < D)[None, :]
         if UNMASKED:
-            dy = tl.load(dy_ptr + dy_rows[:, None] + d[None, :]).to(tl.float32)
+            dy = tl.load(dy_ptr + dy_rows[:, None] + d[None, :], mask=t_mask[:, None], other=0.0).to(tl.float32)
         else:
             dy = tl.load(dy_ptr + dy_rows[:, None] + d[None, :], mask=mask, other=0.0).to(tl.float32)
         if COMPUTE_DSCORE:
@@ -137,25 +138,27 @@ def _gather_backward_kernel(
 
 @triton.jit
 def _dtables_segment_kernel(
-    order_ptr, bounds_ptr, scores_ptr, dy_ptr, dtables_ptr, K, D, stride_dy,
+    tokens_ptr, weights_ptr, bounds_ptr, dy_ptr, dtables_ptr, D, stride_dy,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    """One table row r and one d-block: ``dtables[r] = sum over its segment of weight * dy[token]``, the
+    segment's (token, weight) pairs in token order; partial sums per slot, reduced once (fixed order)."""
     r = tl.program_id(0)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = d < D
     start = tl.load(bounds_ptr + r)
     end = tl.load(bounds_ptr + r + 1)
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)
     for i_start in range(start, end, BLOCK_T):
         i = i_start + tl.arange(0, BLOCK_T)
         i_mask = i < end
-        flat = tl.load(order_ptr + i, mask=i_mask, other=0)
-        weight = tl.load(scores_ptr + flat, mask=i_mask, other=0.0).to(tl.float32)
-        token = flat // K
+        token = tl.load(tokens_ptr + i, mask=i_mask, other=0).to(tl.int64)
+        weight = tl.load(weights_ptr + i, mask=i_mask, other=0.0)
         mask = i_mask[:, None] & d_mask[None, :]
         dy = tl.load(dy_ptr + (token * stride_dy)[:, None] + d[None, :], mask=mask, other=0.0).to(tl.float32)
-        acc += tl.sum(weight[:, None] * dy, axis=0)
-    tl.store(dtables_ptr + r.to(tl.int64) * D + d, acc.to(dtables_ptr.dtype.element_ty), mask=d_mask)
+        acc += weight[:, None] * dy
+    tl.store(dtables_ptr + r.to(tl.int64) * D + d, tl.sum(acc, axis=0).to(dtables_ptr.dtype.element_ty),
+             mask=d_mask)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -185,19 +188,27 @@ def backward_blocks(d_out: int, element_size: int) -> tuple[int, int]:
 
 def _dtables_deterministic(codes: torch.Tensor, scores: torch.Tensor, dy: torch.Tensor, rows: int,
                            out_dtype: torch.dtype) -> torch.Tensor:
-    """Sort ``k * S + code`` (stable) and reduce each row's segment in token order: no float atomics."""
+    """Sort ``k * S + code`` (stable) and reduce each row's segment in token order: no float atomics.
+
+    The kernel reads each segment's tokens (int32) and weights (fp32) in sorted order, gathered here by torch,
+    so it does no 64-bit division by K per element."""
     num_tokens, num_tables = codes.shape
     d_out = dy.shape[1]
-    offsets = torch.arange(num_tables, device=codes.device, dtype=torch.int64) * rows
-    keys = (codes.to(torch.int64) + offsets).reshape(-1)
+    key_dtype = torch.int32 if num_tables * rows < 2**31 else torch.int64
+    offsets = torch.arange(num_tables, device=codes.device, dtype=key_dtype) * rows
+    # An out-of-range code (possible on CUDA without ETSC_TRITON_DEBUG) sorts after every row: no segment.
+    in_range = (codes >= 0) & (codes < rows)
+    keys = torch.where(in_range, codes.to(key_dtype) + offsets, num_tables * rows).reshape(-1)
     sorted_keys, order = torch.sort(keys, stable=True)
-    row_ids = torch.arange(num_tables * rows + 1, device=codes.device, dtype=torch.int64)
+    row_ids = torch.arange(num_tables * rows + 1, device=codes.device, dtype=key_dtype)
     bounds = torch.searchsorted(sorted_keys, row_ids)
+    tokens = torch.div(order, num_tables, rounding_mode="floor").to(torch.int32)
+    weights = scores.reshape(-1).to(torch.float32)[order]
     dtables = torch.empty(num_tables, rows, d_out, device=dy.device, dtype=out_dtype)
     block_t, block_d = backward_blocks(d_out, dtables.element_size())
     grid = (num_tables * rows, cdiv(d_out, block_d))
     wrap_triton(_dtables_segment_kernel)[grid](
-        order, bounds, scores, dy, dtables, num_tables, d_out, dy.stride(0), BLOCK_T=block_t, BLOCK_D=block_d,
+        tokens, weights, bounds, dy, dtables, d_out, dy.stride(0), BLOCK_T=block_t, BLOCK_D=block_d,
     )
     return dtables
 

@@ -154,6 +154,21 @@ def bench_long_narrow_scan(ctx) -> None:
                      config=config, bytes=3 * x.numel() * 4, flops=2 * flops, fn=fn)
 
 
+VARIANT_POINTS = {False: (4096, 64), True: (32, 4)}  # (L, smallest N) where the tile variant below is timed
+
+
+def scan_with_modes_per_thread(x, lam, b, per_thread: int):
+    """The scan with its tiles sized for ``per_thread`` modes per thread instead of SCAN_MODES_PER_THREAD (16):
+    32 cuts the SASS per mode and token from 9.5 to 8.3 at 254 registers (perf/NOTES.md, experiment 13); this
+    provider measures whether the lower occupancy costs more than that."""
+    default = scan.SCAN_MODES_PER_THREAD
+    scan.SCAN_MODES_PER_THREAD = per_thread
+    try:
+        return scan._ssm_scan_launch(x, lam, b, None, True)
+    finally:
+        scan.SCAN_MODES_PER_THREAD = default
+
+
 def reference_autograd_bytes(batch: int, length: int, channels: int, modes: int) -> int:
     """What autograd keeps for the reference scan's backward: the state's real and imaginary parts of every
     token (fp32, ``[B, D, N]`` each), saved by the products of the update."""
@@ -169,6 +184,10 @@ def scan_case(ctx, batch, length, channels, modes, lam, b) -> None:
                          bytes=nbytes, flops=flops, fn=lambda: et.ssm_scan(x, lam, b, backend="triton"))
     ctx.value(op="ssm_scan", provider="triton", metric="time_per_token", unit="us",
               value=triton_ms * 1e3 / length, x_name="L", x_value=length, config=config)
+    variant_length, variant_min_modes = VARIANT_POINTS[ctx.quick]
+    if length == variant_length and modes >= variant_min_modes:
+        ctx.time(op="ssm_scan", provider="triton_32_modes_per_thread", x_name="L", x_value=length, config=config,
+                 bytes=nbytes, flops=flops, fn=lambda: scan_with_modes_per_thread(x, lam, b, 32))
     reference_limit = 64 if ctx.quick else 1024  # a Python loop over the tokens: only short sequences
     if length <= reference_limit:
         ctx.time(op="ssm_scan", provider="torch", x_name="L", x_value=length, config=config,

@@ -179,12 +179,12 @@ def _capture_cases():
                         et.toeplitz_to_ssm(t, g, real=real, compensate=compensate, **tr)
                     cases.append((f"toeplitz_to_ssm n={n} real={real} compensate={compensate} gamma={gamma}", run))
 
-    # ssm_kernel: short / long length, few / many modes.
-    for length in (63, 700, 2048):
-        for modes in (16, 33):
-            def run(length=length, modes=modes):
-                et.ssm_kernel(nodes(2, modes), randc(2, modes), length, **tr)
-            cases.append((f"ssm_kernel L={length} N={modes}", run))
+    # ssm_kernel: short / long length, few / many modes; 64-anchor programs need rows >= 2 x the SMs (2 here).
+    for length, modes, rows in ((63, 16, 2), (63, 33, 2), (700, 16, 2), (700, 33, 2), (2048, 16, 2), (2048, 33, 2),
+                                (4096, 64, 4)):
+        def run(length=length, modes=modes, rows=rows):
+            et.ssm_kernel(nodes(rows, modes), randc(rows, modes), length, **tr)
+        cases.append((f"ssm_kernel L={length} N={modes} rows={rows}", run))
 
     # vandermonde_solve: small block and the 1024 cap; real and complex right-hand sides.
     for size in (33, 1030):

@@ -38,6 +38,7 @@ from ..utils import (
     real_view,
     registered_launcher,
     resolve_backend,
+    sm_count,
 )
 from . import naive
 from .naive import check_kernel_args
@@ -173,13 +174,22 @@ def _ssm_kernel_backward_kernel(
 # ----------------------------------------------------------------------------------------------- launchers
 
 
-def _kernel_blocks(modes: int, length: int, max_bl: int = 64) -> tuple[int, int, int]:
-    """(BL, BLOCK_A, BLOCK_N): every tl.dot dimension >= 16; BL at most ``max_bl``."""
+def _kernel_blocks(modes: int, length: int, max_bl: int = 64, max_block_a: int = 32) -> tuple[int, int, int]:
+    """(BL, BLOCK_A, BLOCK_N): every tl.dot dimension >= 16; BL at most ``max_bl``; BLOCK_A is
+    ``max_block_a`` once a row has that many anchors, else 32."""
     if interpreter_enabled():
         return 16, 16, 16
-    bl = 64 if length >= 2048 else max(16, min(64, next_power_of_2(max(1, length) // 32)))
+    bl = min(64 if length >= 2048 else max(16, min(64, next_power_of_2(max(1, length) // 32))), max_bl)
     block_n = 16 if modes <= 16 else 32
-    return min(bl, max_bl), 32, block_n
+    return bl, max_block_a if cdiv(length, bl) >= max_block_a else 32, block_n
+
+
+def _forward_block_a(rows: int, length: int, device: torch.device) -> int:
+    """64 anchors per forward program when that still leaves two programs per SM, else 32. A program evaluates
+    the ``[BLOCK_N, BL]`` offset powers of its mode chunks once for all its anchors, so fewer programs per row
+    repeat them: sm_90 SASS per row at N=64, L=4096, 1.08M -> 0.90M lane-instructions, 128 registers (the
+    backward, whose anchor chunks share one program already, keeps 32; perf/NOTES.md experiment 15)."""
+    return 64 if rows * cdiv(length, 64 * 64) >= 2 * sm_count(device) else 32
 
 
 # The backward's dot contracts over BL (the forward's over BLOCK_N): BL = 64 took 128 registers and spilled
@@ -202,7 +212,7 @@ def _ssm_kernel_triton(lam2d: torch.Tensor, b2d: torch.Tensor, length: int) -> t
     if rows == 0 or length == 0:
         return out
     log2_mag, angle = _polar64(lam2d)
-    bl, block_a, block_n = _kernel_blocks(modes, length)
+    bl, block_a, block_n = _kernel_blocks(modes, length, max_block_a=_forward_block_a(rows, length, lam2d.device))
     grid = (rows, cdiv(cdiv(length, bl), block_a))
     wrap_triton(_ssm_kernel_kernel)[grid](
         log2_mag,

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     floors = harness.measure_floors(device, args.quick)
     deadline = None if args.budget is None else time.monotonic() + args.budget
     ctx = harness.Context(device=device, quick=args.quick, floors=floors,
-                          progress=harness.progress_printer(total=0), deadline=deadline)
+                          progress=harness.progress_printer(args.budget), deadline=deadline)
     modules, cut_short, written = [], [], []
     for family in families:
         module = importlib.import_module(FAMILIES[family])

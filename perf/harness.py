@@ -337,17 +337,19 @@ def read_results(path: Path) -> list[dict]:
     return rows
 
 
-def progress_printer(total: int) -> Callable[[str], None]:
-    """A one-line progress display on stderr: ``[  12 |   35 s] family: op provider x=...``."""
+def progress_printer(budget_s: float | None = None) -> Callable[[str], None]:
+    """A one-line progress display on stderr: ``[  12 |   35 s] family: op provider x=...``; with a time budget
+    (``--budget``) the elapsed time reads against it, ``[  12 |   35/200 s]``, which is where a budgeted sweep
+    is (the number of points a sweep will reach is not known before it runs)."""
     count = {"n": 0}
     start = time.perf_counter()
+    of_budget = f"/{budget_s:.0f}" if budget_s is not None else ""
 
     def show(message: str) -> None:
         count["n"] += 1
         end = "\n" if not sys.stderr.isatty() else "\r"
-        of_total = f"/{total}" if total else ""
         elapsed = time.perf_counter() - start
-        sys.stderr.write(f"[{count['n']:4d}{of_total} | {elapsed:5.0f} s] {message[:100]:<100}{end}")
+        sys.stderr.write(f"[{count['n']:4d} | {elapsed:5.0f}{of_budget} s] {message[:100]:<100}{end}")
         sys.stderr.flush()
 
     return show

@@ -108,3 +108,10 @@ def test_plot_only_reads_every_results_file_of_a_folder(tmp_path):
         harness.write_results(ctx.rows[first:], tmp_path / file)
     assert perf_main.main(["--plot-only", str(tmp_path), "--only", "conversion"]) == 0
     assert {p.name for p in tmp_path.glob("*.png")} >= {"op_a_fwd_vs_n_all.png", "op_b_fwd_vs_n_all.png"}
+
+
+def test_progress_reads_against_the_budget(capsys):
+    show = harness.progress_printer(200)
+    show("ssm: ssm_scan triton L=4096")
+    line = capsys.readouterr().err
+    assert line.startswith("[   1 |") and "/200 s] ssm: ssm_scan triton L=4096" in line

@@ -3,7 +3,7 @@
     u_t = lam * u_{t-1} + b * x_t,    y_t = Re sum_s u_{t,s}
 
 One program owns (batch row, BLOCK_D channels, one block of BLOCK_N modes): the state tile lives in registers
-and the program walks the sequence token by token (a pipelined ``tl.range`` loop, x prefetched), reading
+and the program walks the sequence token by token (x prefetched three tokens ahead in registers), reading
 ``x[b, t, d-block]`` and writing ``y[b, t, d-block]``; only the final state goes to memory. The update and the
 mode blocks are those of the step (:mod:`.step`), so L scan tokens and L steps agree to fp32 rounding. Tiles
 are held as ``[BLOCK_N, BLOCK_D]`` (modes in each thread's registers, channels across lanes) so the per-token
@@ -62,7 +62,7 @@ from .step import mode_block_size, ssm_update
 
 SCAN_WARPS = 1
 SCAN_MODES_PER_THREAD = 16
-SCAN_STAGES = 3
+SCAN_STAGES = 3  # the backward's pipelined token loop (the forward prefetches in registers)
 REDUCE_BLOCK = 1024
 # Chunking: below this many programs per SM the sequence is split (one warp per program; ~150 registers per
 # thread allow ~13 warps per SM); chunks hold at least MIN_CHUNK_TOKENS tokens and there are at most MAX_CHUNKS.
@@ -78,10 +78,10 @@ def _modes_by_channels(row_ptrs, row_mask, first, n_modes, mode_stride, BLOCK_N:
     """Pointers ``[BLOCK_N, BLOCK_D]`` to the real parts of modes ``first..`` of complex channel rows, and their
     mask (``row_ptrs`` / ``row_mask`` ``[BLOCK_D, 1]``).
 
-    Built modes x channels with no contiguous axis (real and imaginary parts are two loads, ``mode_stride``
-    apart), so the compiler places the lanes along the channels and each thread holds its modes: the scan's
-    per-token sum over modes is then in-thread adds. A flat complex span would put the lanes along the
-    contiguous modes, whatever ``tl.trans`` follows (sm_90 SASS: 40 shuffles per token at 8 x 64; op README).
+    Built modes x channels (real and imaginary parts are two accesses, ``mode_stride`` apart) so that each
+    thread can hold its channel's modes and the scan's per-token sum over modes is in-thread adds. A flat
+    complex span would put the lanes along the contiguous modes, whatever ``tl.trans`` follows (sm_90 SASS:
+    40 shuffles per token at 8 x 64; op README).
     """
     modes = first + tl.arange(0, BLOCK_N)
     ptrs = tl.trans(row_ptrs) + modes.to(tl.int64)[:, None] * mode_stride
@@ -92,10 +92,15 @@ def _modes_by_channels(row_ptrs, row_mask, first, n_modes, mode_stride, BLOCK_N:
 def _load_modes_by_channels(row_ptrs, row_mask, first, n_modes, mode_stride, BLOCK_D: tl.constexpr,
                             BLOCK_N: tl.constexpr):
     """``(re, im)`` fp32 tiles ``[BLOCK_N, BLOCK_D]`` of modes ``first..`` of complex channel rows; masked rows
-    and modes ``>= n_modes`` read as 0. Read once per program, so the 4-byte accesses cost nothing that
-    matters."""
+    and modes ``>= n_modes`` read as 0. Loaded as a 1-D vector (channel fastest) and reshaped: the 2-D pointer
+    tile alone left the lane placement to a tie that triton 3.6 broke towards the modes (op README). Read once
+    per program, so the 4-byte accesses cost nothing that matters."""
     ptrs, mask = _modes_by_channels(row_ptrs, row_mask, first, n_modes, mode_stride, BLOCK_N)
-    return tl.load(ptrs, mask=mask, other=0.0), tl.load(ptrs + 1, mask=mask, other=0.0)
+    flat_ptrs = tl.reshape(ptrs, [BLOCK_N * BLOCK_D])
+    flat_mask = tl.reshape(mask, [BLOCK_N * BLOCK_D])
+    re = tl.load(flat_ptrs, mask=flat_mask, other=0.0)
+    im = tl.load(flat_ptrs + 1, mask=flat_mask, other=0.0)
+    return tl.reshape(re, [BLOCK_N, BLOCK_D]), tl.reshape(im, [BLOCK_N, BLOCK_D])
 
 
 @triton.jit
@@ -109,16 +114,30 @@ def _store_modes_by_channels(row_ptrs, row_mask, first, n_modes, re, im, BLOCK_D
 
 @triton.jit
 def _scan_tokens(u_re, u_im, lam_re, lam_im, b_re, b_im, x_ptrs, out_ptrs, count, stride_xl, n_channels,
-                 channel_ok, WRITE_Y: tl.constexpr, NUM_STAGES: tl.constexpr):
-    """Advance the state tile over ``count`` tokens (x rows ``stride_xl`` apart), writing y when WRITE_Y."""
-    for _ in tl.range(0, count, num_stages=NUM_STAGES):
-        x_t = tl.load(x_ptrs, mask=channel_ok, other=0.0).to(tl.float32)
-        u_re, u_im = ssm_update(u_re, u_im, lam_re, lam_im, b_re, b_im, x_t[None, :])
+                 channel_ok, WRITE_Y: tl.constexpr):
+    """Advance the state tile over ``count >= 1`` tokens (x rows ``stride_xl`` apart), writing y when WRITE_Y.
+
+    x is prefetched three tokens ahead in registers (``x_1``, ``x_2``, ``x_3``), already in the layout the
+    update broadcasts it in: one load per token, no shared-memory staging (sm_90 SASS per iteration at 8 x 64:
+    142 instructions against 152 with a ``num_stages=3`` pipelined ``tl.range``; perf/NOTES.md experiment 17).
+    Prefetches past the last token re-read the last row (no mask to build per token).
+    """
+    x_row = x_ptrs[None, :]
+    ok = channel_ok[None, :]
+    last = count - 1
+    x_1 = tl.load(x_row, mask=ok, other=0.0).to(tl.float32)
+    x_2 = tl.load(x_row + tl.minimum(last, 1) * stride_xl, mask=ok, other=0.0).to(tl.float32)
+    x_3 = tl.load(x_row + tl.minimum(last, 2) * stride_xl, mask=ok, other=0.0).to(tl.float32)
+    for i in range(count):
+        x_t = x_1
+        x_1 = x_2
+        x_2 = x_3
+        x_3 = tl.load(x_row + tl.minimum(last, i + 3) * stride_xl, mask=ok, other=0.0).to(tl.float32)
+        u_re, u_im = ssm_update(u_re, u_im, lam_re, lam_im, b_re, b_im, x_t)
         if WRITE_Y:
             y_t = tl.sum(u_re, axis=0)
             tl.store(out_ptrs, y_t.to(out_ptrs.dtype.element_ty), mask=channel_ok)
             out_ptrs += n_channels
-        x_ptrs += stride_xl
     return u_re, u_im
 
 
@@ -186,7 +205,6 @@ def _ssm_scan_kernel(
     SPLIT_MODES: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
 ):
     """(BLOCK_D channels, one batch row, one mode block, one chunk): walk the chunk's tokens, write y (or
     partial y); the last chunk writes the final state."""
@@ -206,7 +224,7 @@ def _ssm_scan_kernel(
     else:
         out_ptrs = y_ptr + (pid_b * seq_len + start) * n_channels + channels64
     u_re, u_im = _scan_tokens(u_re, u_im, lam_re, lam_im, b_re, b_im, x_ptrs, out_ptrs, count, stride_xl,
-                              n_channels, channel_ok, True, NUM_STAGES)
+                              n_channels, channel_ok, True)
     if chunk == n_chunks - 1:
         final_rows = final_ptr + (pid_b * n_channels + channels64[:, None]) * (2 * n_modes)
         _store_modes_by_channels(final_rows, row_mask, first, n_modes, u_re, u_im, BLOCK_D, BLOCK_N)
@@ -228,7 +246,6 @@ def _chunk_local_state_kernel(
     stride_xd,
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    NUM_STAGES: tl.constexpr,
 ):
     """Phase 1: the state a full chunk (chunk_len tokens) reaches from zero, no y."""
     pid_b, pid_n, chunk, first, channel_ok, row_mask, channels64, lam_re, lam_im, b_re, b_im = _scan_program(
@@ -237,7 +254,7 @@ def _chunk_local_state_kernel(
     u_im = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     x_ptrs = x_ptr + pid_b * stride_xb + chunk.to(tl.int64) * chunk_len * stride_xl + channels64 * stride_xd
     u_re, u_im = _scan_tokens(u_re, u_im, lam_re, lam_im, b_re, b_im, x_ptrs, x_ptrs, chunk_len, stride_xl,
-                              n_channels, channel_ok, False, NUM_STAGES)
+                              n_channels, channel_ok, False)
     rows = local_ptr + ((chunk * batch + pid_b) * n_channels + channels64[:, None]) * (2 * n_modes)
     _store_modes_by_channels(rows, row_mask, first, n_modes, u_re, u_im, BLOCK_D, BLOCK_N)
 
@@ -560,7 +577,6 @@ def _ssm_scan_launch(
     n_chunks, chunk_len = chunk_plan(batch, seq_len, channels, modes, (block_d, block_n), x.device) \
         if allow_chunks else (1, seq_len)
     split = n_mode_blocks > 1
-    stages = 1 if interpreter_enabled() else SCAN_STAGES
     y = torch.empty((batch, seq_len, channels), device=x.device, dtype=x.dtype)
     final_state = torch.empty((batch, channels, modes), device=x.device, dtype=torch.complex64)
     # Unused pointers get a distinct empty tensor (never an alias of an output, for torch.compile's analysis).
@@ -576,7 +592,7 @@ def _ssm_scan_launch(
         chunk_states = torch.empty((n_chunks, batch, channels, modes, 2), device=x.device, dtype=torch.float32)
         wrap_triton(_chunk_local_state_kernel)[(*tiles, n_mode_blocks * (n_chunks - 1))](
             x, lam_parts, b_parts, chunk_states, batch, chunk_len, channels, modes, n_mode_blocks,
-            x.stride(0), x.stride(1), x.stride(2), **blocks, NUM_STAGES=stages, num_warps=SCAN_WARPS,
+            x.stride(0), x.stride(1), x.stride(2), **blocks, num_warps=SCAN_WARPS,
         )
         lam_pow = torch.view_as_real((lam.to(torch.complex128) ** chunk_len).to(torch.complex64))
         wrap_triton(_chunk_carry_kernel)[(*tiles, n_mode_blocks)](
@@ -589,7 +605,7 @@ def _ssm_scan_launch(
         batch, seq_len, chunk_len, n_chunks, channels, modes, n_mode_blocks,
         x.stride(0), x.stride(1), x.stride(2), *state_strides,
         HAS_STATE=state is not None, CHUNKED=n_chunks > 1,
-        SPLIT_MODES=split, **blocks, NUM_STAGES=stages, num_warps=SCAN_WARPS,
+        SPLIT_MODES=split, **blocks, num_warps=SCAN_WARPS,
     )
     if split:
         numel = y.numel()

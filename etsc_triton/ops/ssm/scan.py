@@ -50,11 +50,13 @@ from ..utils import (
     cdiv,
     complex_mul,
     interpreter_enabled,
+    load_complex,
     needs_grad,
     next_power_of_2,
     registered_launcher,
     resolve_backend,
     sm_count,
+    store_complex,
 )
 from . import naive
 from .naive import check_scan_inputs
@@ -275,25 +277,29 @@ def _chunk_carry_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """Phase 2: ``s_0 = state``, ``s_{c+1} = lam^T s_c + v_c``, each s_c written over v_c (then s_{C-1})."""
+    """Phase 2: ``s_0 = state``, ``s_{c+1} = lam^T s_c + v_c``, each s_c written over v_c (then s_{C-1}).
+    Elementwise, so its tiles are ``[BLOCK_D, BLOCK_N]`` read and written as contiguous complex spans."""
     pid_b = tl.program_id(1).to(tl.int64)
     first = tl.program_id(2) * BLOCK_N
     channel_ok, row_mask, channels64 = _tile(n_channels, BLOCK_D)
     param_rows = channels64[:, None] * (2 * n_modes)
-    pow_re, pow_im = _load_modes_by_channels(lam_pow_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D,
-                                             BLOCK_N)
-    s_re, s_im = _initial_state(state_ptr, pid_b, channels64, row_mask, first, n_modes, stride_sb, stride_sd,
-                                stride_sn, HAS_STATE, BLOCK_D, BLOCK_N)
+    pow_re, pow_im = load_complex(lam_pow_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+    if HAS_STATE:
+        state_rows = state_ptr + pid_b * stride_sb + channels64[:, None] * stride_sd
+        s_re, s_im = load_complex(state_rows, row_mask, first, n_modes, stride_sn, BLOCK_D, BLOCK_N, False)
+    else:
+        s_re = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+        s_im = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     rows = chunk_ptr + (pid_b * n_channels + channels64[:, None]) * (2 * n_modes)
     chunk_stride = batch * n_channels * 2 * n_modes
     for _ in range(n_chunks - 1):
-        v_re, v_im = _load_modes_by_channels(rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N)
-        _store_modes_by_channels(rows, row_mask, first, n_modes, s_re, s_im, BLOCK_D, BLOCK_N)
+        v_re, v_im = load_complex(rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+        store_complex(rows, row_mask, first, n_modes, 2, s_re, s_im, BLOCK_D, BLOCK_N, True)
         carried_re, carried_im = complex_mul(pow_re, pow_im, s_re, s_im)
         s_re = carried_re + v_re
         s_im = carried_im + v_im
         rows += chunk_stride
-    _store_modes_by_channels(rows, row_mask, first, n_modes, s_re, s_im, BLOCK_D, BLOCK_N)
+    store_complex(rows, row_mask, first, n_modes, 2, s_re, s_im, BLOCK_D, BLOCK_N, True)
 
 
 @triton.jit
@@ -485,22 +491,18 @@ def _chunk_backward_carry_kernel(
     first = tl.program_id(2) * BLOCK_N
     channel_ok, row_mask, channels64 = _tile(n_channels, BLOCK_D)
     param_rows = channels64[:, None] * (2 * n_modes)
-    p_re, p_im = _load_modes_by_channels(propagate_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D,
-                                         BLOCK_N)
-    q_re, q_im = _load_modes_by_channels(lag_weight_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D,
-                                         BLOCK_N)
+    p_re, p_im = load_complex(propagate_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+    q_re, q_im = load_complex(lag_weight_ptr + param_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
     chunk_stride = batch * n_channels * 2 * n_modes
     rows = (pid_b * n_channels + channels64[:, None]) * (2 * n_modes) + (n_chunks - 1) * chunk_stride
-    g_re, g_im = _load_modes_by_channels(carry_g_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N)
-    v_re, v_im = _load_modes_by_channels(carry_v_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N)
+    g_re, g_im = load_complex(carry_g_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+    v_re, v_im = load_complex(carry_v_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
     for _ in range(n_chunks - 2):
         rows -= chunk_stride
-        local_g_re, local_g_im = _load_modes_by_channels(carry_g_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D,
-                                                         BLOCK_N)
-        local_v_re, local_v_im = _load_modes_by_channels(carry_v_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D,
-                                                         BLOCK_N)
-        _store_modes_by_channels(carry_g_ptr + rows, row_mask, first, n_modes, g_re, g_im, BLOCK_D, BLOCK_N)
-        _store_modes_by_channels(carry_v_ptr + rows, row_mask, first, n_modes, v_re, v_im, BLOCK_D, BLOCK_N)
+        local_g_re, local_g_im = load_complex(carry_g_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+        local_v_re, local_v_im = load_complex(carry_v_ptr + rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N, True)
+        store_complex(carry_g_ptr + rows, row_mask, first, n_modes, 2, g_re, g_im, BLOCK_D, BLOCK_N, True)
+        store_complex(carry_v_ptr + rows, row_mask, first, n_modes, 2, v_re, v_im, BLOCK_D, BLOCK_N, True)
         pv_re, pv_im = complex_mul(p_re, p_im, v_re, v_im)
         qg_re, qg_im = complex_mul(q_re, q_im, g_re, g_im)
         pg_re, pg_im = complex_mul(p_re, p_im, g_re, g_im)
@@ -509,8 +511,8 @@ def _chunk_backward_carry_kernel(
         g_re = pg_re + local_g_re
         g_im = pg_im + local_g_im
     rows -= chunk_stride
-    _store_modes_by_channels(carry_g_ptr + rows, row_mask, first, n_modes, g_re, g_im, BLOCK_D, BLOCK_N)
-    _store_modes_by_channels(carry_v_ptr + rows, row_mask, first, n_modes, v_re, v_im, BLOCK_D, BLOCK_N)
+    store_complex(carry_g_ptr + rows, row_mask, first, n_modes, 2, g_re, g_im, BLOCK_D, BLOCK_N, True)
+    store_complex(carry_v_ptr + rows, row_mask, first, n_modes, 2, v_re, v_im, BLOCK_D, BLOCK_N, True)
 
 
 @triton.jit

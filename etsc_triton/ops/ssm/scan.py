@@ -126,7 +126,7 @@ def _scan_tokens(u_re, u_im, lam_re, lam_im, b_re, b_im, x_ptrs, out_ptrs, count
     """
     x_row = x_ptrs[None, :]
     ok = channel_ok[None, :]
-    last = count - 1
+    last = count - 1 + tl.full([], 0, tl.int64)  # token offsets in 64 bits: i * stride_xl may pass 2^31
     x_1 = tl.load(x_row, mask=ok, other=0.0).to(tl.float32)
     x_2 = tl.load(x_row + tl.minimum(last, 1) * stride_xl, mask=ok, other=0.0).to(tl.float32)
     x_3 = tl.load(x_row + tl.minimum(last, 2) * stride_xl, mask=ok, other=0.0).to(tl.float32)

@@ -291,7 +291,8 @@ class Context:
 
     def record_failure(self, op, provider, mode, x_name, x_value, config, error: BaseException) -> None:
         """A ``failed`` row (the error's first line in ``config["error"]``) and a line in ``failures``."""
-        message = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+        lines = str(error).strip().splitlines()
+        message = f"{type(error).__name__}: {lines[0] if lines else ''}"
         if isinstance(error, torch.OutOfMemoryError):
             torch.cuda.empty_cache()
         self._row(op, provider, mode, "failed", "", x_name, x_value, None, None, None, None,

@@ -103,7 +103,6 @@ def _gather_backward_kernel(
     # NaN for a non-finite dy) and their dscore, never stored, is 0.
     UNMASKED: tl.constexpr = HASH and EVEN_D
     dy_rows = t64 * stride_dy
-    row_weight = tl.where(t_mask, score, 0.0)
     products = tl.zeros([BLOCK_T, BLOCK_D], dtype=tl.float32)  # dy * rows, reduced over d after the loop
     for d_start in range(0, D, BLOCK_D):
         d = d_start + tl.arange(0, BLOCK_D)
@@ -119,8 +118,8 @@ def _gather_backward_kernel(
                 rows = tl.load(tables_ptr + row[:, None] + d[None, :], mask=mask, other=0.0).to(tl.float32)
             products += dy * rows
         if ATOMIC_DTABLES:
-            if UNMASKED:  # padding tokens add zeros (an unpredicated atomic needs no branch per row)
-                tl.atomic_add(dtables_ptr + row[:, None] + d[None, :], row_weight[:, None] * dy, sem="relaxed")
+            if UNMASKED:  # padding tokens add score * 0 (an unpredicated atomic needs no branch per row)
+                tl.atomic_add(dtables_ptr + row[:, None] + d[None, :], score[:, None] * dy, sem="relaxed")
             else:
                 tl.atomic_add(dtables_ptr + row[:, None] + d[None, :], score[:, None] * dy, mask=mask,
                               sem="relaxed")

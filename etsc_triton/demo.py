@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
+from .devices import device_slug
 from .nn.tnn import DECODERS, TNNConfig, TNNLanguageModel, generate, make_decoder
-from .ops.utils import device_slug
 
 PRESETS = {
     "gpu": dict(

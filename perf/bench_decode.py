@@ -22,7 +22,7 @@ import torch
 
 import etsc_triton as et
 from etsc_triton.nn.tnn import RelativePositionMLP, TNNConfig, TNNLanguageModel, make_decoder
-from etsc_triton.nn.toeplitz import ToeplitzSSM, mode_truncation_study
+from etsc_triton.nn.toeplitz import ToeplitzSSM
 
 from .plots import plt, save_loglog
 
@@ -127,6 +127,35 @@ def _prefill_sweep(ctx, channels: int, n: int, batches, lengths, backend: str) -
             )
 
 
+def mode_truncation_study(t: torch.Tensor, gamma: float | torch.Tensor, ranks: list[int]) -> list[dict]:
+    """State size vs kernel error under mode truncation, for one set of kernels ``t [D, n]``.
+
+    Returns one row per rank: ``{"rank", "state_fraction", "bound", "error"}``, where ``bound`` and ``error``
+    are the worst channel's ``sum of dropped |b|`` and measured ``max_j |K_ssm - K_exact|``, both relative to
+    the worst channel's ``max_j |K_exact|``.
+
+    What it shows: the inclusive reformulation appends ``t_n = -(t_0 + .. + t_{n-1})``, a spike whose flat
+    spectrum gives every mode ``|b_k| >= |sum t| / m``. Kernels with a large mean (smooth MLP kernels) then
+    spread their weight over all modes and truncate badly; the same large ``sum |b|`` also sets the float32
+    rounding of the full conversion (about ``eps * sum |b|``).
+    """
+    layer = ToeplitzSSM(t, gamma)
+    scale = layer.kernel(layer.n + 1, tail="ssm", dtype=torch.float64).abs().amax(-1).clamp_min(1e-300)
+    full = math.ceil(layer.n / 2)
+    rows = []
+    for rank in ranks:
+        report = layer.convert(rank=min(rank, full))
+        rows.append(
+            {
+                "rank": report.state_size,
+                "state_fraction": report.state_size / full,
+                "bound": float((report.truncation_bound / scale).max()),
+                "error": float((report.kernel_error / scale).max()),
+            }
+        )
+    return rows
+
+
 def _truncation_study(ctx, channels: int, n: int) -> None:
     gen = torch.Generator().manual_seed(1)
     decay = 0.99
@@ -200,3 +229,4 @@ def plot(rows, out_dir):
                        xlabel="modes kept per channel (state size)",
                        ylabel="kernel error / max |kernel| (worst channel)")
     return [path]
+

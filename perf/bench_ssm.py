@@ -16,10 +16,12 @@ about 24 per mode per token.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 import etsc_triton as et
-from etsc_triton.ops.ssm import naive, scan
+from etsc_triton.ops.tiles import TilePolicy, current_tiles, use_tiles
 
 from .harness import capture_cuda_graph, random_ssm
 
@@ -39,7 +41,7 @@ def original_step(x, lam, b, holder):
 def reference_step_math(x, lam_re, lam_im, b_re, b_im, state_parts):
     """The reference step's arithmetic on the real view of the state, without validation (for torch.compile)."""
     u_re, u_im = state_parts[..., 0], state_parts[..., 1]
-    new_re, new_im = naive.ssm_update(u_re, u_im, lam_re, lam_im, b_re, b_im, x[..., None])
+    new_re, new_im = et.reference.ssm_update(u_re, u_im, lam_re, lam_im, b_re, b_im, x[..., None])
     state_parts.copy_(torch.stack((new_re, new_im), dim=-1))
     return new_re.sum(-1)
 
@@ -68,7 +70,7 @@ def step_case(ctx, batch: int, channels: int, modes: int) -> None:
     ctx.time(provider="triton", args=inputs, **common,
              fn=lambda x, s: et.ssm_step(x, lam, b, s, backend="triton"))
     ctx.time(provider="torch", args=inputs, **common,
-             fn=lambda x, s: naive.ssm_step(x, lam, b, s))
+             fn=lambda x, s: et.reference.ssm_step(x, lam, b, s))
     if ctx.on_gpu:
         parts = [torch.view_as_real(lam).unbind(-1), torch.view_as_real(b).unbind(-1)]
         (lam_re, lam_im), (b_re, b_im) = parts
@@ -138,35 +140,37 @@ def bench_long_narrow_scan(ctx) -> None:
         x = torch.randn(1, length, channels, device=ctx.device)
         nbytes = 2 * x.numel() * 4 + channels * modes * 8
         flops = 8 * length * channels * modes
-        providers = {
-            "triton": lambda x=x: et.ssm_scan(x, lam, b, backend="triton"),
-            "triton_sequential": lambda x=x: scan._ssm_scan_launch(x, lam, b, None, False),
-        }
-        for provider, fn in providers.items():
-            ctx.time(op="ssm_scan_long_narrow", provider=provider, x_name="L", x_value=length, config=config,
-                     bytes=nbytes, flops=flops, fn=fn)
         dy = torch.randn_like(x)
-        backward = {"triton": lambda x=x, dy=dy: scan._ssm_scan_backward_launch(x, lam, b, None, dy, None, True),
-                    "triton_sequential": lambda x=x, dy=dy: scan._ssm_scan_backward_launch(x, lam, b, None, dy,
-                                                                                          None, False)}
-        for provider, fn in backward.items():
+        sequential = dataclasses.replace(current_tiles(), scan_chunks=False)
+        for provider, policy in (("triton", current_tiles()), ("triton_sequential", sequential)):
+            ctx.time(op="ssm_scan_long_narrow", provider=provider, x_name="L", x_value=length, config=config,
+                     bytes=nbytes, flops=flops, fn=with_tiles(policy, et.ssm_scan, x, lam, b, backend="triton"))
+            x_grad = x.detach().requires_grad_()
+            y, _ = et.ssm_scan(x_grad, lam, b, backend="triton")
             ctx.time(op="ssm_scan_long_narrow", provider=provider, mode="bwd", x_name="L", x_value=length,
-                     config=config, bytes=3 * x.numel() * 4, flops=2 * flops, fn=fn)
+                     config=config, bytes=3 * x.numel() * 4, flops=2 * flops,
+                     fn=with_tiles(policy, torch.autograd.grad, y, x_grad, dy, retain_graph=True))
 
 
 VARIANT_POINTS = {False: (4096, 64), True: (32, 4)}  # (L, smallest N) where the tile variant below is timed
 
 
+def with_tiles(policy: TilePolicy, fn, *args, **kwargs):
+    """A thunk running ``fn(*args, **kwargs)`` under the tile ``policy``."""
+
+    def run():
+        with use_tiles(policy):
+            return fn(*args, **kwargs)
+
+    return run
+
+
 def scan_with_modes_per_thread(x, lam, b, per_thread: int):
-    """The scan with its tiles sized for ``per_thread`` modes per thread instead of SCAN_MODES_PER_THREAD (16):
-    32 cuts the SASS per mode and token from 9.5 to 8.3 at 254 registers (perf/NOTES.md, experiment 13); this
-    provider measures whether the lower occupancy costs more than that."""
-    default = scan.SCAN_MODES_PER_THREAD
-    scan.SCAN_MODES_PER_THREAD = per_thread
-    try:
-        return scan._ssm_scan_launch(x, lam, b, None, True)
-    finally:
-        scan.SCAN_MODES_PER_THREAD = default
+    """The scan with its tiles sized for ``per_thread`` modes per thread instead of the default 16: 32 cuts
+    the SASS per mode and token from 9.5 to 8.3 at 254 registers (perf/NOTES.md, experiment 13); this provider
+    measures whether the lower occupancy costs more than that."""
+    return with_tiles(dataclasses.replace(current_tiles(), scan_modes_per_thread=per_thread), et.ssm_scan, x, lam,
+                      b, backend="triton")()
 
 
 def reference_autograd_bytes(batch: int, length: int, channels: int, modes: int) -> int:
@@ -191,7 +195,7 @@ def scan_case(ctx, batch, length, channels, modes, lam, b) -> None:
     reference_limit = 64 if ctx.quick else 1024  # a Python loop over the tokens: only short sequences
     if length <= reference_limit:
         ctx.time(op="ssm_scan", provider="torch", x_name="L", x_value=length, config=config,
-                 bytes=nbytes, flops=flops, fn=lambda: naive.ssm_scan(x, lam, b))
+                 bytes=nbytes, flops=flops, fn=lambda: et.reference.ssm_scan(x, lam, b))
     # Forward + backward (gradients of x, lam, b): x twice, y, dy and dx (fp32) = 5 x 4 B per element of x;
     # 8 flops per mode and token forward, ~16 backward (two complex recurrences, two accumulations).
     dy = torch.randn_like(x)
@@ -199,7 +203,7 @@ def scan_case(ctx, batch, length, channels, modes, lam, b) -> None:
     grad_flops = 24 * batch * length * channels * modes
     providers = {"triton": lambda *a: et.ssm_scan(*a, backend="triton")}
     if length <= reference_limit and reference_autograd_bytes(batch, length, channels, modes) <= REFERENCE_GRAD_BYTES:
-        providers["torch"] = naive.ssm_scan
+        providers["torch"] = et.reference.ssm_scan
     for provider, scan_fn in providers.items():
         ctx.time(op="ssm_scan", provider=provider, mode="fwd_bwd", x_name="L", x_value=length, config=config,
                  bytes=grad_bytes, flops=grad_flops, fn=lambda scan_fn=scan_fn: scan_gradients(scan_fn, x, lam, b, dy))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import etsc_triton as et
-from etsc_triton.ops import utils
+from etsc_triton.ops import checks, dispatch
 
 OPS = ["toeplitz_to_ssm", "ssm_kernel", "vandermonde_solve", "ssm_scan", "ssm_step", "ssm_prefill_state", "lsh_hash",
        "memory_gather", "memory_layer"]
@@ -31,16 +31,16 @@ def test_all_lists_the_contract():
 
 def test_resolve_backend_auto_picks_by_device():
     cpu = torch.zeros(3)
-    assert utils.resolve_backend("f", "auto", cpu) == "torch"
-    assert utils.resolve_backend("f", "torch", cpu) == "torch"
+    assert dispatch.resolve_backend("f", "auto", cpu) == "torch"
+    assert dispatch.resolve_backend("f", "torch", cpu) == "torch"
     if torch.cuda.is_available():
-        assert utils.resolve_backend("f", "auto", cpu.cuda()) == "triton"
-        assert utils.resolve_backend("f", "auto", cpu, cpu.cuda()) == "torch"
+        assert dispatch.resolve_backend("f", "auto", cpu.cuda()) == "triton"
+        assert dispatch.resolve_backend("f", "auto", cpu, cpu.cuda()) == "torch"
 
 
 def test_resolve_backend_rejects_unknown_name():
     with pytest.raises(ValueError, match=r"f: backend must be one of .*got 'cuda'"):
-        utils.resolve_backend("f", "cuda", torch.zeros(1))
+        dispatch.resolve_backend("f", "cuda", torch.zeros(1))
 
 
 def test_resolve_backend_triton_on_cpu_needs_interpreter(monkeypatch):
@@ -48,35 +48,35 @@ def test_resolve_backend_triton_on_cpu_needs_interpreter(monkeypatch):
     if torch.cuda.is_available():
         pytest.skip("CUDA present: the triton backend runs compiled")
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
-        utils.resolve_backend("f", "triton", torch.zeros(1))
+        dispatch.resolve_backend("f", "triton", torch.zeros(1))
 
 
 def test_check_tensor_messages_name_argument_expected_and_actual():
     with pytest.raises(TypeError, match=r"f: t must be a torch.Tensor, got list"):
-        utils.check_tensor("f", "t", [1.0])
+        checks.check_tensor("f", "t", [1.0])
     with pytest.raises(TypeError, match=r"f: t must be a real floating tensor, got complex"):
-        utils.check_tensor("f", "t", torch.zeros(2, dtype=torch.complex64), kind="real")
+        checks.check_tensor("f", "t", torch.zeros(2, dtype=torch.complex64), kind="real")
     with pytest.raises(TypeError, match=r"f: t must be a real floating tensor, got torch.int64"):
-        utils.check_tensor("f", "t", torch.zeros(2, dtype=torch.int64), kind="real")
+        checks.check_tensor("f", "t", torch.zeros(2, dtype=torch.int64), kind="real")
     with pytest.raises(TypeError, match=r"f: lam must be a complex tensor \(complex64\), got torch.float32"):
-        utils.check_tensor("f", "lam", torch.zeros(2), kind="complex")
+        checks.check_tensor("f", "lam", torch.zeros(2), kind="complex")
     with pytest.raises(ValueError, match=r"f: t must have 2 dimensions, got shape \(2,\)"):
-        utils.check_tensor("f", "t", torch.zeros(2), ndim=2)
+        checks.check_tensor("f", "t", torch.zeros(2), ndim=2)
     with pytest.raises(ValueError, match=r"f: t must not be empty, got shape \(3, 0\)"):
-        utils.check_tensor("f", "t", torch.zeros(3, 0))
+        checks.check_tensor("f", "t", torch.zeros(3, 0))
     with pytest.raises(ValueError, match=r"f: state must have shape \(2, 3\), got \(3, 2\)"):
-        utils.check_shape("f", "state", torch.zeros(3, 2), (2, 3))
+        checks.check_shape("f", "state", torch.zeros(3, 2), (2, 3))
     with pytest.raises(TypeError, match="f: length must be an int, got float"):
-        utils.check_int("f", "length", 3.0)
+        checks.check_int("f", "length", 3.0)
     with pytest.raises(ValueError, match="f: length must be >= 0, got -1"):
-        utils.check_int("f", "length", -1)
+        checks.check_int("f", "length", -1)
 
 
 def test_check_same_device():
-    utils.check_same_device("f", a=torch.zeros(1), b=None, c=torch.zeros(2))
+    checks.check_same_device("f", a=torch.zeros(1), b=None, c=torch.zeros(2))
     if torch.cuda.is_available():
         with pytest.raises(ValueError, match="all tensors must be on one device"):
-            utils.check_same_device("f", a=torch.zeros(1), b=torch.zeros(1, device="cuda"))
+            checks.check_same_device("f", a=torch.zeros(1), b=torch.zeros(1, device="cuda"))
 
 
 def test_poisoned_empty_is_nan(device):

@@ -19,7 +19,7 @@ GRAD_TOL = dict(atol=2e-6, rtol=1e-5)  # dz: sigmoid, product and the chain rule
 
 
 def direct_scores(z, temperature, weighting):
-    """The formula of DESIGN 1.4 written out element by element in float64."""
+    """The hash and score formulas (op README) written out element by element in float64."""
     z = z.double()
     s = torch.ones(z.shape[:-1], dtype=torch.float64)
     total = torch.zeros(z.shape[:-1], dtype=torch.float64)

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 import etsc_triton as et
 from etsc_triton import reference
-from etsc_triton.ops.lsh.hash_gather import choose_k_split, forward_blocks
+from etsc_triton.ops.lsh.gather import choose_k_split, forward_blocks
+from etsc_triton.ops.tiles import current_tiles
 
 # Tolerances against the float64 oracle evaluated on the same (rounded) inputs, per tables dtype, with x fp32.
 TOLERANCES = {
@@ -99,7 +100,7 @@ def test_code_length_16(device):
 
 def test_single_token_uses_split_k(device):
     x, tables, bias, dy = make_inputs((1,), 9, 2, 40, seed=5)
-    block_t, block_d, _ = forward_blocks(1, 40, 4)
+    block_t, block_d, _ = forward_blocks(1, 40, current_tiles())
     num_splits, per_split = choose_k_split(1, 9, 40, block_t, block_d, torch.device(device))
     assert num_splits > 1 and num_splits * per_split >= 9
     for deterministic in (False, True):
@@ -107,14 +108,14 @@ def test_single_token_uses_split_k(device):
 
 
 def test_many_tokens_no_split(device):
-    block_t, block_d, _ = forward_blocks(4096, 1024, 4)
+    block_t, block_d, _ = forward_blocks(4096, 1024, current_tiles())
     assert choose_k_split(4096, 128, 1024, block_t, block_d, torch.device(device))[0] == 1
 
 
 def test_whole_d_blocks_with_padding_tokens(device):
     # d_out a multiple of BLOCK_D: the hashed forward and backward load rows (and dy) unmasked, with padding
     # tokens in the last token tile
-    block_t, block_d, _ = forward_blocks(7, 64, 4)
+    block_t, block_d, _ = forward_blocks(7, 64, current_tiles())
     x, tables, bias, dy = make_inputs((7,), 3, 4, 2 * block_d, seed=13)
     assert 7 % block_t != 0
     for weighting, deterministic in (("paper", False), ("magnitude", False), ("paper", True)):
@@ -125,7 +126,7 @@ def test_whole_d_blocks_with_padding_tokens(device):
 def test_infinite_gradient_reaches_only_its_own_rows(device, deterministic):
     # The last token's dy is infinite: exactly the table rows it hashed to get non-finite gradients, none of
     # the rows padding tokens of its token block point at (they must add exact zeros, not 0 * inf).
-    block_t, block_d, _ = forward_blocks(7, 64, 4)
+    block_t, block_d, _ = forward_blocks(7, 64, current_tiles())
     x, tables, bias, dy = make_inputs((7,), 3, 4, 2 * block_d, seed=14)
     dy[6, 5] = float("inf")
     _, (_, dt_ref, _) = reference_and_grads(x.float(), tables.float(), bias.float(), dy)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import assert_close
 
-from etsc_triton.nn.toeplitz import ToeplitzSSM, causal_fft_conv, mode_truncation_study, toeplitz_kernel
+from etsc_triton.nn.toeplitz import ToeplitzSSM, causal_fft_conv, toeplitz_kernel
 
 # prefill / step run in fp32 (complex64 SSM, fp32 FFT) against a float64 forward: the error is a few fp32
 # roundings of sum_j |K_j x_{i-j}|; measured <= 1e-6 of max|y| at these sizes, tolerance 1e-5.
@@ -148,17 +148,6 @@ def test_truncated_prefill_then_steps_equals_truncated_scan(device):
     outputs = [layer.step(x[:, i].to(device), state) for i in range(33, 40)]
     got = torch.cat([y, torch.stack(outputs, 1)], 1)
     assert_close(got, expected, atol=FP32_REL * expected.abs().max().item(), rtol=0)
-
-
-def test_mode_truncation_study_rows():
-    g = torch.Generator().manual_seed(5)
-    rows = mode_truncation_study(torch.randn(4, 31, generator=g), 0.95, [1, 2, 4, 8, 16])
-    assert [r["rank"] for r in rows] == [1, 2, 4, 8, 16]
-    assert rows[-1]["bound"] == 0 and rows[-1]["error"] < 1e-5
-    for row in rows:
-        assert row["error"] <= row["bound"] + 1e-5
-    bounds = [r["bound"] for r in rows]
-    assert bounds == sorted(bounds, reverse=True)
 
 
 def test_bad_inputs():

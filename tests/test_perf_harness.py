@@ -12,6 +12,7 @@ import torch
 
 from perf import __main__ as perf_main
 from perf import harness, plots
+from perf.bench_decode import mode_truncation_study
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -115,3 +116,14 @@ def test_progress_reads_against_the_budget(capsys):
     show("ssm: ssm_scan triton L=4096")
     line = capsys.readouterr().err
     assert line.startswith("[   1 |") and "/200 s] ssm: ssm_scan triton L=4096" in line
+
+
+def test_mode_truncation_study_rows():
+    g = torch.Generator().manual_seed(5)
+    rows = mode_truncation_study(torch.randn(4, 31, generator=g), 0.95, [1, 2, 4, 8, 16])
+    assert [r["rank"] for r in rows] == [1, 2, 4, 8, 16]
+    assert rows[-1]["bound"] == 0 and rows[-1]["error"] < 1e-5
+    for row in rows:
+        assert row["error"] <= row["bound"] + 1e-5
+    bounds = [r["bound"] for r in rows]
+    assert bounds == sorted(bounds, reverse=True)

@@ -1,5 +1,6 @@
 """ssm_scan: Triton kernel (the interpreter on CPU) against a float64 evaluation of the naive oracle."""
 
+import dataclasses
 import math
 
 import pytest
@@ -10,7 +11,8 @@ from hypothesis import strategies as st
 
 import etsc_triton as et
 from etsc_triton import reference
-from etsc_triton.ops.ssm import scan
+from etsc_triton.ops.ssm import chunked, scan
+from etsc_triton.ops.tiles import current_tiles, use_tiles
 
 # Tolerances relative to the scale of the terms (the output of the same scan on |x|, |lam|, |b|, |state|: the
 # sum of |terms| each element is rounded against; y and the state can cancel far below it, e.g. a single mode
@@ -206,16 +208,20 @@ def test_property_scan_matches_oracle(batch, length, channels, modes, with_state
 
 
 @pytest.fixture
-def short_chunks(monkeypatch):
-    """Chunk the sequence from 8 tokens on (MIN_CHUNK_TOKENS = 4), so interpreter-sized scans take the chunked
-    path; the interpreter counts 2 SMs, so few (batch, channel, mode) programs ask for chunks."""
-    monkeypatch.setattr(scan, "MIN_CHUNK_TOKENS", 4)
+def short_chunks():
+    """Chunk the sequence from 8 tokens on (chunks of at least 4 tokens), so interpreter-sized scans take the
+    chunked path; the interpreter counts 2 SMs, so few (batch, channel, mode) programs ask for chunks."""
+    with use_tiles(dataclasses.replace(current_tiles(), scan_min_chunk_tokens=4)):
+        yield
 
 
-def expected_chunks(x, modes, blocks=scan.scan_blocks):
-    """The chunk count the launcher plans for this scan (``blocks``: the forward's or the backward's tiles)."""
+def expected_chunks(x, modes, blocks=None):
+    """The chunk count the launcher plans for this scan (``blocks``: the forward's tiles by default, or the
+    backward's)."""
+    blocks = blocks or (lambda channels, modes: scan.scan_blocks(channels, modes, current_tiles()))
     batch, length, channels = x.shape
-    return scan.chunk_plan(batch, length, channels, modes, blocks(channels, modes), x.device)[0]
+    return chunked.chunk_plan(batch, length, channels, modes, blocks(channels, modes), x.device,
+                              current_tiles())[0]
 
 
 @pytest.mark.parametrize(
@@ -240,7 +246,8 @@ def test_chunked_scan_matches_oracle(device, short_chunks, batch, length, channe
     if state is not None:
         assert torch.equal(state, before)
     # The sequential scan of the same inputs: the carry re-associates the sums, so they agree to rounding.
-    y_seq, final_seq = scan._ssm_scan_launch(x, lam, b, state, False)
+    with use_tiles(dataclasses.replace(current_tiles(), scan_chunks=False)):
+        y_seq, final_seq = et.ssm_scan(x, lam, b, state, backend="triton")
     y_tol = 8 * EPS32 * magnitudes(x, lam, b, state)[0].abs().max().item()
     assert_close(y, y_seq, atol=y_tol, rtol=0, name="y chunked vs sequential")
     state_tol = 8 * EPS32 * magnitudes(x, lam, b, state)[1].abs().max().item()
@@ -260,11 +267,12 @@ def test_chunked_scan_strided_half_precision_x_and_strided_state(device, short_c
 
 def test_long_sequences_chunk_only_when_programs_are_few():
     cpu = torch.device("cpu")  # 2 SMs assumed: the target is CHUNK_TARGET_PER_SM * 2 programs
-    target = scan.CHUNK_TARGET_PER_SM * 2
-    assert scan.chunk_count(target, 1 << 20, cpu) == 1
-    assert scan.chunk_count(1, 2 * scan.MIN_CHUNK_TOKENS - 1, cpu) == 1
-    assert scan.chunk_count(1, 1 << 20, cpu) == target
-    assert scan.chunk_count(1, 3 * scan.MIN_CHUNK_TOKENS, cpu) == 3
+    target = chunked.CHUNK_TARGET_PER_SM * 2
+    tiles = current_tiles()
+    assert chunked.chunk_count(target, 1 << 20, cpu, tiles) == 1
+    assert chunked.chunk_count(1, 2 * tiles.scan_min_chunk_tokens - 1, cpu, tiles) == 1
+    assert chunked.chunk_count(1, 1 << 20, cpu, tiles) == target
+    assert chunked.chunk_count(1, 3 * tiles.scan_min_chunk_tokens, cpu, tiles) == 3
 
 
 @pytest.mark.gpu
@@ -368,8 +376,9 @@ def test_chunked_scan_gradients(device, short_chunks, batch, length, channels, m
     dfinal_c = None if dfinal is None else dfinal.contiguous()
     # The carry re-associates the sums: chunked and sequential differ by up to 2.3e-7 of the largest gradient
     # (measured, N = 33 and 515).
-    sequential = scan._ssm_scan_backward_launch(x, lam, b, state, dy_full, dfinal_c, False)
-    chunked = scan._ssm_scan_backward_launch(x, lam, b, state, dy_full, dfinal_c, True)
+    chunked = scan._ssm_scan_backward_launch(x, lam, b, state, dy_full, dfinal_c)
+    with use_tiles(dataclasses.replace(current_tiles(), scan_chunks=False)):
+        sequential = scan._ssm_scan_backward_launch(x, lam, b, state, dy_full, dfinal_c)
     for name, c, q in zip(("dx", "dlam", "db"), chunked, sequential, strict=False):
         assert_close(c, q, atol=GRAD_TOL * q.abs().max().item(), rtol=0, name=f"{name} chunked vs sequential")
 

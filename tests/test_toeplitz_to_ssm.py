@@ -85,7 +85,7 @@ def test_matches_oracle_and_realises_kernel(device, n, real):
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_compensation_removes_linear_error_growth(device, n, backend):
     """Before/after at large n, a few channels, gamma per channel (the FFTs are torch, only the epilogues run
-    in the interpreter: n = 16384 costs ~1 s on CPU, mostly the float64 evaluation). The issue's bound:
+    in the interpreter: n = 16384 costs ~1 s on CPU, mostly the float64 evaluation). The accuracy goal:
     <= 1e-5 at n = 16384 (the uncompensated error is 2e-4 there)."""
     torch.manual_seed(4)
     t = torch.randn(3, n, device=device)
@@ -208,8 +208,8 @@ def test_large_n_no_worse_than_original(n):
 
 
 @pytest.mark.gpu
-def test_issue_bound_at_16384_many_channels():
-    """The issue's accuracy goal: <= 1e-5 at n = 16384, d = 64 (measured on CPU: 2.5e-7; 2.2e-4 uncompensated)."""
+def test_accuracy_goal_at_16384_many_channels():
+    """The accuracy goal: <= 1e-5 at n = 16384, d = 64 (measured on CPU: 2.5e-7; 2.2e-4 uncompensated)."""
     n, channels = 16384, 64
     torch.manual_seed(5)
     t = torch.randn(channels, n, device="cuda")

@@ -7,13 +7,11 @@ import math
 import torch
 from torch import nn
 
-from ..ops.lsh import memory_layer
-from ..ops.lsh.naive import MAX_CODE_LENGTH, check_temperature_weighting
-from ..ops.utils import check_int
+from ..ops import MAX_CODE_LENGTH, check_int, check_temperature_weighting, memory_layer
 
 
 class MemoryLayer(nn.Module):
-    """MemoryFormer memory layer: ``y = sum_k score(z_k) * tables[k, code(z_k)] + bias`` (DESIGN 1.4).
+    """MemoryFormer memory layer: ``y = sum_k score(z_k) * tables[k, code(z_k)] + bias`` (derivation: ``etsc_triton/ops/lsh/README.md``).
 
     The input is split into K chunks of ``code_length`` values; each chunk picks one row of its table by
     the signs of its values and weights it by a smooth score (:func:`etsc_triton.lsh_hash`).

@@ -4,11 +4,11 @@
 
 * ``forward(x)``: the full-sequence causal convolution by FFT (the training path);
 * ``prefill(x) -> (y, state)``: the outputs by FFT convolution and the final SSM state by the length-(n+1) DFT
-  of the folded prompt (:func:`etsc_triton.ops.prefill.ssm_prefill_state`), no O(L * N) scan;
+  of the folded prompt (:func:`etsc_triton.ssm_prefill_state`), no O(L * N) scan;
 * ``step(x, state) -> y``: one token through :func:`etsc_triton.ssm_step` (state updated in place).
 
 Which kernel beyond lag n? The converted SSM realises ``K_j = gamma^j * t_ext[j mod m]`` for every lag j, with
-``m = n + 1`` and ``t_ext = (t_0, .., t_{n-1}, -(t_0 + .. + t_{n-1}))`` (DESIGN 1.1): for j < n this is the
+``m = n + 1`` and ``t_ext = (t_0, .., t_{n-1}, -(t_0 + .. + t_{n-1}))`` (the toeplitz op README): for j < n this is the
 paper's ``gamma^j t_j``; beyond, the kernel wraps with period m, damped by ``gamma^j``. ``tail="ssm"`` (the
 default) makes ``forward`` apply exactly that kernel at every lag, so ``prefill`` + ``step`` reproduce
 ``forward`` on sequences of any length. ``tail="zero"`` is the original TNN FFT path (lags j >= n dropped);
@@ -17,15 +17,12 @@ both agree on sequences of length <= n.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-import etsc_triton as et
-
-from ..ops.prefill import ssm_prefill_state
+from ..ops import ssm_kernel, ssm_prefill_state, ssm_step, toeplitz_to_ssm
 
 TAILS = ("ssm", "zero")
 
@@ -186,7 +183,7 @@ class ToeplitzSSM(nn.Module):
             N]``)
             and ``modes`` (int64 ``[D, N]``, the mode number ``k`` of every kept column) become buffers.
         """
-        lam, b = et.toeplitz_to_ssm(self.t.float(), self.gamma.float(), backend=self.backend)
+        lam, b = toeplitz_to_ssm(self.t.float(), self.gamma.float(), backend=self.backend)
         full = lam.shape[-1]
         modes = torch.arange(1, full + 1, device=lam.device).expand(self.channels, full).contiguous()
         bound = torch.zeros(self.channels, dtype=torch.float64, device=lam.device)
@@ -199,7 +196,7 @@ class ToeplitzSSM(nn.Module):
             bound = magnitude.sum(-1) - magnitude.gather(1, keep).sum(-1)
             lam, b, modes = lam.gather(1, keep), b.gather(1, keep), modes.gather(1, keep)
         period = self.n + 1
-        realised = et.ssm_kernel(lam, b, period, backend=self.backend)
+        realised = ssm_kernel(lam, b, period, backend=self.backend)
         error = (
             (realised.to(torch.float64) - self.kernel(period, tail="ssm", dtype=torch.float64)).abs().amax(-1)
         )
@@ -231,7 +228,7 @@ class ToeplitzSSM(nn.Module):
         if self.report.rank is None:
             kernel = self.kernel(length, tail="ssm")
         else:
-            kernel = et.ssm_kernel(self.lam, self.b, length, backend=self.backend)
+            kernel = ssm_kernel(self.lam, self.b, length, backend=self.backend)
         y = causal_fft_conv(x, kernel)
         modes = None if self.report.rank is None else self.modes
         state = ssm_prefill_state(x, self.b, self.n, self.gamma, modes=modes, backend=self.backend)
@@ -246,7 +243,7 @@ class ToeplitzSSM(nn.Module):
         row).
         """
         self._require_converted("step")
-        return et.ssm_step(x, self.lam, self.b, state, state_indices=state_indices, backend=self.backend)
+        return ssm_step(x, self.lam, self.b, state, state_indices=state_indices, backend=self.backend)
 
     def new_state(self, batch: int) -> torch.Tensor:
         """A zero state ``[batch, D, N]`` complex64 (decoding from an empty prompt)."""
@@ -269,35 +266,6 @@ class ToeplitzSSM(nn.Module):
     def extra_repr(self) -> str:
         state = "unconverted" if self.lam is None else f"state_size={self.state_size}"
         return f"channels={self.channels}, n={self.n}, tail={self.tail!r}, {state}"
-
-
-def mode_truncation_study(t: torch.Tensor, gamma: float | torch.Tensor, ranks: list[int]) -> list[dict]:
-    """State size vs kernel error under mode truncation, for one set of kernels ``t [D, n]``.
-
-    Returns one row per rank: ``{"rank", "state_fraction", "bound", "error"}``, where ``bound`` and ``error``
-    are the worst channel's ``sum of dropped |b|`` and measured ``max_j |K_ssm - K_exact|``, both relative to
-    the worst channel's ``max_j |K_exact|``.
-
-    What it shows: the inclusive reformulation appends ``t_n = -(t_0 + .. + t_{n-1})``, a spike whose flat
-    spectrum gives every mode ``|b_k| >= |sum t| / m``. Kernels with a large mean (smooth MLP kernels) then
-    spread their weight over all modes and truncate badly; the same large ``sum |b|`` also sets the float32
-    rounding of the full conversion (about ``eps * sum |b|``).
-    """
-    layer = ToeplitzSSM(t, gamma)
-    scale = layer.kernel(layer.n + 1, tail="ssm", dtype=torch.float64).abs().amax(-1).clamp_min(1e-300)
-    full = math.ceil(layer.n / 2)
-    rows = []
-    for rank in ranks:
-        report = layer.convert(rank=min(rank, full))
-        rows.append(
-            {
-                "rank": report.state_size,
-                "state_fraction": report.state_size / full,
-                "bound": float((report.truncation_bound / scale).max()),
-                "error": float((report.kernel_error / scale).max()),
-            }
-        )
-    return rows
 
 
 def _describe(value: object) -> str:

@@ -1,5 +1,6 @@
 """MemoryFormer memory layer: LSH hashing fused with the weighted table gather."""
 
-from .hash_gather import lsh_hash, memory_gather, memory_layer
+from .gather import memory_gather, memory_layer
+from .hash import lsh_hash
 
 __all__ = ["lsh_hash", "memory_gather", "memory_layer"]

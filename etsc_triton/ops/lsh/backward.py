@@ -1,20 +1,14 @@
-"""Backward kernels of the memory layer, and the hashing helper the forward and backward share.
+"""Backward kernels of the memory layer and of ``memory_gather``.
 
-- ``_gather_backward_kernel``: one program per (token block, table). It recomputes (or loads) the code and
-  score of its tokens, walks d_out in blocks to form ``dscore = <dy, tables[k, code]>`` (an indexed inner
-  product), turns it into ``dz`` through the score formula (fused path) or stores it (``memory_gather``), and,
-  in the default mode, scatter-adds ``score * dy`` into an fp32 ``dtables`` buffer with ``tl.atomic_add``.
+- ``_gather_backward_kernel``: one program per (token block, table). It recomputes the code and score of its
+  tokens from x (fused path; the forward does not store them for it) or loads them (``memory_gather``), walks
+  d_out in blocks to form ``dscore = <dy, tables[k, code]>`` (an indexed inner product), turns it into ``dz``
+  through the score formula (fused path) or stores it (``memory_gather``), and, in the default mode,
+  scatter-adds ``score * dy`` into an fp32 ``dtables`` buffer with ``tl.atomic_add``.
 - ``_dtables_segment_kernel``: the deterministic ``dtables``. The flat keys ``k * S + code`` are sorted
   (stable) by torch; program ``r`` owns table row ``r`` and reduces its segment of the sorted list in a fixed
   order, so no floating-point atomics are involved and the result is bit-identical from run to run. Rows no
-  token hashed to get zeros.
-- ``_hash_backward_kernel``: ``dz`` of ``lsh_hash`` from ``dscores``.
-
-Gradient of the scores (s_j = sigmoid(2 |z_j| / temperature), p = prod_j s_j, m = sum_j |z_j|):
-``d log s_j / d|z_j| = (1 - s_j) * 2 / temperature``, so
-``paper``:     ``dp/dz_j = sign(z_j) * p * (1 - s_j) * 2 / temperature``
-``magnitude``: ``d(m p)/dz_j = sign(z_j) * (p + m * p * (1 - s_j) * 2 / temperature)``
-with ``sign(0) = 0`` (torch's ``abs`` convention; the codes are piecewise constant and carry no gradient).
+  token hashed to get zeros. It needs the codes and scores, so only then does the fused forward store them.
 """
 
 import torch
@@ -22,59 +16,9 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ..utils import cdiv, interpreter_enabled, next_power_of_2, registered_launcher
-
-
-@triton.jit
-def _multiply(a, b):
-    return a * b
-
-
-@triton.jit
-def hash_tile(x_ptr, row_offsets, row_mask, k, inv_temperature, TAU: tl.constexpr, TAU_P2: tl.constexpr,
-              MAGNITUDE: tl.constexpr):
-    """Hash chunk ``k`` of ``BLOCK_T`` rows: returns ``(z, s, code, prod, score)`` (fp32, int32 code)."""
-    j = tl.arange(0, TAU_P2)
-    j_mask = j < TAU
-    mask = row_mask[:, None] & j_mask[None, :]
-    z = tl.load(x_ptr + row_offsets[:, None] + (k * TAU + j)[None, :], mask=mask, other=0.0).to(tl.float32)
-    bit_values = tl.where(j_mask, tl.full([TAU_P2], 1, tl.int32) << tl.maximum(TAU - 1 - j, 0), 0)
-    code = tl.sum(tl.where(z >= 0, bit_values[None, :], 0), axis=1)
-    magnitude = tl.abs(z)
-    s = tl.where(mask, tl.sigmoid(2.0 * magnitude * inv_temperature), 1.0)
-    prod = tl.reduce(s, 1, _multiply)
-    if MAGNITUDE:
-        score = prod * tl.sum(magnitude, axis=1)
-    else:
-        score = prod
-    return z, s, code, prod, score
-
-
-@triton.jit
-def hash_program_tile(z_ptr, T, K, inv_temperature, TAU: tl.constexpr, TAU_P2: tl.constexpr,
-                      MAGNITUDE: tl.constexpr, BLOCK_T: tl.constexpr):
-    """The hash of a program of grid ``(T / BLOCK_T, K)`` over contiguous ``z [T, K*tau]``: its token rows
-    (``t64``, ``t_mask``), table ``k`` and :func:`hash_tile`'s ``(z, s, code, prod, score)``."""
-    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    k = tl.program_id(1)
-    t_mask = t < T
-    t64 = t.to(tl.int64)
-    z, s, code, prod, score = hash_tile(z_ptr, t64 * K * TAU, t_mask, k, inv_temperature, TAU, TAU_P2,
-                                        MAGNITUDE)
-    return t64, t_mask, k, z, s, code, prod, score
-
-
-@triton.jit
-def score_grad(z, s, prod, dscore, inv_temperature, MAGNITUDE: tl.constexpr):
-    """``dz [BLOCK_T, TAU_P2]`` from ``dscore [BLOCK_T]`` through the score formula (``sign(0) = 0``)."""
-    sign = tl.where(z > 0, 1.0, tl.where(z < 0, -1.0, 0.0))
-    dlog = (1.0 - s) * (2.0 * inv_temperature)
-    if MAGNITUDE:
-        magnitude = tl.sum(tl.abs(z), axis=1)
-        local = prod[:, None] + (magnitude * prod)[:, None] * dlog
-    else:
-        local = prod[:, None] * dlog
-    return dscore[:, None] * sign * local
+from ..dispatch import registered_launcher
+from ..tiles import TilePolicy, cdiv, current_tiles, next_power_of_2
+from .hash import hash_tile, score_grad
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -160,29 +104,11 @@ def _dtables_segment_kernel(
              mask=d_mask)
 
 
-@triton.jit(do_not_specialize=["T"])
-def _hash_backward_kernel(z_ptr, dscores_ptr, dz_ptr, T, K, inv_temperature,
-                          TAU: tl.constexpr, TAU_P2: tl.constexpr, MAGNITUDE: tl.constexpr,
-                          BLOCK_T: tl.constexpr):
-    t64, t_mask, k, z, s, code, prod, score = hash_program_tile(z_ptr, T, K, inv_temperature, TAU, TAU_P2,
-                                                                 MAGNITUDE, BLOCK_T)
-    dscore = tl.load(dscores_ptr + t64 * K + k, mask=t_mask, other=0.0).to(tl.float32)
-    dz = score_grad(z, s, prod, dscore, inv_temperature, MAGNITUDE)
-    j = tl.arange(0, TAU_P2)
-    mask = t_mask[:, None] & (j < TAU)[None, :]
-    tl.store(dz_ptr + (t64 * K * TAU)[:, None] + (k * TAU + j)[None, :], dz.to(dz_ptr.dtype.element_ty),
-             mask=mask)
-
-
-BACKWARD_MAX_BLOCK_D = 128  # 32 x 256 bf16 tiles took the atomic backward to 238-243 registers (perf/NOTES.md)
-
-
-def backward_blocks(d_out: int, element_size: int) -> tuple[int, int]:
-    """``(BLOCK_T, BLOCK_D)`` of the backward kernels: row chunks of at most 512 bytes and 128 values on the GPU,
-    small when interpreted."""
-    if interpreter_enabled():
-        return 16, 32
-    return 32, min(next_power_of_2(d_out), 512 // element_size, BACKWARD_MAX_BLOCK_D)
+def backward_blocks(d_out: int, element_size: int, policy: TilePolicy) -> tuple[int, int]:
+    """``(BLOCK_T, BLOCK_D)`` of the backward kernels: row chunks of at most 512 bytes and
+    ``policy.gather_backward_max_block_d`` values."""
+    block_d = min(next_power_of_2(d_out), 512 // element_size, policy.gather_backward_max_block_d)
+    return policy.gather_backward_block_t, block_d
 
 
 def _dtables_deterministic(codes: torch.Tensor, scores: torch.Tensor, dy: torch.Tensor, rows: int,
@@ -204,7 +130,7 @@ def _dtables_deterministic(codes: torch.Tensor, scores: torch.Tensor, dy: torch.
     tokens = torch.div(order, num_tables, rounding_mode="floor").to(torch.int32)
     weights = scores.reshape(-1).to(torch.float32)[order]
     dtables = torch.empty(num_tables, rows, d_out, device=dy.device, dtype=out_dtype)
-    block_t, block_d = backward_blocks(d_out, dtables.element_size())
+    block_t, block_d = backward_blocks(d_out, dtables.element_size(), current_tiles())
     grid = (num_tables * rows, cdiv(d_out, block_d))
     wrap_triton(_dtables_segment_kernel)[grid](
         tokens, weights, bounds, dy, dtables, d_out, dy.stride(0), BLOCK_T=block_t, BLOCK_D=block_d,
@@ -219,9 +145,10 @@ def launch_gather_backward(
     """Shared launcher: ``(d x or d scores, d tables)``; a gradient not asked for comes back empty.
 
     ``x`` given (``[T, K*tau]``, unit last stride): the fused path; the first gradient is ``dx`` (x.dtype).
-    ``x`` None: ``memory_gather``, the first gradient is ``dscores`` in ``scores.dtype``.
+    ``x`` None: ``memory_gather``, the first gradient is ``dscores`` in ``scores.dtype``. On the fused path
+    ``codes`` and ``scores`` may be empty unless ``deterministic`` and ``need_dtables``.
     """
-    num_tokens, num_tables = codes.shape
+    num_tokens, num_tables = dy.shape[0], tables.shape[0]
     rows, d_out = tables.shape[1], tables.shape[2]
     tau = rows.bit_length() - 1
     hash_x = x is not None
@@ -236,7 +163,7 @@ def launch_gather_backward(
     else:
         dtables_acc = torch.empty(0, device=tables.device, dtype=torch.float32)
     if need_input_grad or atomic:
-        block_t, block_d = backward_blocks(d_out, tables.element_size())
+        block_t, block_d = backward_blocks(d_out, tables.element_size(), current_tiles())
         grid = (cdiv(num_tokens, block_t), num_tables)
         wrap_triton(_gather_backward_kernel)[grid](
             x if hash_x else codes, codes, scores, dy, tables, input_grad, input_grad, dtables_acc,
@@ -274,17 +201,3 @@ def memory_gather_backward(
                                   deterministic)
 
 
-@registered_launcher("etsc_triton::lsh_hash_backward", mutates_args=())
-def lsh_hash_backward(z: torch.Tensor, dscores: torch.Tensor, inv_temperature: float,
-                      magnitude: bool) -> torch.Tensor:
-    """``dz [T, K*tau]`` from ``dscores [T, K]`` (both contiguous)."""
-    num_tokens, num_tables = dscores.shape
-    tau = z.shape[1] // num_tables
-    dz = torch.empty(z.shape, device=z.device, dtype=z.dtype)
-    block_t = 16 if interpreter_enabled() else 64
-    grid = (cdiv(num_tokens, block_t), num_tables)
-    wrap_triton(_hash_backward_kernel)[grid](
-        z, dscores, dz, num_tokens, num_tables, inv_temperature,
-        TAU=tau, TAU_P2=next_power_of_2(tau), MAGNITUDE=magnitude, BLOCK_T=block_t,
-    )
-    return dz

@@ -1,4 +1,4 @@
-"""Prompt -> final SSM state of an ETSC-converted layer in O(L + m log m) (DESIGN 1.3).
+"""Prompt -> final SSM state of an ETSC-converted layer in O(L + m log m).
 
 For ETSC nodes ``lam_k = gamma * w^k`` with ``w = exp(-2 pi i / m)``, ``m = n + 1``, the state after a prompt
 ``x_0 .. x_{L-1}`` (zero initial state) is
@@ -18,9 +18,10 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ..utils import cdiv, interpreter_enabled, registered_launcher, resolve_backend, with_reference_gradient
+from ..dispatch import registered_launcher, resolve_backend, with_reference_gradient
+from ..tiles import cdiv, current_tiles
 from . import naive
-from .naive import FN_NAME, check_prefill_inputs
+from .contract import FN_NAME, check_prefill_inputs
 
 
 @triton.jit(do_not_specialize=["seq_len", "n_wraps"])
@@ -69,10 +70,9 @@ def _fold_prompt(x: torch.Tensor, log2_gamma: torch.Tensor, period: int) -> torc
     """Launch the fold: x ``[B, L, D]`` (any strides, any float dtype) -> r ``[B, D, period]`` float32."""
     batch, length, channels = x.shape
     r = torch.empty((batch, channels, period), device=x.device, dtype=torch.float32)
-    if interpreter_enabled():
-        block_m, block_d, warps = 16, 16, 1
-    else:
-        block_m, block_d, warps = 64, 64, 4
+    policy = current_tiles()
+    block_m = block_d = policy.fold_block
+    warps = policy.fold_warps
     grid = (cdiv(period, block_m), cdiv(channels, block_d), batch)
     wrap_triton(_fold_prompt_kernel)[grid](
         x,

@@ -1,4 +1,4 @@
-"""Diagonal complex SSM decode step, state updated in place (DESIGN section 1.3).
+"""Diagonal complex SSM decode step, state updated in place.
 
     u <- lam * u + b * x,    y = Re sum_s u_s       (per row of x, per channel, over N modes)
 
@@ -19,34 +19,15 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ..utils import (
-    cdiv,
-    complex_mul,
-    load_complex,
-    needs_grad,
-    next_power_of_2,
-    registered_launcher,
-    resolve_backend,
-    store_complex,
-)
+from ..complex import load_complex, store_complex
+from ..dispatch import needs_grad, registered_launcher, resolve_backend
+from ..tiles import cdiv, next_power_of_2
 from . import naive
-from .naive import check_step_inputs
+from .contract import check_step_inputs
+from .update import mode_block_size, ssm_update
 
-MAX_MODE_BLOCK = 512
 STEP_TILE = 1024
 STEP_WARPS = 4
-
-
-def mode_block_size(modes: int) -> int:
-    """Modes per block, shared by scan and step so both reduce y over the same blocks in the same order."""
-    return min(next_power_of_2(modes), MAX_MODE_BLOCK)
-
-
-@triton.jit
-def ssm_update(u_re, u_im, lam_re, lam_im, b_re, b_im, x):
-    """``lam * u + b * x`` as ``(lam_re u_re - lam_im u_im) + b_re x``, ``(lam_re u_im + lam_im u_re) + b_im x``."""
-    lu_re, lu_im = complex_mul(lam_re, lam_im, u_re, u_im)
-    return lu_re + b_re * x, lu_im + b_im * x
 
 
 @triton.jit

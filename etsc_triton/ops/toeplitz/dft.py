@@ -28,17 +28,11 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ..utils import (
-    cdiv,
-    load_complex,
-    next_power_of_2,
-    registered_launcher,
-    resolve_backend,
-    store_complex,
-    with_reference_gradient,
-)
+from ..complex import load_complex, store_complex
+from ..dispatch import registered_launcher, resolve_backend, with_reference_gradient
+from ..tiles import cdiv, next_power_of_2
 from . import naive
-from .naive import check_toeplitz_args, etsc_mode_count
+from .contract import check_toeplitz_args, etsc_mode_count
 
 # ----------------------------------------------------------------------------------------------- jit kernels
 
@@ -171,7 +165,7 @@ def _unit_angles(modes: int, m: int, device: torch.device) -> torch.Tensor:
 
 
 # Modes x rows per epilogue program: 8 per thread at 4 warps. 2048 took the compensating pass to 205-255
-# registers, with spills on triton 3.6 (perf/NOTES.md).
+# registers, with spills on triton 3.6.
 EPILOGUE_TILE = 1024
 
 
@@ -243,7 +237,7 @@ def _toeplitz_to_ssm_triton(
 
 
 def toeplitz_to_ssm(t, gamma=None, *, real=True, compensate=True, backend="auto"):
-    """Convert causal Toeplitz kernels into diagonal SSMs exactly (ETSC, DESIGN 1.1).
+    """Convert causal Toeplitz kernels into diagonal SSMs exactly (ETSC; derivation in the op README).
 
     The returned SSM realises ``K_j = Re sum_s b_s lam_s^j = gamma^j t_j`` for ``0 <= j < n`` (exact up to
     float32 rounding; beyond n the kernel repeats with period n + 1, damped by gamma^j).

@@ -12,77 +12,9 @@ import math
 
 import torch
 
-from ..utils import check_int, check_same_device, check_shape, check_tensor
+from .contract import check_kernel_args, check_solve_args, check_toeplitz_args, etsc_mode_count
 
 # ----------------------------------------------------------------------------------------------- validation
-
-
-def check_toeplitz_args(
-    t: object, gamma: object, real: object, compensate: object = True
-) -> torch.Tensor | float:
-    """Validate ``toeplitz_to_ssm`` arguments; return gamma as a float or a tensor of shape ``t.shape[:-1]``."""
-    name = "toeplitz_to_ssm"
-    check_tensor(name, "t", t, kind="real", min_ndim=1, allow_empty=True)
-    if t.shape[-1] == 0:
-        raise ValueError(f"{name}: t must have at least one lag (n >= 1), got shape {tuple(t.shape)}")
-    for flag, value in (("real", real), ("compensate", compensate)):
-        if not isinstance(value, bool):
-            raise TypeError(f"{name}: {flag} must be a bool, got {type(value).__name__}")
-    if gamma is None:
-        return 1.0
-    if isinstance(gamma, torch.Tensor):
-        check_tensor(name, "gamma", gamma, kind="real", allow_empty=True)
-        check_same_device(name, t=t, gamma=gamma)
-        batch = tuple(t.shape[:-1])
-        try:
-            broadcast = tuple(torch.broadcast_shapes(tuple(gamma.shape), batch))
-        except RuntimeError:
-            broadcast = None
-        if broadcast != batch:
-            raise ValueError(
-                f"{name}: gamma must be broadcastable to t.shape[:-1] = {batch}, got shape {tuple(gamma.shape)}"
-            )
-        inside = ((gamma > 0) & (gamma <= 1)).all()
-        if not bool(inside):
-            bad = gamma[~((gamma > 0) & (gamma <= 1))].flatten()[0].item()
-            raise ValueError(f"{name}: gamma must lie in (0, 1], got a value {bad}")
-        return gamma.expand(batch)
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
-        raise TypeError(f"{name}: gamma must be None, a float or a tensor, got {type(gamma).__name__}")
-    gamma = float(gamma)
-    if not 0.0 < gamma <= 1.0:
-        raise ValueError(f"{name}: gamma must lie in (0, 1], got {gamma}")
-    return gamma
-
-
-def check_kernel_args(lam: object, b: object, length: object) -> int:
-    """Validate ``ssm_kernel`` arguments; return ``length``."""
-    name = "ssm_kernel"
-    check_tensor(name, "lam", lam, kind="complex", min_ndim=1)
-    check_tensor(name, "b", b, kind="complex", min_ndim=1)
-    check_shape(name, "b", b, lam.shape)
-    check_same_device(name, lam=lam, b=b)
-    return check_int(name, "length", length, minimum=0)
-
-
-def check_solve_args(lam: object, t: object) -> None:
-    """Validate ``vandermonde_solve`` arguments, including distinct nodes in every system."""
-    name = "vandermonde_solve"
-    check_tensor(name, "lam", lam, kind="complex", min_ndim=1)
-    check_tensor(name, "t", t, kind="float", min_ndim=1)
-    check_shape(name, "t", t, lam.shape)
-    check_same_device(name, lam=lam, t=t)
-    pairs = torch.view_as_real(lam.to(torch.complex128))
-    by_imag = torch.sort(pairs[..., 1], dim=-1, stable=True).indices
-    re = torch.gather(pairs[..., 0], -1, by_imag)
-    im = torch.gather(pairs[..., 1], -1, by_imag)
-    re, by_real = torch.sort(re, dim=-1, stable=True)
-    im = torch.gather(im, -1, by_real)
-    repeated = (re[..., 1:] == re[..., :-1]) & (im[..., 1:] == im[..., :-1])
-    if bool(repeated.any()):
-        where = tuple(int(i) for i in repeated.nonzero()[0])
-        node = complex(re[where].item(), im[where].item())
-        raise ValueError(f"{name}: lam must hold distinct nodes in every system, node {node} repeats")
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -116,11 +48,6 @@ def leja_order(lam: torch.Tensor) -> torch.Tensor:
         order[:, k] = pick
         taken[systems, pick] = True
     return order.reshape(x.shape)
-
-
-def etsc_mode_count(n: int, real: bool) -> int:
-    """Number of modes N the conversion returns: ``ceil(n / 2)`` when folded, else ``n``."""
-    return (n + 1) // 2 if real else n
 
 
 # ----------------------------------------------------------------------------------------------- oracles
@@ -165,7 +92,7 @@ def node_rounding_correction(b, lam_exact, lam_rounded, n, real):
 
 
 def toeplitz_to_ssm(t, gamma=None, *, real=True, compensate=True):
-    """ETSC conversion by the definition (DESIGN 1.1): full DFT of the zero-sum extended vector, taken in
+    """ETSC conversion by the definition (op README): full DFT of the zero-sum extended vector, taken in
     float64 and rounded once (a float32 DFT of the extended vector loses ~eps * |sum t| in every mode).
 
     Args:

@@ -29,18 +29,11 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ..utils import (
-    complex_mul,
-    interpreter_enabled,
-    needs_grad,
-    next_power_of_2,
-    real_view,
-    registered_launcher,
-    resolve_backend,
-    with_reference_gradient,
-)
+from ..complex import complex_mul, real_view
+from ..dispatch import needs_grad, registered_launcher, resolve_backend, with_reference_gradient
+from ..tiles import current_tiles, next_power_of_2
 from . import naive
-from .naive import check_solve_args
+from .contract import check_solve_args
 
 # ----------------------------------------------------------------------------------------------- jit kernels
 
@@ -203,7 +196,7 @@ def solve_with_order(lam2d: torch.Tensor, t2d: torch.Tensor) -> tuple[torch.Tens
         return out, order
     work = torch.empty((systems, 3, size, 2), dtype=torch.float32, device=lam2d.device)
     log_distance = torch.empty((systems, size), dtype=torch.float64, device=lam2d.device)
-    block = min(next_power_of_2(size), 64 if interpreter_enabled() else 1024)
+    block = min(next_power_of_2(size), current_tiles().solve_max_block)
     wrap_triton(_bjorck_pereyra_kernel)[(systems,)](
         real_view(lam2d), torch.view_as_real(rhs), torch.view_as_real(out), work, order, log_distance, size,
         BLOCK=block, num_warps=4,

@@ -1,4 +1,4 @@
-"""Fused Vandermonde evaluation ``K_j = Re sum_s b_s lam_s^j`` for arbitrary complex nodes (DESIGN 1.2).
+"""Fused Vandermonde evaluation ``K_j = Re sum_s b_s lam_s^j`` for arbitrary complex nodes.
 
 Four-step factorisation: write ``j = A * BL + a`` (0 <= a < BL). Then ``lam^j = lam^(A BL) lam^a`` and
 
@@ -29,19 +29,11 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ..utils import (
-    cdiv,
-    complex_mul,
-    interpreter_enabled,
-    needs_grad,
-    next_power_of_2,
-    real_view,
-    registered_launcher,
-    resolve_backend,
-    sm_count,
-)
+from ..complex import complex_mul, real_view
+from ..dispatch import needs_grad, registered_launcher, resolve_backend
+from ..tiles import TilePolicy, cdiv, current_tiles, next_power_of_2, sm_count
 from . import naive
-from .naive import check_kernel_args
+from .contract import check_kernel_args
 
 # ----------------------------------------------------------------------------------------------- jit kernels
 
@@ -51,8 +43,8 @@ def _sincos_quadrant(phase):
     """``(cos, sin)`` float32 of a float64 angle ``phase``: reduced in float64 to ``r`` in [-pi/4, pi/4] plus
     ``q`` quarter turns, then Taylor polynomials in float32 (the first neglected terms, r^11 / 11! and
     r^12 / 12!, are below 2e-9) and the quadrant's swap and signs. Replaces ``tl.cos`` / ``tl.sin``, whose
-    own range reduction (and large-argument slow path) took ~70% of the kernel's instructions
-    (perf/NOTES.md, experiment 15)."""
+    own range reduction (and large-argument slow path) took ~70% of the kernel's
+    instructions on sm_90."""
     two_over_pi = tl.full([1, 1], 0.6366197723675814, tl.float64)
     half_pi = tl.full([1, 1], 1.5707963267948966, tl.float64)
     quarter_turns = tl.floor(phase * two_over_pi + 0.5)
@@ -174,26 +166,27 @@ def _ssm_kernel_backward_kernel(
 # ----------------------------------------------------------------------------------------------- launchers
 
 
-def _kernel_blocks(modes: int, length: int, max_bl: int = 64, max_block_a: int = 32) -> tuple[int, int, int]:
+def _kernel_blocks(modes: int, length: int, policy: TilePolicy, max_bl: int = 64,
+                   max_block_a: int = 32) -> tuple[int, int, int]:
     """(BL, BLOCK_A, BLOCK_N): every tl.dot dimension >= 16; BL at most ``max_bl``; BLOCK_A is
-    ``max_block_a`` once a row has that many anchors, else 32."""
-    if interpreter_enabled():
-        return 16, 16, 16
-    bl = min(64 if length >= 2048 else max(16, min(64, next_power_of_2(max(1, length) // 32))), max_bl)
-    block_n = 16 if modes <= 16 else 32
-    return bl, max_block_a if cdiv(length, bl) >= max_block_a else 32, block_n
+    ``max_block_a`` once a row has that many anchors, else 32; each capped by the tile policy."""
+    bl = min(64 if length >= 2048 else max(16, min(64, next_power_of_2(max(1, length) // 32))), max_bl,
+             policy.kernel_max_bl)
+    block_n = min(16 if modes <= 16 else 32, policy.kernel_max_block_n)
+    block_a = min(max_block_a if cdiv(length, bl) >= max_block_a else 32, policy.kernel_max_block_a)
+    return bl, block_a, block_n
 
 
 def _forward_block_a(rows: int, length: int, device: torch.device) -> int:
     """64 anchors per forward program when that still leaves two programs per SM, else 32. A program evaluates
     the ``[BLOCK_N, BL]`` offset powers of its mode chunks once for all its anchors, so fewer programs per row
     repeat them: sm_90 SASS per row at N=64, L=4096, 1.08M -> 0.90M lane-instructions, 128 registers (the
-    backward, whose anchor chunks share one program already, keeps 32; perf/NOTES.md experiment 15)."""
+    backward, whose anchor chunks share one program already, keeps 32)."""
     return 64 if rows * cdiv(length, 64 * 64) >= 2 * sm_count(device) else 32
 
 
 # The backward's dot contracts over BL (the forward's over BLOCK_N): BL = 64 took 128 registers and spilled
-# on sm_90, BL = 32 compiles to 127 without spills (perf/NOTES.md, experiment 7).
+# on sm_90, BL = 32 compiles to 127 without spills.
 BACKWARD_MAX_BL = 32
 
 
@@ -212,7 +205,8 @@ def _ssm_kernel_triton(lam2d: torch.Tensor, b2d: torch.Tensor, length: int) -> t
     if rows == 0 or length == 0:
         return out
     log2_mag, angle = _polar64(lam2d)
-    bl, block_a, block_n = _kernel_blocks(modes, length, max_block_a=_forward_block_a(rows, length, lam2d.device))
+    max_block_a = _forward_block_a(rows, length, lam2d.device)
+    bl, block_a, block_n = _kernel_blocks(modes, length, current_tiles(), max_block_a=max_block_a)
     grid = (rows, cdiv(cdiv(length, bl), block_a))
     wrap_triton(_ssm_kernel_kernel)[grid](
         log2_mag,
@@ -238,7 +232,7 @@ def _ssm_kernel_backward_triton(
     length = dk.shape[1]
     polynomials = torch.empty((2, rows, modes), dtype=torch.complex64, device=lam2d.device)
     log2_mag, angle = _polar64(lam2d)
-    bl, block_a, block_n = _kernel_blocks(modes, length, BACKWARD_MAX_BL)
+    bl, block_a, block_n = _kernel_blocks(modes, length, current_tiles(), BACKWARD_MAX_BL)
     wrap_triton(_ssm_kernel_backward_kernel)[(rows, cdiv(modes, block_n), 2)](
         log2_mag, angle, dk, torch.view_as_real(polynomials), rows, modes, length, cdiv(length, bl),
         BL=bl, BLOCK_A=block_a, BLOCK_N=block_n, num_warps=4,

@@ -1,4 +1,5 @@
-"""MemoryFormer memory layer: LSH hashing fused with the weighted table gather (DESIGN section 1.4).
+"""MemoryFormer memory layer: LSH hashing fused with the weighted table gather; ``memory_gather`` and
+``memory_layer``.
 
 Forward (``_memory_forward_kernel``): the grid is (token blocks, d_out blocks, K-splits). A program walks its
 share of the K tables; for each it loads the ``[BLOCK_T, tau]`` chunk of x, hashes it in registers (code and
@@ -6,7 +7,12 @@ score; z is never written), gathers ``tables[k, code, d-block]`` and accumulates
 few tokens the K tables are split across programs (so one decode token does not walk 128 tables in one
 program); the partial sums go to a ``[K_SPLIT, T, d_out]`` fp32 workspace that ``_split_reduce_kernel``
 sums in a fixed order: the forward is deterministic in every configuration. The same kernel serves
-``memory_gather`` (codes and scores loaded instead of computed). Backward kernels: ``backward.py``.
+``memory_gather`` (codes and scores loaded instead of computed). The hash helpers are in ``hash.py``, the
+backward kernels in ``backward.py``.
+
+In training, the fused forward writes the codes and scores only when the backward will read them: the
+deterministic ``dtables`` sorts tokens by code. The atomic backward rehashes x instead (it reads x anyway for
+``dx``, and x costs one pass over ``T x K x tau`` values against storing and reloading ``T x K`` pairs).
 """
 
 from typing import Optional
@@ -16,18 +22,12 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from ..utils import (
-    cdiv,
-    interpreter_enabled,
-    needs_grad,
-    next_power_of_2,
-    registered_launcher,
-    resolve_backend,
-    sm_count,
-)
+from ..dispatch import needs_grad, registered_launcher, resolve_backend
+from ..tiles import TilePolicy, cdiv, current_tiles, next_power_of_2, sm_count
 from . import naive
-from .backward import hash_program_tile, hash_tile, lsh_hash_backward, memory_gather_backward, memory_layer_backward
-from .naive import validate_gather, validate_hash, validate_layer
+from .backward import memory_gather_backward, memory_layer_backward
+from .contract import validate_gather, validate_layer
+from .hash import hash_tile, rows_2d
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -91,28 +91,17 @@ def _split_reduce_kernel(workspace_ptr, bias_ptr, out_ptr, N, D, num_splits,
     tl.store(out_ptr + i, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit(do_not_specialize=["T"])
-def _lsh_hash_kernel(z_ptr, codes_ptr, scores_ptr, T, K, inv_temperature,
-                     TAU: tl.constexpr, TAU_P2: tl.constexpr, MAGNITUDE: tl.constexpr, BLOCK_T: tl.constexpr):
-    t64, t_mask, k, z, s, code, prod, score = hash_program_tile(z_ptr, T, K, inv_temperature, TAU, TAU_P2,
-                                                                 MAGNITUDE, BLOCK_T)
-    tl.store(codes_ptr + t64 * K + k, code, mask=t_mask)
-    tl.store(scores_ptr + t64 * K + k, score, mask=t_mask)
-
-
-def forward_blocks(num_tokens: int, d_out: int, element_size: int) -> tuple[int, int, int]:
-    """``(BLOCK_T, BLOCK_D, num_warps)`` of the forward (small d-blocks in the interpreter).
+def forward_blocks(num_tokens: int, d_out: int, policy: TilePolicy) -> tuple[int, int, int]:
+    """``(BLOCK_T, BLOCK_D, num_warps)`` of the forward.
 
     BLOCK_T never exceeds the tokens rounded up to a power of two, so a decode call (T = 1..16) loads no padding
-    rows. On the GPU a program covers 256 values of a row (1 KB of fp32, 512 B of bf16), about 32 values per
-    thread (8 warps at 32 x 256): each program hashes its token tile once per table, so the wider the d-block,
-    the fewer programs repeat that hash (sm_90 SASS per gathered fp32 element at T = 8192, d = 1024: 4.8
-    instructions at 128 values and 4 warps, 3.6 at 256 and 8; perf/NOTES.md experiment 11).
+    rows. A program covers up to ``policy.gather_max_block_d`` values of a row with about 32 values per thread
+    (8 warps at 32 x 256): each program hashes its token tile once per table, so the wider the d-block, the
+    fewer programs repeat that hash (sm_90 SASS per gathered fp32 element at T = 8192, d = 1024: 4.8
+    instructions at 128 values and 4 warps, 3.6 at 256 and 8).
     """
     block_t = min(16 if num_tokens <= 16 else 32, next_power_of_2(num_tokens))
-    if interpreter_enabled():
-        return block_t, 32, 4
-    block_d = min(next_power_of_2(d_out), 256)
+    block_d = min(next_power_of_2(d_out), policy.gather_max_block_d)
     return block_t, block_d, min(8, max(1, block_t * block_d // 1024))
 
 
@@ -138,7 +127,8 @@ def _launch_forward(x, codes, scores, tables, bias, inv_temperature, magnitude, 
     tau = rows.bit_length() - 1
     device = tables.device
     out = torch.empty(num_tokens, d_out, device=device, dtype=out_dtype)
-    block_t, block_d, num_warps = forward_blocks(num_tokens, d_out, tables.element_size())
+    policy = current_tiles()
+    block_t, block_d, num_warps = forward_blocks(num_tokens, d_out, policy)
     num_splits, tables_per_split = choose_k_split(num_tokens, num_tables, d_out, block_t, block_d, device)
     split = num_splits > 1
     target = torch.empty(num_splits, num_tokens, d_out, device=device, dtype=torch.float32) if split else out
@@ -152,7 +142,7 @@ def _launch_forward(x, codes, scores, tables, bias, inv_temperature, magnitude, 
     )
     if split:
         numel = num_tokens * d_out
-        block = 256 if interpreter_enabled() else 1024
+        block = policy.reduce_block
         wrap_triton(_split_reduce_kernel)[(cdiv(numel, block),)](
             target, bias if bias is not None else target, out, numel, d_out, num_splits,
             HAS_BIAS=bias is not None, BLOCK=block,
@@ -181,43 +171,6 @@ def memory_gather_forward(codes: torch.Tensor, scores: torch.Tensor, tables: tor
     return _launch_forward(None, codes, scores, tables, bias, 1.0, False, False, tables.dtype)
 
 
-@registered_launcher("etsc_triton::lsh_hash_forward", mutates_args=())
-def lsh_hash_forward(z: torch.Tensor, num_tables: int, inv_temperature: float,
-                     magnitude: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(codes int32 [T, K], scores fp32 [T, K])`` of contiguous ``z [T, K*tau]``."""
-    num_tokens = z.shape[0]
-    tau = z.shape[1] // num_tables
-    codes = torch.empty(num_tokens, num_tables, device=z.device, dtype=torch.int32)
-    scores = torch.empty(num_tokens, num_tables, device=z.device, dtype=torch.float32)
-    block_t = 16 if interpreter_enabled() else 64
-    wrap_triton(_lsh_hash_kernel)[(cdiv(num_tokens, block_t), num_tables)](
-        z, codes, scores, num_tokens, num_tables, inv_temperature,
-        TAU=tau, TAU_P2=next_power_of_2(tau), MAGNITUDE=magnitude, BLOCK_T=block_t,
-    )
-    return codes, scores
-
-
-def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
-    """``[..., width]`` -> ``[T, width]`` with unit last stride (copies only when needed)."""
-    t = t.reshape(-1, width)
-    return t if t.stride(1) == 1 or width == 1 else t.contiguous()
-
-
-class _LshHashFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z2d, num_tables, inv_temperature, magnitude):
-        codes, scores = lsh_hash_forward(z2d, num_tables, inv_temperature, magnitude)
-        ctx.save_for_backward(z2d)
-        ctx.hash_args = (inv_temperature, magnitude)
-        ctx.mark_non_differentiable(codes)
-        return codes, scores
-
-    @staticmethod
-    def backward(ctx, dcodes, dscores):
-        (z2d,) = ctx.saved_tensors
-        return lsh_hash_backward(z2d, dscores.contiguous(), *ctx.hash_args), None, None, None
-
-
 class _MemoryGatherFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, codes, scores, tables, bias, deterministic):
@@ -240,8 +193,8 @@ class _MemoryGatherFunction(torch.autograd.Function):
 
 class _MemoryLayerFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x2d, tables, bias, inv_temperature, magnitude, deterministic, recording):
-        y, codes, scores = memory_layer_forward(x2d, tables, bias, inv_temperature, magnitude, recording)
+    def forward(ctx, x2d, tables, bias, inv_temperature, magnitude, deterministic, store_codes):
+        y, codes, scores = memory_layer_forward(x2d, tables, bias, inv_temperature, magnitude, store_codes)
         ctx.save_for_backward(x2d, codes, scores, tables)
         ctx.layer_args = (inv_temperature, magnitude)
         ctx.deterministic = deterministic
@@ -257,37 +210,6 @@ class _MemoryLayerFunction(torch.autograd.Function):
                                             need_tables, ctx.deterministic)
         dbias = dy.sum(0, dtype=torch.float32).to(ctx.bias_dtype) if need_bias else None
         return (dx if need_x else None, dtables if need_tables else None, dbias, None, None, None, None)
-
-
-def lsh_hash(z, *, temperature=1.0, weighting="paper", backend="auto"):
-    """Hash chunks of tau values to table rows and score them (MemoryFormer's locality-sensitive hash).
-
-    ``code = sum_j [z_j >= 0] 2^(tau-1-j)`` (first element most significant, ``z = 0`` gives bit 1).
-    ``weighting="paper"``: ``score = prod_j sigmoid(2 |z_j| / temperature)``; ``"magnitude"`` (the released
-    MemoryFormer code): ``(sum_j |z_j|) * prod_j sigmoid(2 |z_j| / temperature)`` (temperature 1 there).
-
-    Args:
-        z: `[..., K, tau]` real float, tau in 1..16.
-        temperature: float > 0.
-        weighting: ``"paper"`` or ``"magnitude"``.
-        backend: ``"auto"``, ``"triton"`` or ``"torch"``.
-
-    Returns:
-        ``(codes, scores)``: codes int32 `[..., K]` in ``[0, 2^tau)``, scores float32 `[..., K]`
-        (differentiable in ``z``; the torch backend returns float64 scores for float64 ``z``).
-
-    Example:
-        >>> codes, scores = lsh_hash(torch.tensor([[[1.0, -2.0, 0.0]]]))
-        >>> codes.tolist()
-        [[5]]
-    """
-    num_tables, tau = validate_hash("lsh_hash", z, temperature, weighting)
-    if resolve_backend("lsh_hash", backend, z) == "torch":
-        return naive.lsh_hash(z, temperature=temperature, weighting=weighting)
-    args = (_rows(z, num_tables * tau).contiguous(), num_tables, 1.0 / temperature, weighting == "magnitude")
-    hash_fn = _LshHashFunction.apply if needs_grad(z) else lsh_hash_forward
-    codes, scores = hash_fn(*args)
-    return codes.reshape(z.shape[:-1]), scores.reshape(z.shape[:-1])
 
 
 def memory_gather(codes, scores, tables, bias=None, *, deterministic=False, backend="auto"):
@@ -358,9 +280,10 @@ def memory_layer(x, tables, bias=None, *, temperature=1.0, weighting="paper", de
                                   deterministic=deterministic)
     lead = x.shape[:-1]
     bias = None if bias is None else bias.contiguous()
-    args = (_rows(x, num_tables * tau), tables.contiguous(), bias, 1.0 / temperature, weighting == "magnitude")
+    args = (rows_2d(x, num_tables * tau), tables.contiguous(), bias, 1.0 / temperature, weighting == "magnitude")
     if not needs_grad(*tensors):
         y, _, _ = memory_layer_forward(*args, False)
         return y.reshape(*lead, d_out)
-    y = _MemoryLayerFunction.apply(*args, deterministic, True)
+    store_codes = deterministic and needs_grad(tables)  # only the deterministic dtables reads them
+    y = _MemoryLayerFunction.apply(*args, deterministic, store_codes)
     return y.reshape(*lead, d_out)

@@ -11,7 +11,7 @@ Providers:
 - vandermonde_solve: ``linalg_solve`` builds the dense N x N Vandermonde matrix and LU-solves it (O(N^3));
   nodes are spread on the unit circle (accurate in Leja order), 64 systems.
 - ssm_kernel: ``materialised`` is the plain complex64 materialised Vandermonde (``lam[..., :, None] **
-  arange(L)``, einsum with b; DESIGN's baseline) and ``compile`` its torch.compile; ``torch`` is our oracle, the
+  arange(L)``, einsum with b; the plain torch baseline) and ``compile`` its torch.compile; ``torch`` is our oracle, the
   same evaluation with the powers in complex128 (accurate, slower).
 
 Errors (``rel_err``) are the realised kernel's: ``K_j = Re sum_s b_s lam_s^j`` evaluated in float64 from the
@@ -39,7 +39,7 @@ MATERIALISED_LIMIT = 8 << 30  # bytes: skip the materialised Vandermonde provide
 
 
 def original_conversion(t: torch.Tensor, gamma: float = 1.0):
-    """The ETSC paper's torch pipeline (DESIGN 1.1), folded: ifft of the padded complex vector."""
+    """The ETSC paper's torch pipeline (ETSC), folded: ifft of the padded complex vector."""
     n = t.shape[-1]
     m = n + 1
     padded = torch.cat([t, -t.sum(-1, keepdim=True)], dim=-1).to(torch.complex64)
@@ -86,7 +86,7 @@ def bench_toeplitz_to_ssm(ctx) -> None:
 
 
 def materialised_kernel_c64(lam: torch.Tensor, b: torch.Tensor, length: int) -> torch.Tensor:
-    """The plain materialised Vandermonde evaluation in complex64 (DESIGN's ~650 GFLOP/s torch baseline)."""
+    """The plain materialised Vandermonde evaluation in complex64 (the torch baseline)."""
     powers = lam[..., :, None] ** torch.arange(length, device=lam.device)
     return torch.einsum("...s,...sj->...j", b, powers).real
 
@@ -163,7 +163,7 @@ def bench_vandermonde_solve(ctx) -> None:
         lam = spread_unit_nodes(systems, size, ctx.device)
         t = torch.randn(systems, size, device=ctx.device)
         providers = {"triton": lambda lam=lam, t=t: et.vandermonde_solve(lam, t, backend="triton")}
-        if size <= 1024 or not ctx.on_gpu:  # the oracle issues O(N) small torch ops per pass: seconds beyond
+        if size <= 1024 or not ctx.on_gpu:  # the oracle launches O(N) small torch ops per pass: seconds beyond
             providers["torch"] = lambda lam=lam, t=t: et.vandermonde_solve(lam, t, backend="torch")
         if systems * size * size * 8 <= MATERIALISED_LIMIT // 2:
             providers["linalg_solve"] = lambda lam=lam, t=t: dense_vandermonde_solve(lam, t)

@@ -8,7 +8,7 @@ tables and bias). Providers:
   backward, fwd_bwd only), ``triton_two_pass`` (fwd only: ``lsh_hash`` then ``memory_gather``, hashing once
   per token and table instead of once per d-block program);
 - ``original``: MemoryFormer's torch gather ``tables[k_index, codes] * score`` summed over K (written from
-  DESIGN 1.4; materialises ``[T, K, d]``, skipped where that passes 4 GB);
+  the layer's definition; materialises ``[T, K, d]``, skipped where that passes 4 GB);
 - ``embedding_bag``: ``F.embedding_bag`` over the flattened ``[K * 256, d]`` rows with ``per_sample_weights``
   (skipped where torch refuses, e.g. the bf16 per-sample-weight backward on CUDA);
 - ``torch``: our reference (a loop over the K tables; d = 1024 only);
@@ -150,7 +150,7 @@ def run(ctx):
         token_sweep, d_sweep, dtypes = [1, 7], [16], [torch.float32, torch.bfloat16]
     else:
         token_sweep = [1, 4, 16, 64, 256, 1024, 4096, 8192, 16384, 32768]
-        d_sweep, dtypes = [1024, 768, 2048], [torch.float32, torch.bfloat16]  # the d first (--budget)
+        d_sweep, dtypes = [1024, 768, 2048], [torch.float32, torch.bfloat16]  # the headline d first (--budget)
     tau = TAU if not ctx.quick else 4
     gen = torch.Generator(device="cpu").manual_seed(0)
     for d in d_sweep:

@@ -1,6 +1,6 @@
 """Diagonal SSM family: the in-place decode step and the fused scan (prefill), against the original ETSC code.
 
-Baselines (DESIGN section 4):
+Baselines:
 - ``original``: the ETSC paper's eager torch code on the unfolded layer (all n = 2N modes):
   ``u = lam * u + b * x; y = u.sum(-1).real`` per token (the scan's original is that loop over the tokens).
 - ``torch``: our reference oracle (:mod:`etsc_triton.ops.ssm.naive`), ``compile``: torch.compile of the
@@ -123,7 +123,7 @@ def bench_scan(ctx) -> None:
         lam, b = random_ssm(channels, modes, ctx.device)
         for length in ctx.sizes(quick=[8, 32], full=[1024, 4096, 16384, 65536]):
             scan_case(ctx, batch, length, channels, modes, lam, b)
-    # The issue's original-loop point: B=1, D=512, n=512 (the folded layer has N=256 modes).
+    # The original-loop headline point: B=1, D=512, n=512 (the folded layer has N=256 modes).
     if not ctx.quick:
         lam, b = random_ssm(512, 256, ctx.device)
         scan_case(ctx, 1, 4096, 512, 256, lam, b)

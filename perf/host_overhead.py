@@ -51,7 +51,7 @@ def per_call_us(fn: Callable[[], object], device: str) -> float:
 
 
 def cases(device: str) -> list[tuple[str, Callable[[], object]]]:
-    """The decode-regime calls of the issues' speed goals, at their sizes."""
+    """The decode-regime calls of the speed goals, at their sizes."""
     import etsc_triton as et
 
     backend = "triton"

@@ -1,4 +1,4 @@
-"""Regression benchmarks (pytest-benchmark) at the sizes the issues name; GPU only.
+"""Regression benchmarks (pytest-benchmark) at the headline sizes; GPU only.
 
     pytest perf/test_regression.py --benchmark-only --benchmark-save=h100            # record a baseline
     pytest perf/test_regression.py --benchmark-only --benchmark-compare=0001_h100 \

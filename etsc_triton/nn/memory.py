@@ -11,7 +11,8 @@ from ..ops import MAX_CODE_LENGTH, check_int, check_temperature_weighting, memor
 
 
 class MemoryLayer(nn.Module):
-    """MemoryFormer memory layer: ``y = sum_k score(z_k) * tables[k, code(z_k)] + bias`` (derivation: ``etsc_triton/ops/lsh/README.md``).
+    """MemoryFormer memory layer: ``y = sum_k score(z_k) * tables[k, code(z_k)] + bias``
+    (derivation: ``etsc_triton/ops/lsh/README.md``).
 
     The input is split into K chunks of ``code_length`` values; each chunk picks one row of its table by
     the signs of its values and weights it by a smooth score (:func:`etsc_triton.lsh_hash`).

@@ -170,7 +170,7 @@ def test_bad_inputs_are_refused(device):
         ({"x": x.to(torch.int32)}, TypeError, "x must be a real floating"),
         ({"x": x.to(torch.complex64)}, TypeError, "x must be a real floating"),
         ({"x": x[0]}, ValueError, "x must have 3 dimensions"),
-        ({"x": x[:, :0]}, ValueError, "x must not be empty"),
+        ({"lam": lam[:, :0], "b": b[:, :0]}, ValueError, "lam must hold at least one mode"),
         ({"lam": lam.real}, TypeError, "lam must be a complex"),
         ({"b": b.real.contiguous()}, TypeError, "b must be a complex"),
         ({"lam": lam[:4]}, ValueError, "lam must have shape"),

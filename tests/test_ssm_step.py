@@ -159,6 +159,10 @@ def test_bad_inputs_are_refused_and_the_state_left_untouched(device):
         ({"indices": torch.tensor([2, 4, 0], dtype=torch.int32)}, ValueError, "state_indices must be < P"),
         ({"indices": torch.tensor([2, 0, 2], dtype=torch.int32)}, ValueError, "must not repeat"),
         ({"lam": lam.to("meta")}, ValueError, "all tensors must be on one device"),
+        ({"lam": lam[:, :0], "b": b[:, :0]}, ValueError, "lam must hold at least one mode"),
+        ({"state": state[:1].expand(4, 5, 33)}, ValueError, "state must not overlap itself"),
+        ({"state": torch.view_as_complex(torch.view_as_real(state)[:, :, :1].expand(4, 5, 33, 2))}, ValueError,
+         "state must not overlap itself"),
     ]
     for backend in ("triton", "torch"):
         for change, error, message in cases:
@@ -172,10 +176,11 @@ def test_bad_inputs_are_refused_and_the_state_left_untouched(device):
                 )
             assert torch.equal(state, before), f"state modified by a refused call ({message})"
     wide = before.to(torch.complex128)
-    with pytest.raises(TypeError, match="updates a complex64 state"):
-        et.ssm_step(x, lam.to(torch.complex128), b.to(torch.complex128), wide, state_indices=indices,
-                    backend="triton")
-    assert torch.equal(wide, before.to(torch.complex128))
+    for backend in ("triton", "torch"):  # complex128 states are for the float64 oracle only
+        with pytest.raises(TypeError, match="state must be complex64"):
+            et.ssm_step(x, lam.to(torch.complex128), b.to(torch.complex128), wide, state_indices=indices,
+                        backend=backend)
+        assert torch.equal(wide, before.to(torch.complex128))
     with pytest.raises(ValueError, match="backend must be one of"):
         et.ssm_step(x, lam, b, state, state_indices=indices, backend="fast")
     assert torch.equal(state, before)
@@ -280,9 +285,11 @@ def test_differentiable_inputs_are_refused_and_the_state_left_untouched(device):
     x = torch.randn(2, 5, device=device, requires_grad=True)
     state = random_state(2, 5, 33, device=device)
     before = state.clone()
-    with pytest.raises(NotImplementedError, match="not differentiable"):
-        et.ssm_step(x, lam, b, state, backend="triton")
-    assert torch.equal(state, before)
+    for backend in ("triton", "torch"):
+        with pytest.raises(NotImplementedError, match="not differentiable"):
+            et.ssm_step(x, lam, b, state, backend=backend)
+        assert torch.equal(state, before)
+        assert state.grad_fn is None
     with torch.no_grad():
         et.ssm_step(x, lam, b, state, backend="triton")
     assert not torch.equal(state, before)

@@ -7,7 +7,7 @@ Error messages name the argument and say what was expected and what arrived, for
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
@@ -31,6 +31,7 @@ def check_tensor(
     ndim: int | None = None,
     min_ndim: int | None = None,
     allow_empty: bool = False,
+    nonempty: Mapping[int, str] | None = None,
 ) -> torch.Tensor:
     """Validate one tensor argument and return it.
 
@@ -43,6 +44,8 @@ def check_tensor(
         dtypes: the exact dtypes accepted (checked after ``kind``).
         ndim: the exact number of dimensions, or ``min_ndim`` the least.
         allow_empty: accept tensors with zero elements.
+        nonempty: ``{dim: what}``: these dimensions (negative indices count from the end) must hold at least one
+            ``what``; the others (batch dimensions) may be empty. Implies ``allow_empty`` for the others.
     """
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{fn_name}: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -62,9 +65,32 @@ def check_tensor(
         raise ValueError(
             f"{fn_name}: {name} must have at least {min_ndim} dimension(s), got shape {tuple(t.shape)}"
         )
-    if not allow_empty and t.numel() == 0:
+    for dim, what in (nonempty or {}).items():
+        if t.shape[dim] == 0:
+            raise ValueError(
+                f"{fn_name}: {name} must hold at least one {what} (dim {dim}), got shape {tuple(t.shape)}"
+            )
+    if not allow_empty and nonempty is None and t.numel() == 0:
         raise ValueError(f"{fn_name}: {name} must not be empty, got shape {tuple(t.shape)}")
     return t
+
+
+def check_no_internal_overlap(fn_name: str, name: str, t: torch.Tensor) -> None:
+    """Raise ``ValueError`` when two elements of ``t`` share memory (an ``expand``-ed or otherwise
+    self-overlapping view): an in-place update of such a tensor would race on a GPU and be wrong everywhere.
+
+    Sufficient test: with the dimensions of size > 1 sorted by stride, each stride must exceed the span of the
+    dimensions before it. Every non-overlapping layout torch creates (contiguous, permuted, sliced) passes.
+    """
+    span = 0
+    for stride, size in sorted((st, s) for s, st in zip(t.shape, t.stride()) if s > 1):
+        if stride <= span:
+            raise ValueError(
+                f"{fn_name}: {name} must not overlap itself in memory (shape {tuple(t.shape)}, strides "
+                f"{tuple(t.stride())}, e.g. an expand()-ed tensor): rows updated in place would race; pass a "
+                f"tensor with its own storage per row (.clone())"
+            )
+        span += (size - 1) * stride
 
 
 def check_shape(fn_name: str, name: str, t: torch.Tensor, expected: Iterable[int]) -> None:

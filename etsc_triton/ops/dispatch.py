@@ -22,23 +22,34 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def resolve_backend(fn_name: str, backend: str, *tensors: torch.Tensor) -> str:
+def resolve_backend(fn_name: str, backend: str, *tensors: torch.Tensor, empty: bool = False) -> str:
     """Return ``"triton"`` or ``"torch"`` for a call of ``fn_name`` on ``tensors``.
 
     ``"auto"`` picks Triton when every tensor is on a CUDA device and the Torch reference otherwise.
-    ``"triton"`` on CPU tensors needs ``TRITON_INTERPRET=1`` set before triton was imported.
+    ``"triton"`` on CPU tensors needs ``TRITON_INTERPRET=1`` set before triton was imported; tensors on any other
+    device (``meta``, ...) are refused for it. ``empty=True`` (the call's result is empty: an empty batch)
+    picks the reference on any backend: it returns the empty result, with autograd, and no kernel launches on
+    an empty grid.
     """
     if backend not in BACKENDS:
         raise ValueError(f"{fn_name}: backend must be one of {BACKENDS}, got {backend!r}")
     on_cuda = all(t.is_cuda for t in tensors)
+    if backend == "triton" and not on_cuda:
+        devices = sorted({str(t.device) for t in tensors})
+        if any(t.device.type != "cpu" and not t.is_cuda for t in tensors):
+            raise ValueError(
+                f"{fn_name}: backend='triton' runs on CUDA tensors (or CPU tensors in Triton's interpreter), "
+                f"got tensors on {devices}"
+            )
+        if not interpreter_enabled():
+            raise ValueError(
+                f"{fn_name}: backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before importing "
+                f"triton to run on CPU), got tensors on {devices}"
+            )
+    if empty:
+        return "torch"
     if backend == "auto":
         return "triton" if on_cuda else "torch"
-    if backend == "triton" and not on_cuda and not interpreter_enabled():
-        devices = sorted({str(t.device) for t in tensors})
-        raise ValueError(
-            f"{fn_name}: backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before importing "
-            f"triton to run on CPU), got tensors on {devices}"
-        )
     return backend
 
 

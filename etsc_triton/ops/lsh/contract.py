@@ -51,7 +51,7 @@ def _check_tables_bias(fn_name: str, tables: torch.Tensor, bias: torch.Tensor | 
 def validate_hash(fn_name: str, z: object, temperature: object, weighting: object) -> tuple[int, int]:
     """Check ``lsh_hash`` arguments; return ``(K, tau)``."""
     check_temperature_weighting(fn_name, temperature, weighting)
-    check_tensor(fn_name, "z", z, kind="real", min_ndim=2)
+    check_tensor(fn_name, "z", z, kind="real", min_ndim=2, nonempty={-2: "chunk (K)", -1: "value per chunk (tau)"})
     _check_code_length(fn_name, "tau = z.shape[-1]", z.shape[-1])
     return z.shape[-2], z.shape[-1]
 
@@ -60,8 +60,8 @@ def validate_gather(
     fn_name: str, codes: object, scores: object, tables: object, bias: object
 ) -> tuple[int, int, int]:
     """Check ``memory_gather`` arguments; return ``(K, S, d_out)``; codes range-checked on CPU (or debug)."""
-    check_tensor(fn_name, "codes", codes, dtypes=CODE_DTYPES, min_ndim=1)
-    check_tensor(fn_name, "scores", scores, kind="real", min_ndim=1)
+    check_tensor(fn_name, "codes", codes, dtypes=CODE_DTYPES, min_ndim=1, nonempty={-1: "table's code"})
+    check_tensor(fn_name, "scores", scores, kind="real", min_ndim=1, allow_empty=True)
     num_tables, rows, d_out = _check_tables_bias(fn_name, tables, bias)
     check_same_device(fn_name, codes=codes, scores=scores, tables=tables, bias=bias)
     if scores.shape != codes.shape:
@@ -72,7 +72,7 @@ def validate_gather(
         raise ValueError(
             f"{fn_name}: codes.shape[-1] must equal the number of tables {num_tables}, got {codes.shape[-1]}"
         )
-    if not codes.is_cuda or debug_checks_enabled():
+    if codes.numel() and codes.device.type != "meta" and (not codes.is_cuda or debug_checks_enabled()):
         low, high = int(codes.min()), int(codes.max())
         if low < 0 or high >= rows:
             raise ValueError(f"{fn_name}: codes must lie in [0, {rows}), got values in [{low}, {high}]")
@@ -84,7 +84,7 @@ def validate_layer(
 ) -> tuple[int, int, int, int]:
     """Check ``memory_layer`` arguments; return ``(K, tau, S, d_out)``."""
     check_temperature_weighting(fn_name, temperature, weighting)
-    check_tensor(fn_name, "x", x, kind="real", min_ndim=1)
+    check_tensor(fn_name, "x", x, kind="real", min_ndim=1, nonempty={-1: "feature"})
     num_tables, rows, d_out = _check_tables_bias(fn_name, tables, bias)
     check_same_device(fn_name, x=x, tables=tables, bias=bias)
     tau = rows.bit_length() - 1

@@ -237,8 +237,9 @@ def memory_gather(codes, scores, tables, bias=None, *, deterministic=False, back
     """
     num_tables, _, d_out = validate_gather("memory_gather", codes, scores, tables, bias)
     tensors = [t for t in (codes, scores, tables, bias) if t is not None]
-    if resolve_backend("memory_gather", backend, *tensors) == "torch":
-        return naive.memory_gather(codes, scores, tables, bias, deterministic=deterministic)
+    if resolve_backend("memory_gather", backend, *tensors, empty=codes.numel() == 0) == "torch":
+        y = naive.memory_gather(codes, scores, tables, bias, deterministic=deterministic)
+        return y.to(tables.dtype)
     lead = codes.shape[:-1]
     args = (codes.reshape(-1, num_tables).contiguous(), scores.reshape(-1, num_tables).contiguous(),
             tables.contiguous(), None if bias is None else bias.contiguous())
@@ -275,7 +276,7 @@ def memory_layer(x, tables, bias=None, *, temperature=1.0, weighting="paper", de
     """
     num_tables, tau, _, d_out = validate_layer("memory_layer", x, tables, bias, temperature, weighting)
     tensors = [t for t in (x, tables, bias) if t is not None]
-    if resolve_backend("memory_layer", backend, *tensors) == "torch":
+    if resolve_backend("memory_layer", backend, *tensors, empty=x.numel() == 0) == "torch":
         return naive.memory_layer(x, tables, bias, temperature=temperature, weighting=weighting,
                                   deterministic=deterministic)
     lead = x.shape[:-1]

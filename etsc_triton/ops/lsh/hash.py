@@ -166,7 +166,7 @@ def lsh_hash(z, *, temperature=1.0, weighting="paper", backend="auto"):
 
     Returns:
         ``(codes, scores)``: codes int32 `[..., K]` in ``[0, 2^tau)``, scores float32 `[..., K]`
-        (differentiable in ``z``; the torch backend returns float64 scores for float64 ``z``).
+        (differentiable in ``z``).
 
     Example:
         >>> codes, scores = lsh_hash(torch.tensor([[[1.0, -2.0, 0.0]]]))
@@ -174,8 +174,9 @@ def lsh_hash(z, *, temperature=1.0, weighting="paper", backend="auto"):
         [[5]]
     """
     num_tables, tau = validate_hash("lsh_hash", z, temperature, weighting)
-    if resolve_backend("lsh_hash", backend, z) == "torch":
-        return naive.lsh_hash(z, temperature=temperature, weighting=weighting)
+    if resolve_backend("lsh_hash", backend, z, empty=z.numel() == 0) == "torch":
+        codes, scores = naive.lsh_hash(z, temperature=temperature, weighting=weighting)
+        return codes, scores.to(torch.float32)
     args = (rows_2d(z, num_tables * tau).contiguous(), num_tables, 1.0 / temperature, weighting == "magnitude")
     hash_fn = _LshHashFunction.apply if needs_grad(z) else lsh_hash_forward
     codes, scores = hash_fn(*args)

@@ -21,8 +21,8 @@ def check_prefill_inputs(
 
     Shared by the Triton path and the oracle so both refuse bad input with the same message.
     """
-    check_tensor(fn_name, "x", x, kind="real", ndim=3)
-    check_tensor(fn_name, "b", b, kind="complex", ndim=2)
+    check_tensor(fn_name, "x", x, kind="real", ndim=3, allow_empty=True)
+    check_tensor(fn_name, "b", b, kind="complex", ndim=2, nonempty={1: "mode"})
     n = check_int(fn_name, "n", n, minimum=1)
     _, _, channels = x.shape
     if b.shape[0] != channels:

@@ -145,8 +145,8 @@ def ssm_prefill_state(
         torch.Size([2, 4, 8])
     """
     gamma_t, modes_t = check_prefill_inputs(FN_NAME, x, b, n, gamma, modes)
-    if resolve_backend(FN_NAME, backend, x, b) == "torch":
-        return naive.ssm_prefill_state(x, b, n, gamma, modes=modes)
+    if resolve_backend(FN_NAME, backend, x, b, empty=x.numel() == 0 or b.numel() == 0) == "torch":
+        return naive.ssm_prefill_state(x, b, n, gamma, modes=modes).to(torch.complex64)
     log2_gamma = torch.log2(gamma_t.detach()).to(torch.float32).contiguous()
 
     def triton_path(x, b, gamma_tensor):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import check_same_device, check_tensor, debug_checks_enabled
+from ..checks import check_no_internal_overlap, check_same_device, check_tensor, debug_checks_enabled
 
 X_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -18,8 +18,8 @@ STATE_INDEX_DTYPE = torch.int32
 
 def _check_params(fn_name: str, lam: object, b: object, channels: int) -> int:
     """lam and b complex ``[D, N]`` with ``D == channels``; returns N."""
-    check_tensor(fn_name, "lam", lam, kind="complex", ndim=2)
-    check_tensor(fn_name, "b", b, kind="complex", ndim=2)
+    check_tensor(fn_name, "lam", lam, kind="complex", ndim=2, nonempty={1: "mode"})
+    check_tensor(fn_name, "b", b, kind="complex", ndim=2, allow_empty=True)
     if lam.shape[0] != channels:
         raise ValueError(
             f"{fn_name}: lam must have shape (D, N) with D = {channels} (the channels of x), "
@@ -32,7 +32,7 @@ def _check_params(fn_name: str, lam: object, b: object, channels: int) -> int:
 
 def _check_state_dtype(fn_name: str, state: torch.Tensor, lam: torch.Tensor) -> None:
     """complex64, or complex128 for a float64 evaluation (lam complex128 too)."""
-    check_tensor(fn_name, "state", state, kind="complex", ndim=3)
+    check_tensor(fn_name, "state", state, kind="complex", ndim=3, allow_empty=True)
     if state.dtype != torch.complex64 and state.dtype != lam.dtype:
         raise TypeError(f"{fn_name}: state must be complex64, got {state.dtype}")
 
@@ -41,7 +41,7 @@ def check_scan_inputs(
     fn_name: str, x: object, lam: object, b: object, state: object
 ) -> tuple[int, int, int, int]:
     """Validate ``ssm_scan`` arguments; returns ``(B, L, D, N)``."""
-    check_tensor(fn_name, "x", x, kind="real", dtypes=X_DTYPES, ndim=3)
+    check_tensor(fn_name, "x", x, kind="real", dtypes=X_DTYPES, ndim=3, allow_empty=True)
     batch, length, channels = x.shape
     modes = _check_params(fn_name, lam, b, channels)
     if state is not None:
@@ -59,7 +59,7 @@ def check_step_inputs(
     fn_name: str, x: object, lam: object, b: object, state: object, state_indices: object
 ) -> tuple[int, int, int, int]:
     """Validate ``ssm_step`` arguments; returns ``(B, D, N, P)`` (P = rows of the state pool)."""
-    check_tensor(fn_name, "x", x, kind="real", dtypes=X_DTYPES, ndim=2)
+    check_tensor(fn_name, "x", x, kind="real", dtypes=X_DTYPES, ndim=2, allow_empty=True)
     batch, channels = x.shape
     modes = _check_params(fn_name, lam, b, channels)
     _check_state_dtype(fn_name, state, lam)
@@ -81,6 +81,12 @@ def check_step_inputs(
                 f"{fn_name}: state_indices must have shape (B,) = ({batch},), got {tuple(state_indices.shape)}"
             )
     check_same_device(fn_name, x=x, lam=lam, b=b, state=state, state_indices=state_indices)
+    check_no_internal_overlap(fn_name, "state", state)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, lam, b, state)):
+        raise NotImplementedError(
+            f"{fn_name}: the in-place decode step is not differentiable (an input requires grad); decode under "
+            "torch.no_grad() or torch.inference_mode(), and train through ssm_scan"
+        )
     if state_indices is not None and (state_indices.device.type == "cpu" or debug_checks_enabled()):
         _check_state_indices_values(fn_name, state_indices, pool)
     return batch, channels, modes, pool

@@ -385,9 +385,11 @@ def ssm_scan(
         (torch.Size([2, 7, 4]), torch.Size([2, 4, 3]))
     """
     check_scan_inputs("ssm_scan", x, lam, b, state)
-    which = resolve_backend("ssm_scan", backend, x, lam, b, *([state] if state is not None else []))
+    which = resolve_backend("ssm_scan", backend, x, lam, b, *([state] if state is not None else []),
+                            empty=x.numel() == 0)
     if which == "torch":
-        return naive.ssm_scan(x, lam, b, state)
+        y, final_state = naive.ssm_scan(x, lam, b, state)
+        return y, final_state.to(torch.complex64)
     lam = lam.to(torch.complex64).contiguous()
     b = b.to(torch.complex64).contiguous()
     if state is not None:

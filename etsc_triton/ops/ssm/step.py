@@ -20,7 +20,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from ..complex import load_complex, store_complex
-from ..dispatch import needs_grad, registered_launcher, resolve_backend
+from ..dispatch import registered_launcher, resolve_backend
 from ..tiles import cdiv, next_power_of_2
 from . import naive
 from .contract import check_step_inputs
@@ -143,7 +143,7 @@ def ssm_step(
         backend: ``"auto"`` (Triton on CUDA, else the Torch reference), ``"triton"`` or ``"torch"``.
 
     Returns:
-        y ``[B, D]`` in x.dtype. Not differentiable: with ``backend="triton"`` an input that requires grad (grad
+        y ``[B, D]`` in x.dtype. Not differentiable: on either backend an input that requires grad (grad
         mode on) raises ``NotImplementedError``; decode under ``torch.no_grad()``.
 
     Example:
@@ -155,16 +155,11 @@ def ssm_step(
         torch.Size([2, 4])
     """
     check_step_inputs("ssm_step", x, lam, b, state, state_indices)
-    which = resolve_backend("ssm_step", backend, x, lam, b, state)
+    if state.dtype != torch.complex64:
+        raise TypeError(f"ssm_step: state must be complex64 (it is updated in place), got {state.dtype}")
+    which = resolve_backend("ssm_step", backend, x, lam, b, state, empty=x.numel() == 0)
     if which == "torch":
         return naive.ssm_step(x, lam, b, state, state_indices=state_indices)
-    if state.dtype != torch.complex64:
-        raise TypeError(f"ssm_step: backend='triton' updates a complex64 state, got {state.dtype}")
-    if needs_grad(x, lam, b, state):
-        raise NotImplementedError(
-            "ssm_step: the in-place decode step is not differentiable (an input requires grad); decode under "
-            "torch.no_grad() or torch.inference_mode(), and train through ssm_scan"
-        )
     lam = lam.to(torch.complex64).contiguous()
     b = b.to(torch.complex64).contiguous()
     return _ssm_step_launch(x, lam, b, state, state_indices)

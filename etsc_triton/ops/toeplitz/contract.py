@@ -50,8 +50,8 @@ def check_toeplitz_args(
 def check_kernel_args(lam: object, b: object, length: object) -> int:
     """Validate ``ssm_kernel`` arguments; return ``length``."""
     name = "ssm_kernel"
-    check_tensor(name, "lam", lam, kind="complex", min_ndim=1)
-    check_tensor(name, "b", b, kind="complex", min_ndim=1)
+    check_tensor(name, "lam", lam, kind="complex", min_ndim=1, nonempty={-1: "mode"})
+    check_tensor(name, "b", b, kind="complex", min_ndim=1, allow_empty=True)
     check_shape(name, "b", b, lam.shape)
     check_same_device(name, lam=lam, b=b)
     return check_int(name, "length", length, minimum=0)
@@ -60,10 +60,12 @@ def check_kernel_args(lam: object, b: object, length: object) -> int:
 def check_solve_args(lam: object, t: object) -> None:
     """Validate ``vandermonde_solve`` arguments, including distinct nodes in every system."""
     name = "vandermonde_solve"
-    check_tensor(name, "lam", lam, kind="complex", min_ndim=1)
-    check_tensor(name, "t", t, kind="float", min_ndim=1)
+    check_tensor(name, "lam", lam, kind="complex", min_ndim=1, nonempty={-1: "node"})
+    check_tensor(name, "t", t, kind="float", min_ndim=1, allow_empty=True)
     check_shape(name, "t", t, lam.shape)
     check_same_device(name, lam=lam, t=t)
+    if lam.device.type == "meta":  # no values to compare
+        return
     pairs = torch.view_as_real(lam.to(torch.complex128))
     by_imag = torch.sort(pairs[..., 1], dim=-1, stable=True).indices
     re = torch.gather(pairs[..., 0], -1, by_imag)

@@ -263,7 +263,7 @@ def toeplitz_to_ssm(t, gamma=None, *, real=True, compensate=True, backend="auto"
         (torch.Size([4, 32]), torch.complex64)
     """
     gamma_checked = check_toeplitz_args(t, gamma, real, compensate)
-    which = resolve_backend("toeplitz_to_ssm", backend, t)
+    which = resolve_backend("toeplitz_to_ssm", backend, t, empty=t.numel() == 0)
     if which == "torch":
         lam, b = naive.toeplitz_to_ssm(t.to(torch.float32), gamma, real=real, compensate=compensate)
         return lam.to(torch.complex64), b.to(torch.complex64)

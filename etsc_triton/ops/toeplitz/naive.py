@@ -111,6 +111,9 @@ def toeplitz_to_ssm(t, gamma=None, *, real=True, compensate=True):
     n = t.shape[-1]
     m = n + 1
     modes = etsc_mode_count(n, real)
+    if t.numel() == 0:  # an empty batch (the FFT library refuses it); + 0 * t.sum() keeps t in the graph
+        empty = torch.zeros(*t.shape[:-1], modes, dtype=cdtype, device=t.device) + 0 * t.sum()
+        return empty, empty.clone()
     b = _etsc_weights(t.to(torch.float64), real)  # the DFT in float64, rounded once at the end
     k = torch.arange(1, modes + 1, device=t.device)
     reduced = torch.where(2 * k <= m, k, k - m).to(torch.float64)

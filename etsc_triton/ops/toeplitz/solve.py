@@ -238,7 +238,7 @@ def vandermonde_solve(lam, t, *, backend="auto"):
         torch.Size([8])
     """
     check_solve_args(lam, t)
-    which = resolve_backend("vandermonde_solve", backend, lam, t)
+    which = resolve_backend("vandermonde_solve", backend, lam, t, empty=lam.numel() == 0)
     if which == "torch":
         rhs = t.to(torch.complex64) if t.is_complex() else t.to(torch.float32)
         return naive.vandermonde_solve(lam.to(torch.complex64), rhs)

@@ -280,7 +280,7 @@ def ssm_kernel(lam, b, length, *, backend="auto"):
         torch.Size([2, 31])
     """
     length = check_kernel_args(lam, b, length)
-    which = resolve_backend("ssm_kernel", backend, lam, b)
+    which = resolve_backend("ssm_kernel", backend, lam, b, empty=lam.numel() == 0 or length == 0)
     if which == "torch":
         return naive.ssm_kernel(lam.to(torch.complex64), b.to(torch.complex64), length)
     batch = tuple(lam.shape[:-1])

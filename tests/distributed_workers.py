@@ -207,6 +207,11 @@ def decode_rank(rank: int, port: int, backend: str, out_dir: str, example_port: 
         results = decode(shard, prompt[..., part], pool[:, part].clone(), tokens[..., part], state_indices,
                          lambda y: all_gather_channels(y, layer.channels))
     results["part"] = (part.start, part.stop)
+    try:  # a shard of the wrong width is refused before any collective starts
+        all_gather_channels(torch.zeros(3, 1, device=device), layer.channels)
+        results["refusal"] = None
+    except ValueError as error:
+        results["refusal"] = str(error)
     torch.save({k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in results.items()},
                os.path.join(out_dir, f"decode_rank{rank}.pt"))
     dist.destroy_process_group()

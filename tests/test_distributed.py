@@ -11,6 +11,9 @@ import distributed_workers as workers
 import pytest
 import torch
 
+import etsc_triton as et
+from etsc_triton.distributed import channel_slice, shard_channels
+
 TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 BACKENDS = ["gloo", pytest.param("nccl", marks=[pytest.mark.gpu, TWO_GPUS])]
 
@@ -65,6 +68,7 @@ def test_channel_parallel_decode(backend, tmp_path):
     with torch.no_grad():
         full = {k: v.cpu() for k, v in workers.decode(layer, prompt, pool, tokens, state_indices, lambda y: y).items()}
     assert sum(stop - start for start, stop in (r["part"] for r in ranks)) == layer.channels
+    assert "rank 0's 17 of 33 channels" in ranks[0]["refusal"], ranks[0]["refusal"]
     for rank in ranks:
         part = slice(*rank["part"])
         for name, value in full.items():
@@ -83,3 +87,29 @@ def test_channel_parallel_decode(backend, tmp_path):
     assert "tokens identical to one process: True" in example_output, example_output
 
 
+def test_channel_slice_is_balanced_and_covers_every_channel():
+    for channels, world_size in [(33, 2), (33, 4), (5, 5), (64, 3)]:
+        parts = [channel_slice(channels, r, world_size) for r in range(world_size)]
+        assert parts[0].start == 0 and parts[-1].stop == channels
+        assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
+        assert {p.stop - p.start for p in parts} <= {channels // world_size, -(-channels // world_size)}
+    with pytest.raises(ValueError, match="channels"):
+        channel_slice(3, 0, 4)  # fewer channels than ranks
+    with pytest.raises(ValueError, match="rank"):
+        channel_slice(8, 2, 2)
+    with pytest.raises(TypeError, match="world_size"):
+        channel_slice(8, 0, 2.0)
+
+
+def test_shard_channels_slices_every_per_channel_buffer():
+    layer, *_ = workers.decode_problem(torch.device("cpu"))
+    shard = shard_channels(layer, rank=1, world_size=2)
+    part = slice(17, 33)
+    for name in ("t", "gamma", "lam", "b", "modes"):
+        assert torch.equal(getattr(shard, name), getattr(layer, name)[part]), name
+    assert torch.equal(shard.report.kernel_error, layer.report.kernel_error[part])
+    assert shard.state_size == layer.state_size and shard.channels == 16
+    unconverted = shard_channels(et.nn.ToeplitzSSM(layer.t), rank=0, world_size=2)
+    assert unconverted.lam is None and torch.equal(unconverted.t, layer.t[:17])
+    with pytest.raises(TypeError, match="ToeplitzSSM"):
+        shard_channels(layer.t, rank=0, world_size=2)

@@ -56,6 +56,12 @@ def run_ranks(function, args: tuple, *, world_size: int = WORLD_SIZE, timeout: f
             raise TimeoutError(f"{world_size} ranks did not finish within {timeout:.0f} s")
 
 
+def kernel_backend(device: torch.device) -> str:
+    """The Triton kernels on CUDA, or on the CPU through the interpreter; on a CUDA machine (interpreter off) the
+    CPU ranks of the gloo variant run the Torch references instead."""
+    return "triton" if device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1" else "torch"
+
+
 def init_rank(rank: int, port: int, backend: str) -> torch.device:
     """Join the process group of ``WORLD_SIZE`` ranks over loopback; the device this rank computes on."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo",
@@ -76,8 +82,9 @@ class DiagonalSSM(nn.Module):
     (FSDP2 shards them like any other parameter).
     """
 
-    def __init__(self, channels: int, modes: int):
+    def __init__(self, channels: int, modes: int, backend: str):
         super().__init__()
+        self.backend = backend
         self.log_decay = nn.Parameter(torch.linspace(-3.0, -1.0, modes).repeat(channels, 1))
         self.angle = nn.Parameter(torch.pi * torch.rand(channels, modes))
         self.b_re = nn.Parameter(0.3 * torch.randn(channels, modes))
@@ -85,21 +92,22 @@ class DiagonalSSM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lam = torch.polar(torch.exp(-torch.exp(self.log_decay)), self.angle)
-        y, _ = et.ssm_scan(x, lam, torch.complex(self.b_re, self.b_im), backend="triton")
+        y, _ = et.ssm_scan(x, lam, torch.complex(self.b_re, self.b_im), backend=self.backend)
         return y
 
 
 def make_model(device: torch.device) -> nn.Sequential:
     """Two memory layers (deterministic backward) around a trainable diagonal SSM, the same on every rank."""
     torch.manual_seed(0)
+    backend = kernel_backend(device)
     model = nn.Sequential(
         et.nn.MemoryLayer(FEATURES, 6, code_length=4, deterministic=True),
         nn.GELU(),
-        DiagonalSSM(6, 3),
+        DiagonalSSM(6, 3, backend),
         et.nn.MemoryLayer(6, 3, code_length=4, projection=True, deterministic=True),
     )
     for layer in (model[0], model[3]):
-        layer.backend = "triton"  # the kernels, also on CPU (through the interpreter)
+        layer.backend = backend  # "auto" would pick the Torch reference on the CPU
     return model.to(device)
 
 
@@ -174,7 +182,7 @@ def decode_problem(device: torch.device):
     channels, n = 33, 31
     t = torch.randn(channels, n, generator=generator) / n
     gamma = 0.9 + 0.1 * torch.rand(channels, generator=generator)
-    layer = et.nn.ToeplitzSSM(t, gamma, backend="triton").to(device)
+    layer = et.nn.ToeplitzSSM(t, gamma, backend=kernel_backend(device)).to(device)
     layer.convert()
     prompt = torch.randn(3, 9, channels, generator=generator).to(device)
     pool = torch.randn(5, channels, layer.state_size, dtype=torch.complex64, generator=generator).to(device)
@@ -186,7 +194,7 @@ def decode_problem(device: torch.device):
 def decode(layer, prompt, pool, tokens, state_indices, gather) -> dict[str, torch.Tensor]:
     """Prefill by scan and by the folded DFT, then decode ``tokens`` into rows of the pool; ``gather`` joins
     channel shards (the identity unsharded)."""
-    scan_y, scan_state = et.ssm_scan(prompt, layer.lam, layer.b, backend="triton")
+    scan_y, scan_state = et.ssm_scan(prompt, layer.lam, layer.b, backend=layer.backend)
     prefill_y, prefill_state = layer.prefill(prompt)
     step_y = torch.stack([gather(layer.step(token, pool, state_indices)) for token in tokens])
     return {

@@ -107,7 +107,7 @@ def all_gather_channels(y_local: torch.Tensor, channels: int, group: dist.Proces
     widest = parts[0].stop - parts[0].start
     padded = torch.nn.functional.pad(y_local, (0, widest - width)).contiguous()
     gathered = padded.new_empty((world_size * padded.shape[0], *padded.shape[1:]))
-    # torch >= 2.10 names it all_gather_single; earlier releases all_gather_into_tensor (same arguments).
+    # Recent torch names it all_gather_single (all_gather_into_tensor, same arguments, is deprecated there).
     gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     gather_single(gathered, padded, group=group)
     gathered = gathered.view(world_size, *padded.shape)

@@ -40,11 +40,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def run_ranks(function, args: tuple, *, world_size: int = WORLD_SIZE, timeout: float = 120.0) -> None:
+def run_ranks(function, args: tuple, *, world_size: int = WORLD_SIZE, timeout: float = 300.0) -> None:
     """Spawn ``function(rank, *args)`` in ``world_size`` processes and wait at most ``timeout`` seconds.
 
     A rank's exception is re-raised here (with its traceback); past the deadline the ranks are terminated and
-    ``TimeoutError`` raised, so a hung collective fails the test instead of hanging it.
+    ``TimeoutError`` raised, so a hung collective fails the test instead of hanging it. The default leaves room
+    for a heavily loaded machine (the ranks take 10-100 s on 2 shared cores).
     """
     context = mp.start_processes(function, args=args, nprocs=world_size, join=False, start_method="spawn")
     deadline = time.monotonic() + timeout
@@ -53,6 +54,7 @@ def run_ranks(function, args: tuple, *, world_size: int = WORLD_SIZE, timeout: f
             for process in context.processes:
                 if process.is_alive():
                     process.terminate()
+                process.join(10)
             raise TimeoutError(f"{world_size} ranks did not finish within {timeout:.0f} s")
 
 

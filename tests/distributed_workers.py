@@ -65,7 +65,16 @@ def kernel_backend(device: torch.device) -> str:
 
 
 def init_rank(rank: int, port: int, backend: str) -> torch.device:
-    """Join the process group of ``WORLD_SIZE`` ranks over loopback; the device this rank computes on."""
+    """Join the process group of ``WORLD_SIZE`` ranks over loopback; the device this rank computes on.
+
+    Fresh ``torch.empty*`` allocations are NaN-poisoned as in the parent (``conftest.py``), so an output element a
+    kernel never writes fails the comparisons here too.
+    """
+    import conftest
+
+    torch.empty = conftest._poisoned_empty
+    torch.empty_like = conftest._poisoned_empty_like
+    torch.empty_strided = conftest._poisoned_empty_strided
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo",
                       NCCL_SOCKET_IFNAME="lo")
     if backend == "nccl":

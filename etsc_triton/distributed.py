@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .nn.toeplitz import ConversionReport, ToeplitzSSM
-from .ops.utils import check_int
+from .nn import ConversionReport, ToeplitzSSM
+from .ops import check_int
 
 
 def channel_slice(channels: int, rank: int, world_size: int) -> slice:

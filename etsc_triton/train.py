@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=4, help="windows of n + 1 bytes per step")
     parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     parser.add_argument("--warmup", type=int, default=30, help="linear warm-up steps")
-    parser.add_argument("--minutes", type=float, default=12.0, help="wall-clock budget: stop (and save) after it")
+    parser.add_argument("--minutes", type=float, default=12.0,
+                        help="wall-clock budget, counted across --resume: stop (and save) after it")
     parser.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--val-windows", type=int, default=16, help="val windows of n + 1 bytes")

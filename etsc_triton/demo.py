@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for the plots (default: plots/<device>/, trained: plots/<device>/trained/)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--seed", type=int, default=0, help="model and prompt seed")
+    parser.add_argument("--seed", type=int, default=0, help="model and prompt seed (--random)")
     return parser.parse_args(argv)
 
 

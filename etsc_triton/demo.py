@@ -1,6 +1,11 @@
 """``python -m etsc_triton.demo``: serve a Toeplitz language model in constant time per token, exactly.
 
-Builds a small TNN language model (deterministic random weights), converts every Toeplitz layer to a diagonal
+By default the main job runs on the trained byte-level model shipped in the package (:mod:`etsc_triton.trained_demo`:
+bits per byte of the FFT model, the exact ETSC SSM and truncated SSMs on the Python stdlib's test split,
+extrapolation, decode latency, completions, MemoryFormer vs Linear; under 2 minutes on a 2-core CPU).
+
+``--random`` runs the timing demo on a random-weight model of any size (the GPU-sized one on CUDA): it builds a
+small TNN language model (deterministic random weights), converts every Toeplitz layer to a diagonal
 SSM with ETSC, and decodes greedily with three decoders: ``fft`` (recompute the prefix by FFT each token, the
 original), ``tnn_cache`` (dot product of the kernel with the cached prefix) and ``ssm`` (prefill by FFT + the
 folded-DFT state, then one fused SSM step per layer; a CUDA graph on GPU). It prints per-token latency and
@@ -13,8 +18,10 @@ CUDA a CPU-sized one (2 layers, D=128, n=256, batch 1 and 4, lengths 16..1024, a
 tiny one (2 layers, D=32, n=64) that finishes in seconds on any machine. On CPU the kernels run through the
 Torch reference (``backend="auto"``).
 
-    python -m etsc_triton.demo                      # GPU if present, else the CPU-sized run
-    python -m etsc_triton.demo --quick --json out.json --out plots/
+    python -m etsc_triton.demo                              # the trained model
+    python -m etsc_triton.demo --quick --json out.json      # the trained model, a few test bytes (seconds)
+    python -m etsc_triton.demo --random                     # random weights: GPU if present, else CPU-sized
+    python -m etsc_triton.demo --random --quick --json out.json --out plots/
 """
 
 from __future__ import annotations
@@ -63,12 +70,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--quick", action="store_true", help="tiny model and lengths (seconds, any machine)")
+    parser.add_argument("--quick", action="store_true", help="few test bytes / a tiny random model (seconds)")
+    parser.add_argument("--random", action="store_true",
+                        help="the random-weight timing demo (GPU-sized on CUDA) instead of the trained model")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON to this path")
     parser.add_argument("--out", type=Path, default=None,
-                        help="folder for decode_latency.png (default: plots/<device>/)")
+                        help="folder for the plots (default: plots/<device>/, trained: plots/<device>/trained/)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--seed", type=int, default=0, help="model and prompt seed")
+    parser.add_argument("--seed", type=int, default=0, help="model and prompt seed (--random)")
     return parser.parse_args(argv)
 
 
@@ -262,10 +271,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device available", file=sys.stderr)
         return 2
+    if not args.random:
+        return _main_trained(args)
     results = run(quick=args.quick, device=args.device, seed=args.seed)
     print(format_table(results))
     path = plot(results, args.out or Path("plots") / device_slug(results["device"]))
     print(f"plot: {path}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
+        print(f"json: {args.json}")
+    return 0 if results["tokens_identical"] else 1
+
+
+def _main_trained(args: argparse.Namespace) -> int:
+    from . import trained_demo
+
+    results = trained_demo.run(quick=args.quick, device=args.device)
+    print(trained_demo.format_report(results))
+    for path in trained_demo.plot(results, args.out or Path("plots") / device_slug(results["device"]) / "trained"):
+        print(f"plot: {path}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))

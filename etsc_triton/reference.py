@@ -7,12 +7,13 @@ does. They compute in the precision of their inputs, so complex128 / float64 inp
 from .ops.lsh.naive import lsh_hash, memory_gather, memory_layer
 from .ops.prefill.naive import ssm_prefill_state
 from .ops.ssm.naive import ssm_scan, ssm_step
-from .ops.toeplitz.naive import ssm_kernel, toeplitz_to_ssm, vandermonde_solve
+from .ops.toeplitz.naive import realised_kernel64, ssm_kernel, toeplitz_to_ssm, vandermonde_solve
 
 __all__ = [
     "toeplitz_to_ssm",
     "ssm_kernel",
     "vandermonde_solve",
+    "realised_kernel64",
     "ssm_scan",
     "ssm_step",
     "ssm_prefill_state",

@@ -26,8 +26,7 @@ from pathlib import Path
 import torch
 
 import etsc_triton as et
-from etsc_triton.ops.toeplitz import naive
-from etsc_triton.ops.toeplitz.naive import realised_kernel64
+from etsc_triton.reference import realised_kernel64
 
 from .harness import random_ssm
 from .plots import plt, save_loglog
@@ -62,7 +61,7 @@ def conversion_error(lam, b, t) -> float:
 
 
 def bench_toeplitz_to_ssm(ctx) -> None:
-    compiled = torch.compile(naive.toeplitz_to_ssm) if ctx.on_gpu else None
+    compiled = torch.compile(et.reference.toeplitz_to_ssm) if ctx.on_gpu else None
     for n in ctx.sizes(quick=[15, 64], full=[64, 256, 1024, 4096, 16384, 65536]):
         for d in ctx.sizes(quick=[4], full=[64, 512, 4096]):
             modes = (n + 1) // 2

@@ -3,7 +3,7 @@
 Baselines:
 - ``original``: the ETSC paper's eager torch code on the unfolded layer (all n = 2N modes):
   ``u = lam * u + b * x; y = u.sum(-1).real`` per token (the scan's original is that loop over the tokens).
-- ``torch``: our reference oracle (:mod:`etsc_triton.ops.ssm.naive`), ``compile``: torch.compile of the
+- ``torch``: our reference oracle (:mod:`etsc_triton.reference`), ``compile``: torch.compile of the
   reference step's arithmetic.
 - ``triton_cudagraph``: one step under a CUDA graph (the launch overhead removed), GPU only.
 - ``ssm_scan_long_narrow``: B=1, D=64, N=16, L to 1M, where the scan chunks the sequence; ``triton_sequential``

@@ -53,7 +53,7 @@ run_stage() {
       tail -12 "$out/host_overhead.log"
       ;;
     demo)
-      python -m etsc_triton.demo --json "$out/demo.json" >"$out/demo.log" 2>&1
+      python -m etsc_triton.demo --random --json "$out/demo.json" >"$out/demo.log" 2>&1
       rc=$?
       tail -40 "$out/demo.log"
       ;;

@@ -1,4 +1,4 @@
-"""The demo's CI path: ``python -m etsc_triton.demo --quick --json`` in a subprocess."""
+"""The demo's CI paths: ``python -m etsc_triton.demo [--random] --quick --json`` in a subprocess."""
 
 import json
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_demo_quick_json(tmp_path):
+def _run_demo(tmp_path, *flags):
     out_json = tmp_path / "demo.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
@@ -17,6 +17,7 @@ def test_demo_quick_json(tmp_path):
             sys.executable,
             "-m",
             "etsc_triton.demo",
+            *flags,
             "--quick",
             "--device",
             "cpu",
@@ -29,11 +30,15 @@ def test_demo_quick_json(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,  # each quick run takes about 1-2 min of a shared 2-core CPU
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "tokens identical: True" in proc.stdout
-    result = json.loads(out_json.read_text())
+    return proc.stdout, json.loads(out_json.read_text())
+
+
+def test_random_demo_quick_json(tmp_path):
+    stdout, result = _run_demo(tmp_path, "--random")
+    assert "tokens identical: True" in stdout
     assert result["tokens_identical"] is True
     assert 0.0 <= result["max_rel_err"] < 1e-4
     lengths = result["lengths"]
@@ -50,3 +55,34 @@ def test_demo_quick_json(tmp_path):
         ssm = per["state_mb"]["ssm"]
         assert ssm[0] == ssm[-1], "the SSM state does not"
     assert (tmp_path / "decode_latency.png").stat().st_size > 10_000
+
+
+def test_trained_demo_quick_json(tmp_path):
+    stdout, result = _run_demo(tmp_path)
+    assert "tokens identical (fft vs etsc): True" in stdout
+    n = result["n"]
+    assert n == 512 and result["eval_bytes"] == 4 * n
+    bpb, state = result["bits_per_byte"], result["state_bytes"]
+    assert set(bpb) == set(state) == {"fft", "etsc", "truncated_r8"}
+    assert 0.0 < bpb["fft"] < 8.0, "a trained model beats the uniform 8 bits per byte"
+    assert bpb["truncated_r8"] > 0.0 and bpb["truncated_r8"] != bpb["fft"]
+    # the exact conversion: kernel error ~1e-7 relative (float32 rounding) -> bits/byte within 1e-4 relative
+    assert abs(bpb["etsc"] - bpb["fft"]) <= 1e-4 * bpb["fft"]
+    assert result["etsc_vs_fft_rel"] == abs(bpb["etsc"] - bpb["fft"]) / bpb["fft"]
+    layers, d = result["config"]["n_layers"], result["config"]["d_model"]
+    assert state["etsc"] == layers * d * (n // 2) * 8 and state["truncated_r8"] == layers * d * 8 * 8
+    assert result["tokens_identical"] is True and result["completion"]["identical"]["etsc"] is True
+    assert result["completion"]["max_rel_logit_diff"]["etsc"] < 1e-4
+    assert set(result["extrapolation"]) == {"1x", "2x", "4x"}
+    assert result["extrapolation"]["1x"] == {"fft": bpb["fft"], "etsc": bpb["etsc"]}
+    rows = result["decode"]["rows"]
+    assert set(rows) == {"fft", "tnn_cache", "etsc"}
+    assert rows["tnn_cache"][-1]["state_bytes"] > rows["tnn_cache"][0]["state_bytes"], "the cache grows"
+    assert rows["etsc"][-1]["state_bytes"] == rows["etsc"][0]["state_bytes"] == state["etsc"], "the SSM does not"
+    assert all(r["p20"] <= r["p50"] <= r["p80"] for r in sum(rows.values(), []))
+    comparison = result["memory_vs_linear"]
+    assert comparison["linear"]["bits_per_byte"] == bpb["fft"]
+    assert comparison["memory"]["flops_per_token"]["channel_mixing"] < comparison["linear"]["flops_per_token"][
+        "channel_mixing"]
+    for name in ("bits_per_byte_vs_state.png", "decode_latency.png"):
+        assert (tmp_path / name).stat().st_size > 10_000

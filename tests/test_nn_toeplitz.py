@@ -121,7 +121,7 @@ def test_truncation_bound_holds(device, rank):
     kept = magnitude.gather(1, layer.modes.cpu() - 1)
     assert (kept.min(-1).values >= magnitude.sort(-1, descending=True).values[:, rank - 1] - 1e-7).all()
     assert_close(report.truncation_bound.cpu(), magnitude.sum(-1) - kept.sum(-1), atol=1e-9, rtol=0)
-    # measured error (fp32 ssm_kernel, includes the conversion's rounding) <= bound + that rounding
+    # measured error (float64 kernel of the complex64 lam, b; includes the conversion's rounding) <= bound + it
     slack = 10 * full.kernel_error.max().item() + 1e-6
     assert (report.kernel_error <= report.truncation_bound + slack).all()
     # the same in float64 at lags well past one period

@@ -30,9 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .memory import MemoryLayer
 from .toeplitz import ToeplitzSSM, causal_fft_conv
 
 DECODERS = ("fft", "tnn_cache", "ssm")
+MIXERS = ("glu", "memory")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,10 @@ class TNNConfig:
         decay: gamma in (0, 1], the kernel decay ``gamma^j``.
         glu_hidden: hidden width of the GLU channel mixing (default ``2 * d_model``).
         seed: the seed of the deterministic initialisation.
+        mixer: channel mixing: ``"glu"`` (linear layers) or ``"memory"`` (the GLU's two linear layers replaced by
+            MemoryFormer :class:`~etsc_triton.nn.MemoryLayer` s; ``d_model`` and the hidden width must divide by
+            ``code_length``).
+        code_length: bits per hash of the memory layers (tables of ``2^code_length`` rows); unused by ``"glu"``.
     """
 
     vocab_size: int = 256
@@ -58,6 +64,12 @@ class TNNConfig:
     decay: float = 0.99
     glu_hidden: int | None = None
     seed: int = 0
+    mixer: str = "glu"
+    code_length: int = 4
+
+    def __post_init__(self):
+        if self.mixer not in MIXERS:
+            raise ValueError(f"TNNConfig: mixer must be one of {MIXERS}, got {self.mixer!r}")
 
 
 class RelativePositionMLP(nn.Module):
@@ -95,8 +107,12 @@ class TNNBlock(nn.Module):
         self.mix_out = nn.Linear(d, d)
         self.rpe = RelativePositionMLP(d, config.rpe_hidden, config.n, config.decay)
         self.glu_norm = nn.RMSNorm(d, eps=1e-6)
-        self.glu_in = nn.Linear(d, 2 * hidden)
-        self.glu_out = nn.Linear(hidden, d)
+        if config.mixer == "memory":
+            self.glu_in = MemoryLayer(d, 2 * hidden, code_length=config.code_length)
+            self.glu_out = MemoryLayer(hidden, d, code_length=config.code_length)
+        else:
+            self.glu_in = nn.Linear(d, 2 * hidden)
+            self.glu_out = nn.Linear(hidden, d)
 
     def kernel(self, length: int) -> torch.Tensor:
         """The mixing kernel ``gamma^j * rpe(j / n)``, ``[D, length]`` (extrapolates the MLP beyond n)."""
@@ -234,6 +250,8 @@ class SSMDecoder:
         rank: optional mode truncation per channel (``ToeplitzSSM.convert(rank=...)``); ``None`` is exact.
         backend: kernel backend (``"auto"``: Triton on CUDA, the Torch reference on CPU).
         cuda_graph: capture one decode step in a CUDA graph and replay it (CUDA only; default: on CUDA).
+        layers: already converted :class:`ToeplitzSSM` s, one per block (then ``rank`` and ``backend`` are
+            unused): how a caller decodes with SSMs it converted its own way.
     """
 
     name = "ssm"
@@ -245,13 +263,19 @@ class SSMDecoder:
         rank: int | None = None,
         backend: str = "auto",
         cuda_graph: bool | None = None,
+        layers: list[ToeplitzSSM] | None = None,
     ):
         self.model = model
-        self.layers = []
-        for block in model.blocks:
-            layer = ToeplitzSSM(block.coefficients(), block.decay, tail="ssm", backend=backend)
-            layer.convert(rank=rank)
-            self.layers.append(layer)
+        if layers is not None and len(layers) != len(model.blocks):
+            raise ValueError(f"SSMDecoder: layers must hold one layer per block ({len(model.blocks)}), "
+                             f"got {len(layers)}")
+        self.layers = layers
+        if layers is None:
+            self.layers = []
+            for block in model.blocks:
+                layer = ToeplitzSSM(block.coefficients(), block.decay, tail="ssm", backend=backend)
+                layer.convert(rank=rank)
+                self.layers.append(layer)
         device = model.embed.weight.device
         self.cuda_graph = device.type == "cuda" if cuda_graph is None else cuda_graph
         self.graph = None

@@ -11,6 +11,7 @@ from .lsh.contract import MAX_CODE_LENGTH, WEIGHTINGS, check_temperature_weighti
 from .prefill import ssm_prefill_state
 from .ssm import ssm_scan, ssm_step
 from .toeplitz import ssm_kernel, toeplitz_to_ssm, vandermonde_solve
+from .toeplitz.naive import realised_kernel64
 
 __all__ = [
     "toeplitz_to_ssm",
@@ -26,4 +27,5 @@ __all__ = [
     "WEIGHTINGS",
     "check_int",
     "check_temperature_weighting",
+    "realised_kernel64",
 ]

@@ -83,7 +83,7 @@ class Proof:
         self.rows: list[dict] = []
         self.stages: list[StageRecord] = []
         self.environment: dict = {}
-        self.device = "cpu"
+        self.device = "cpu" if dry_run else "cuda"
         self.floors = None  # perf.harness.Floors, set by the environment stage
 
     # ------------------------------------------------------------------------------------------- bookkeeping
@@ -238,8 +238,7 @@ def stage_environment(proof: Proof, deadline: float) -> str:
     env.update(python=platform.python_version(), torch=torch.__version__, triton=triton.__version__,
                numpy=numpy.__version__, commit=harness._git_commit(),
                time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    if torch.cuda.is_available() and not proof.dry_run:
-        proof.device = "cuda"
+    if proof.device == "cuda":
         props = torch.cuda.get_device_properties(0)
         env.update(device_name=props.name, memory_gib=f"{props.total_memory / 2**30:.1f}",
                    sms=props.multi_processor_count, capability=f"{props.major}.{props.minor}")
@@ -249,6 +248,7 @@ def stage_environment(proof: Proof, deadline: float) -> str:
                                  text=True, timeout=20)
             env["nvidia_smi"] = smi.stdout.strip().replace("\n", " / ")
         floors = harness.measure_floors("cuda", quick=False)
+        torch.cuda.empty_cache()  # the 2 GB of copy buffers go back to the device for the stages' processes
         how = "1 GB copy_ (do_bench median), 8192^3 SGEMM tf32 off, 16 MB copy repeated in L2"
     else:
         env.update(device_name=f"CPU ({platform.processor() or platform.machine()})", sms="-",

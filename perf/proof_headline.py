@@ -138,7 +138,7 @@ def scan_points(ctx: Context, dry_run: bool) -> list[dict]:
     x = torch.randn(batch, length, channels, device=ctx.device)
     for modes in (4, 8, 16) if dry_run else (16, 64, 256):
         lam, b = random_ssm(channels, modes, ctx.device)
-        kernel = et.ssm_kernel(lam, b, length, backend="torch")
+        kernel = et.ssm_kernel(lam, b, length)  # the baseline's input: its values do not change its time
         nbytes = 2 * x.numel() * 4 + batch * channels * modes * 8
         flops = 8 * batch * length * channels * modes
         config = {"B": batch, "D": channels, "N": modes}

@@ -204,13 +204,13 @@ class Proof:
             time.sleep(0.2)
         for i, proc in enumerate(procs):
             if proc.poll() is None:
-                with_group_killed(proc)
+                kill_group(proc)
             else:
                 codes[i] = proc.returncode
         return codes
 
 
-def with_group_killed(proc: subprocess.Popen) -> None:
+def kill_group(proc: subprocess.Popen) -> None:
     """SIGTERM to the process group (pytest-xdist workers included), SIGKILL after 5 s."""
     for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
         try:

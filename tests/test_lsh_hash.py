@@ -3,8 +3,6 @@
 import pytest
 import torch
 from helpers import assert_close
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import etsc_triton as et
 from etsc_triton import reference
@@ -136,23 +134,3 @@ def test_bad_inputs(kwargs, error, match):
     if "backend" not in kwargs:
         with pytest.raises(error, match=match):
             reference.lsh_hash(z, **kwargs)
-
-
-@settings(derandomize=True, max_examples=8, deadline=None)
-@given(
-    lead=st.integers(1, 20),
-    num_tables=st.integers(1, 4),
-    tau=st.integers(1, 16),
-    temperature=st.floats(0.1, 4.0),
-    weighting=st.sampled_from(["paper", "magnitude"]),
-)
-def test_property_matches_oracle(lead, num_tables, tau, temperature, weighting):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    z = torch.randn(lead, num_tables, tau, dtype=torch.float64)
-    codes, scores = et.lsh_hash(z.float().to(device), temperature=temperature, weighting=weighting,
-                                backend="triton")
-    ref_codes, ref_scores = reference.lsh_hash(z.float().double(), temperature=temperature,
-                                               weighting=weighting)
-    assert torch.equal(codes.cpu(), ref_codes)
-    assert_close(scores, ref_scores, atol=1e-6, rtol=4e-6, name="scores")
-    assert ((codes >= 0) & (codes < 2**tau)).all()

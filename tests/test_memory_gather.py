@@ -5,8 +5,6 @@ import os
 import pytest
 import torch
 from helpers import assert_close
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import etsc_triton as et
 from etsc_triton import reference
@@ -150,12 +148,3 @@ def test_unchecked_out_of_range_codes_contribute_nothing_on_cuda(deterministic):
     assert_close(dtables, ref_dtables, atol=1e-5, rtol=1e-5, name="dtables")
     assert_close(dscores[~bad.cuda()], ref_dscores[~bad], atol=1e-5, rtol=1e-5, name="dscores")
     assert (dscores[bad.cuda()] == 0).all()
-
-
-@settings(derandomize=True, max_examples=6, deadline=None)
-@given(tokens=st.integers(1, 30), num_tables=st.integers(1, 4), log_rows=st.integers(0, 5),
-       d_out=st.integers(1, 70), deterministic=st.booleans())
-def test_property_matches_oracle(tokens, num_tables, log_rows, d_out, deterministic):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    check(*make_inputs((tokens,), num_tables, 2**log_rows, d_out, seed=tokens), device,
-          deterministic=deterministic)

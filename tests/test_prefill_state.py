@@ -5,8 +5,6 @@ import math
 import pytest
 import torch
 from helpers import assert_close
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import etsc_triton as et
 from etsc_triton.ops.prefill import naive, ssm_prefill_state
@@ -178,21 +176,6 @@ def test_bad_inputs(change, error, match):
             continue
         with pytest.raises(error, match=match):
             fn(args["x"], args["b"], args["n"], args["gamma"], modes=args["modes"], **kwargs)
-
-
-@settings(derandomize=True, max_examples=8, deadline=None)
-@given(
-    batch=st.integers(1, 2),
-    length=st.integers(1, 50),
-    channels=st.integers(1, 6),
-    n=st.integers(1, 20),
-    seed=st.integers(0, 1000),
-)
-def test_property_matches_oracle(batch, length, channels, n, seed):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    x, b, gamma = _problem(batch, length, channels, n, math.ceil(n / 2), seed=seed)
-    out = ssm_prefill_state(x.to(device), b.to(device), n, gamma.to(device), backend="triton")
-    _check(out, x, b, n, gamma)
 
 
 @pytest.mark.gpu

@@ -3,8 +3,6 @@
 import pytest
 import torch
 from helpers import assert_close
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from test_ssm_scan import ELEMENT_TOL, SCALE_TOL, make_ssm, random_state
 
 import etsc_triton as et
@@ -184,29 +182,6 @@ def test_bad_inputs_are_refused_and_the_state_left_untouched(device):
     with pytest.raises(ValueError, match="backend must be one of"):
         et.ssm_step(x, lam, b, state, state_indices=indices, backend="fast")
     assert torch.equal(state, before)
-
-
-@settings(derandomize=True, max_examples=20, deadline=None)
-@given(
-    batch=st.integers(1, 4),
-    channels=st.integers(1, 9),
-    modes=st.integers(1, 40),
-    extra_rows=st.integers(0, 3),
-    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]),
-    data=st.data(),
-)
-def test_property_step_matches_oracle(batch, channels, modes, extra_rows, dtype, data):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    pool = batch + extra_rows
-    rows = data.draw(st.permutations(range(pool)))[:batch]
-    padding = data.draw(st.lists(st.booleans(), min_size=batch, max_size=batch))
-    indices = torch.tensor([-1 if pad else r for r, pad in zip(rows, padding)], dtype=torch.int32, device=device)
-    lam, b = make_ssm(channels, modes, seed=modes, device=device)
-    state = random_state(pool, channels, modes, device=device)
-    old = state.clone()
-    x = torch.randn(batch, channels, device=device).to(dtype)
-    y = et.ssm_step(x, lam, b, state, state_indices=indices, backend="triton")
-    check_step(y, state, x, lam, b, old, indices)
 
 
 @pytest.mark.gpu

@@ -3,8 +3,6 @@
 import pytest
 import torch
 from helpers import rel_error
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import etsc_triton as et
 from etsc_triton import reference
@@ -110,16 +108,6 @@ def test_bad_input(args, error, match):
 def test_device_mismatch():
     with pytest.raises(ValueError, match="device"):
         et.vandermonde_solve(torch.randn(4, dtype=torch.complex64, device="cuda"), torch.randn(4))
-
-
-@settings(derandomize=True, max_examples=6, deadline=None)
-@given(size=st.integers(1, 24), systems=st.integers(1, 2), seed=st.integers(0, 100))
-def test_property_spread_nodes(size, systems, seed):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    lam = spread_nodes(systems, size, seed=seed).to(torch.complex64)
-    t = torch.randn(systems, size, generator=torch.Generator().manual_seed(seed))
-    b = et.vandermonde_solve(lam.to(device), t.to(device), backend="triton")
-    assert rel_error(b, direct_solve(lam, t)) <= RTOL_SPREAD
 
 
 @pytest.mark.gpu

@@ -36,9 +36,12 @@ def _cuda_sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device (cached); 2 for CPU tensors, so the interpreter exercises the
-    same launch-shape decisions (split-K, chunking) at small sizes."""
+def sm_count(device: torch.device, policy: TilePolicy) -> int:
+    """The streaming multiprocessors the launch decisions (split-K, chunking, anchors per program) assume:
+    ``policy.assumed_sms`` when set, else the CUDA device's count (cached), else 2 for CPU tensors, so the
+    interpreter exercises the same decisions at small sizes."""
+    if policy.assumed_sms is not None:
+        return policy.assumed_sms
     if device.type != "cuda":
         return 2
     return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
@@ -70,6 +73,9 @@ class TilePolicy:
         gather_backward_block_t: tokens per memory-layer backward program.
         hash_block_t: tokens per ``lsh_hash`` forward / backward program.
         reduce_block: elements per program of the elementwise split reductions.
+        assumed_sms: the SM count launch decisions assume (None: the device's). Setting 2 on a GPU makes small
+            shapes take the large-device branches (chunked scan, split-K, 64 anchors), which is how every kernel
+            configuration is reached and checked at a small size.
     """
 
     scan_modes_per_thread: int = 16
@@ -87,6 +93,7 @@ class TilePolicy:
     gather_backward_block_t: int = 32
     hash_block_t: int = 64
     reduce_block: int = 1024
+    assumed_sms: int | None = None
 
 
 GPU_TILES = TilePolicy()

@@ -106,12 +106,12 @@ def forward_blocks(num_tokens: int, d_out: int, policy: TilePolicy) -> tuple[int
 
 
 def choose_k_split(num_tokens: int, num_tables: int, d_out: int, block_t: int, block_d: int,
-                   device: torch.device) -> tuple[int, int]:
+                   device: torch.device, policy: TilePolicy) -> tuple[int, int]:
     """``(num_splits, tables_per_split)``: split the K tables across programs when tokens leave SMs idle.
 
     Aims at about four programs per SM (two SMs are assumed in the interpreter).
     """
-    sms = sm_count(device)
+    sms = sm_count(device, policy)
     base = cdiv(num_tokens, block_t) * cdiv(d_out, block_d)
     if base >= 2 * sms:
         return 1, num_tables
@@ -129,7 +129,8 @@ def _launch_forward(x, codes, scores, tables, bias, inv_temperature, magnitude, 
     out = torch.empty(num_tokens, d_out, device=device, dtype=out_dtype)
     policy = current_tiles()
     block_t, block_d, num_warps = forward_blocks(num_tokens, d_out, policy)
-    num_splits, tables_per_split = choose_k_split(num_tokens, num_tables, d_out, block_t, block_d, device)
+    num_splits, tables_per_split = choose_k_split(num_tokens, num_tables, d_out, block_t, block_d, device,
+                                                  policy)
     split = num_splits > 1
     target = torch.empty(num_splits, num_tokens, d_out, device=device, dtype=torch.float32) if split else out
     grid = (cdiv(num_tokens, block_t), cdiv(d_out, block_d), num_splits)

@@ -206,7 +206,7 @@ def _chunk_backward_carry_kernel(
 
 def chunk_count(programs: int, seq_len: int, device: torch.device, policy: TilePolicy) -> int:
     """How many sequence chunks the scan uses: 1 unless the (batch, channel, mode) programs leave SMs idle."""
-    target = CHUNK_TARGET_PER_SM * sm_count(device)
+    target = CHUNK_TARGET_PER_SM * sm_count(device, policy)
     min_tokens = policy.scan_min_chunk_tokens
     if programs >= target or seq_len < 2 * min_tokens:
         return 1

@@ -177,12 +177,12 @@ def _kernel_blocks(modes: int, length: int, policy: TilePolicy, max_bl: int = 64
     return bl, block_a, block_n
 
 
-def _forward_block_a(rows: int, length: int, device: torch.device) -> int:
+def _forward_block_a(rows: int, length: int, device: torch.device, policy: TilePolicy) -> int:
     """64 anchors per forward program when that still leaves two programs per SM, else 32. A program evaluates
     the ``[BLOCK_N, BL]`` offset powers of its mode chunks once for all its anchors, so fewer programs per row
     repeat them: sm_90 SASS per row at N=64, L=4096, 1.08M -> 0.90M lane-instructions, 128 registers (the
     backward, whose anchor chunks share one program already, keeps 32)."""
-    return 64 if rows * cdiv(length, 64 * 64) >= 2 * sm_count(device) else 32
+    return 64 if rows * cdiv(length, 64 * 64) >= 2 * sm_count(device, policy) else 32
 
 
 # The backward's dot contracts over BL (the forward's over BLOCK_N): BL = 64 took 128 registers and spilled
@@ -205,8 +205,9 @@ def _ssm_kernel_triton(lam2d: torch.Tensor, b2d: torch.Tensor, length: int) -> t
     if rows == 0 or length == 0:
         return out
     log2_mag, angle = _polar64(lam2d)
-    max_block_a = _forward_block_a(rows, length, lam2d.device)
-    bl, block_a, block_n = _kernel_blocks(modes, length, current_tiles(), max_block_a=max_block_a)
+    policy = current_tiles()
+    max_block_a = _forward_block_a(rows, length, lam2d.device, policy)
+    bl, block_a, block_n = _kernel_blocks(modes, length, policy, max_block_a=max_block_a)
     grid = (rows, cdiv(cdiv(length, bl), block_a))
     wrap_triton(_ssm_kernel_kernel)[grid](
         log2_mag,

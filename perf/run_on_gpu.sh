@@ -37,7 +37,7 @@ python -c "import torch, triton; print('torch', torch.__version__, 'triton', tri
 pack() {
   local paths
   paths=$(ls -d plots/*/ perf/results/*/ .benchmarks 2>/dev/null | grep -v -e plots/cpu -e plots/accuracy \
-    -e perf/results/accuracy -e perf/results/compile)
+    -e perf/results/accuracy)
   [ -n "$paths" ] && tar czf "$out/results.tgz" $paths
 }
 

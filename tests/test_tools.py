@@ -1,7 +1,7 @@
 """The static tools: the case table, launches captured at the GPU's tiles, one compiled for sm_90, SASS loops.
 
 The capture runs two cases in a ``TRITON_INTERPRET=1`` child (as the report does); the compile step builds the
-memory-layer forward's launches for sm_90 and is skipped where triton ships no ptxas.
+memory-layer forward's launch for sm_90 and is skipped where triton ships no ptxas.
 """
 
 import dataclasses
@@ -21,7 +21,7 @@ from tools.compile_report import compile_one, run_capture_subprocess
 
 REPO = Path(__file__).resolve().parent.parent
 MEMORY_CASE = "memory_layer tokens=64 dtype=fp32 det=False grads=none weighting=paper"
-CHUNKED_BACKWARD_CASE = "ssm_scan channels=64 modes=64 dtype=fp32 state=False tokens=12 batch=1 backward=True"
+CHUNKED_BACKWARD_CASE = "ssm_scan channels=5 modes=33 dtype=fp32 state=False tokens=12 batch=1 backward=True"
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +57,8 @@ def test_capture_uses_gpu_tiles(captured):
     forward = by_name["_memory_forward_kernel"]
     assert [_constexprs(launch)["BLOCK_D"] for launch in forward] == [GPU_TILES.gather_max_block_d]
     assert forward[0]["cases"] == [MEMORY_CASE]
-    # The row's scan_min_chunk_tokens=4 reached the launcher: 12 tokens are chunked.
-    assert "_chunk_local_state_kernel" in by_name and "_chunk_carry_kernel" in by_name
+    # The row's scan_min_chunk_tokens=4 reached the launchers: 12 tokens are chunked, forward and backward.
+    assert {"_chunk_local_state_kernel", "_chunk_carry_kernel", "_chunk_backward_local_kernel"} <= set(by_name)
     backward = by_name["_ssm_scan_backward_kernel"]
     assert {_constexprs(launch)["NUM_STAGES"] for launch in backward} == {GPU_TILES.scan_backward_stages}
     assert all(launch["cases"] == [CHUNKED_BACKWARD_CASE] for launch in backward)
@@ -67,7 +67,7 @@ def test_capture_uses_gpu_tiles(captured):
 def test_compile_step_builds_sm90_kernels(captured, tmp_path):
     if sm90.ptxas_path() is None:
         pytest.skip("no ptxas in the triton wheel or on PATH")
-    memory = [launch for launch in captured["launches"] if launch["cases"] == [MEMORY_CASE]]
+    memory = [launch for launch in captured["launches"] if launch["name"] == "_memory_forward_kernel"]
     configs, results = tmp_path / "memory.json", tmp_path / "results.json"
     configs.write_text(json.dumps({"launches": memory, "capture_failures": []}))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -15,6 +15,11 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
+import torch
+
+import etsc_triton as et
+from etsc_triton.ops.tiles import GPU_TILES, use_tiles
+
 from .sm90 import record_launches
 
 
@@ -87,41 +92,27 @@ def label(op: str, point: dict) -> str:
 TRITON = {"backend": "triton"}
 
 
-def _dtype(name: str):
-    import torch
-
+def _dtype(name: str) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "int32": torch.int32, "int64": torch.int64}[name]
 
 
 def _randc(*shape):
-    import torch
-
     return torch.randn(*shape, dtype=torch.complex64)
 
 
 def _nodes(rows: int, modes: int, radius: float = 0.95):
-    import torch
-
     return (radius * torch.exp(2j * torch.pi * torch.rand(rows, modes))).to(torch.complex64)
 
 
 def _gamma(gamma, rows: int):
-    import torch
-
     return torch.full((rows,), 0.98) if gamma == "tensor" else gamma
 
 
 def run_toeplitz_to_ssm(n: int, real: bool, compensate: bool, gamma, rows: int = 3) -> None:
-    import torch
-
-    import etsc_triton as et
-
     et.toeplitz_to_ssm(torch.randn(rows, n), _gamma(gamma, rows), real=real, compensate=compensate, **TRITON)
 
 
 def run_ssm_kernel(length: int, modes: int, rows: int, backward: bool = False) -> None:
-    import etsc_triton as et
-
     lam, b = _nodes(rows, modes).requires_grad_(backward), _randc(rows, modes).requires_grad_(backward)
     k = et.ssm_kernel(lam, b, length, **TRITON)
     if backward:
@@ -129,10 +120,6 @@ def run_ssm_kernel(length: int, modes: int, rows: int, backward: bool = False) -
 
 
 def run_vandermonde_solve(size: int, complex_rhs: bool) -> None:
-    import torch
-
-    import etsc_triton as et
-
     lam = torch.exp(-2j * torch.pi * torch.arange(1, size + 1) / (size + 1)).to(torch.complex64)
     t = _randc(size) if complex_rhs else torch.randn(size)
     et.vandermonde_solve(lam[None], t[None], **TRITON)
@@ -140,10 +127,6 @@ def run_vandermonde_solve(size: int, complex_rhs: bool) -> None:
 
 def run_ssm_scan(channels: int, modes: int, dtype: str, state: bool, tokens: int = 7, batch: int = 2,
                  backward: bool = False) -> None:
-    import torch
-
-    import etsc_triton as et
-
     x = torch.randn(batch, tokens, channels).to(_dtype(dtype)).requires_grad_(backward)
     lam = _nodes(channels, modes).requires_grad_(backward)
     h0 = _randc(batch, channels, modes).requires_grad_(backward) if state else None
@@ -153,10 +136,6 @@ def run_ssm_scan(channels: int, modes: int, dtype: str, state: bool, tokens: int
 
 
 def run_ssm_step(channels: int, modes: int, dtype: str, indexed: bool) -> None:
-    import torch
-
-    import etsc_triton as et
-
     x = torch.randn(2, channels).to(_dtype(dtype))
     pool = _randc(3 if indexed else 2, channels, modes)
     indices = torch.tensor([2, -1], dtype=torch.int32) if indexed else None
@@ -164,20 +143,12 @@ def run_ssm_step(channels: int, modes: int, dtype: str, indexed: bool) -> None:
 
 
 def run_ssm_prefill_state(dtype: str, gamma, n: int = 31, channels: int = 64) -> None:
-    import torch
-
-    import etsc_triton as et
-
     _, b = et.toeplitz_to_ssm(torch.randn(channels, n), backend="torch")
     prompt = torch.randn(2, 40, channels).to(_dtype(dtype))
     et.ssm_prefill_state(prompt, b, n, _gamma(gamma, channels), **TRITON)
 
 
 def run_lsh_hash(tau: int, weighting: str, dtype: str) -> None:
-    import torch
-
-    import etsc_triton as et
-
     z = torch.randn(2, 5, 3, tau).to(_dtype(dtype)).requires_grad_(True)
     _, scores = et.lsh_hash(z, temperature=0.7, weighting=weighting, **TRITON)
     scores.sum().backward()
@@ -185,10 +156,6 @@ def run_lsh_hash(tau: int, weighting: str, dtype: str) -> None:
 
 def run_memory_gather(tokens: int, dtype: str, det: bool, codes: str, bias: bool, tables: int = 2, tau: int = 4,
                       d_out: int = 256) -> None:
-    import torch
-
-    import etsc_triton as et
-
     rows = 2 ** tau
     code_values = torch.randint(0, rows, (tokens, tables), dtype=_dtype(codes))
     scores = torch.rand(tokens, tables, requires_grad=True)
@@ -200,10 +167,6 @@ def run_memory_gather(tokens: int, dtype: str, det: bool, codes: str, bias: bool
 
 def run_memory_layer(tokens: int, dtype: str, grads: str, weighting: str = "paper", det: bool = False,
                      bias: bool = True, tables: int = 2, tau: int = 4, d_out: int = 256) -> None:
-    import torch
-
-    import etsc_triton as et
-
     x = torch.randn(tokens, tables * tau).to(_dtype(dtype)).requires_grad_("x" in grads)
     table_values = (0.1 * torch.randn(tables, 2 ** tau, d_out)).to(_dtype(dtype)).requires_grad_("tables" in grads)
     bias_values = torch.randn(d_out).to(_dtype(dtype)) if bias else None
@@ -235,10 +198,6 @@ def capture(grids: Iterable[CaseGrid] = CASES, only: Iterable[str] = ()) -> dict
         ``{"launches": [...], "capture_failures": [...], "cases": n}``: the unique recorded launches (see
         :mod:`tools.sm90`) and the cases that raised (one failing case does not hide the others).
     """
-    import torch
-
-    from etsc_triton.ops.tiles import GPU_TILES, use_tiles
-
     torch.manual_seed(0)
     only = list(only)
     failures, count = [], 0

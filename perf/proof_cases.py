@@ -4,7 +4,7 @@ The proof's second stage (``python -m perf.proof``). Each case calls one public 
 the device and its oracle (``etsc_triton.reference``) on the CPU in float64 / complex128 from the same inputs,
 then differentiates ``sum(w * outputs)`` (``w`` fixed random weights) through both and compares every output
 and every gradient by relative 2-norm error. The shapes and options are the ones the offline compile report
-captures (``perf/compile_report.py``: small and large mode counts, aligned and odd sizes, fp32 and bf16,
+captures (``tools/cases.py``: small and large mode counts, aligned and odd sizes, fp32 and bf16,
 optional state / indices / bias, deterministic or not, the chunked scan and the K-split memory layer), so every
 kernel configuration the launchers pick on a GPU is compiled and run here once before anything is timed.
 
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from etsc_triton.ops.tiles import current_tiles, use_tiles
+from etsc_triton.ops.tiles import TilePolicy, current_tiles, use_tiles
 
 FP32_TOL = 1e-5  # fp32 outputs: measured <= 1.8e-6 in the interpreter (vandermonde_solve N=20); GPU sum orders
 FP32_GRAD_TOL = 1e-4  # fp32 gradients (reverse walks, atomic scatter-adds in any order): measured <= 6.6e-7
@@ -302,10 +302,10 @@ def run_case(case: Case, device: str, op_module, reference_module) -> dict:
             "errors": {k: e for k, (e, _) in errors.items()}, "error": ""}
 
 
-def launch_choices_pinned(chunked: bool) -> contextlib.AbstractContextManager:
-    """The tile policy of the cases: 2 SMs assumed (as in the interpreter) and, for ``chunked``, chunks from 8
-    tokens on: small shapes then reach the launchers' large-device branches."""
-    policy = dataclasses.replace(current_tiles(), assumed_sms=2)
+def launch_choices_pinned(chunked: bool, base: TilePolicy | None = None) -> contextlib.AbstractContextManager:
+    """The tile policy of the cases (``base``, default the current one): 2 SMs assumed (as in the interpreter)
+    and, for ``chunked``, chunks from 8 tokens on: small shapes then reach the launchers' large-device branches."""
+    policy = dataclasses.replace(base or current_tiles(), assumed_sms=2)
     if chunked:
         policy = dataclasses.replace(policy, scan_min_chunk_tokens=4)
     return use_tiles(policy)

@@ -1,0 +1,326 @@
+"""Capture kernel launches in Triton's interpreter and compile them for sm_90 offline: what both tools share.
+
+Capture: :func:`record_launches` wraps ``InterpretedFunction.run`` (where ``kernel[grid](...)`` and torch's
+``wrap_triton`` end under ``TRITON_INTERPRET=1``) and records each launch as JSON: the kernel, its arguments
+(tensor dtype and 16-byte alignment, int values, floats, bools) and the launch options (``num_warps``,
+``num_stages``). Which tiles the launchers pick is set by the tile policy (``use_tiles(GPU_TILES)``), so the
+interpreter runs the GPU's tiles on small CPU inputs.
+
+Compile (interpreter off, so ``@triton.jit`` gives ``JITFunction`` objects): :func:`compile_launch` specialises a
+recorded launch the way ``JITFunction.run`` does on a GPU (same binder: ints equal to 1 become constexprs,
+16-divisible ints and 16-byte aligned pointers get ``tt.divisibility``; a hand-written fallback of the same
+rules where the binder's internals differ) and compiles it with ``triton.compile(ASTSource(...),
+target=GPUTarget("cuda", 90, 32))``. Registers and spill bytes come from the ``ptxas -v`` log of triton's own
+ptxas run (``knobs.nvidia.dump_ptxas_log``), or from running triton's ptxas on the PTX when the log is absent.
+Triton's ptxas, not PATH's: triton 3.9 emits PTX 9.4, which CUDA 13.0's ptxas rejects.
+
+The same code works with triton 3.6 and 3.9 (same ``ASTSource(fn, signature, constexprs, attrs)`` API).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+TARGET_ARCH = 90
+PTXAS_ARCH = "sm_90a"
+OPTION_NAMES = ("num_warps", "num_stages", "num_ctas", "maxnreg", "enable_fp_fusion")
+
+# ----------------------------------------------------------------------------------------------- capture
+
+_TRITON_TYPES = {
+    "float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64", "int32": "i32", "int64": "i64",
+    "int16": "i16", "int8": "i8", "uint8": "u8", "bool": "i1",
+}
+
+
+def describe_arg(value) -> dict:
+    """A JSON description of one kernel argument, enough to rebuild one the binder specialises the same way."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        dtype = str(value.dtype).removeprefix("torch.")
+        return {"kind": "tensor", "dtype": dtype, "type": "*" + _TRITON_TYPES.get(dtype, dtype),
+                "align": value.data_ptr() % 16}
+    if isinstance(value, bool):
+        return {"kind": "bool", "value": value}
+    if isinstance(value, int):
+        return {"kind": "int", "value": value}
+    if isinstance(value, float):
+        return {"kind": "float", "value": value}
+    if value is None:
+        return {"kind": "none"}
+    if isinstance(value, str):
+        return {"kind": "str", "value": value}
+    raise TypeError(f"unsupported kernel argument {type(value).__name__}")
+
+
+def launch_key(record: dict) -> str:
+    """Launches that specialise the same way share a key (ints only by the classes the binder looks at)."""
+    parts = []
+    for name, arg in record["args"].items():
+        if arg["kind"] == "int" and name not in record["constexprs"]:
+            v = arg["value"]
+            cls = "one" if v == 1 else ("i64" if not -2**31 <= v < 2**31 else ("d16" if v % 16 == 0 else "i"))
+            parts.append((name, "int", cls))
+        elif arg["kind"] == "tensor":
+            parts.append((name, arg["dtype"], arg["align"] == 0))
+        elif arg["kind"] == "float":
+            parts.append((name, "float"))
+        else:
+            parts.append((name, json.dumps(arg, sort_keys=True)))
+    return json.dumps([record["module"], record["name"], parts, record["options"]], sort_keys=True, default=str)
+
+
+class LaunchRecorder:
+    """The unique launches seen while :func:`record_launches` is active, each with the cases that made it."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict] = {}
+        self.case = "unlabelled"
+
+    def add(self, fn, args: tuple, kwargs: dict) -> None:
+        params = inspect.signature(fn).parameters
+        bound = inspect.signature(fn).bind(*args, **{k: v for k, v in kwargs.items() if k in params})
+        bound.apply_defaults()
+        annotations = inspect.get_annotations(fn)
+        record = {
+            "module": fn.__module__, "name": fn.__name__,
+            "args": {name: describe_arg(value) for name, value in bound.arguments.items()},
+            "constexprs": [name for name in params if "constexpr" in str(annotations.get(name, ""))],
+            "options": {k: v for k, v in kwargs.items() if k in OPTION_NAMES}, "cases": [self.case],
+        }
+        known = self.records.setdefault(launch_key(record), record)
+        if self.case not in known["cases"]:
+            known["cases"].append(self.case)
+
+    @property
+    def launches(self) -> list[dict]:
+        return list(self.records.values())
+
+
+@contextlib.contextmanager
+def record_launches() -> Iterator[LaunchRecorder]:
+    """Record every interpreted launch of the enclosed code (needs ``TRITON_INTERPRET=1`` before triton's import);
+    set ``recorder.case`` to label the launches that follow."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("recording launches needs TRITON_INTERPRET=1 set before triton is imported")
+    from triton.runtime import interpreter
+
+    recorder = LaunchRecorder()
+    original_run = interpreter.InterpretedFunction.run
+
+    def recording_run(self, *args, grid, warmup, **kwargs):
+        recorder.add(self.fn, args, kwargs)
+        return original_run(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    interpreter.InterpretedFunction.run = recording_run
+    try:
+        yield recorder
+    finally:
+        interpreter.InterpretedFunction.run = original_run
+
+
+# ----------------------------------------------------------------------------------------------- specialise
+
+
+def _example_arg(desc: dict):
+    """An argument the binder specialises exactly like the captured one (tiny CPU tensor, same alignment)."""
+    import torch
+
+    kind = desc["kind"]
+    if kind == "tensor":
+        dtype = getattr(torch, desc["dtype"])
+        item = torch.empty((), dtype=dtype).element_size()
+        base = torch.empty(64, dtype=dtype)
+        return base[desc["align"] // item:] if desc["align"] else base
+    if kind == "none":
+        return None
+    return desc["value"]
+
+
+def _manual_specialization(fn, record: dict):
+    """Fallback of ``JITFunction``'s specialisation rules (signature, constexprs, attrs) for other triton APIs."""
+    signature, constexprs, attrs = {}, {}, {}
+    for index, param in enumerate(fn.params):
+        name = param.name
+        desc = record["args"][name]
+        if param.is_constexpr:
+            signature[name] = "constexpr"
+            constexprs[(index,)] = _example_arg(desc)
+            continue
+        kind = desc["kind"]
+        specialize = not param.do_not_specialize
+        aligned_ok = not getattr(param, "do_not_specialize_on_alignment", False)
+        if kind == "tensor":
+            signature[name] = desc["type"]
+            if desc["align"] == 0 and aligned_ok:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+        elif kind == "bool":
+            signature[name] = "i1"
+        elif kind == "int":
+            value = desc["value"]
+            if specialize and value == 1:
+                signature[name] = "constexpr"
+                constexprs[(index,)] = 1
+                continue
+            signature[name] = "i32" if -2**31 <= value < 2**31 else ("u64" if value >= 2**63 else "i64")
+            if specialize and value % 16 == 0 and aligned_ok:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+        elif kind == "float":
+            signature[name] = "fp32"
+        elif kind == "none":
+            signature[name] = "constexpr"
+            constexprs[(index,)] = None
+        else:
+            raise TypeError(f"cannot specialise argument {name} of kind {kind}")
+    return signature, constexprs, attrs
+
+
+def jit_function(record: dict):
+    """The ``JITFunction`` of a recorded launch (autotuner / heuristics wrappers removed)."""
+    fn = getattr(importlib.import_module(record["module"]), record["name"])
+    while not hasattr(fn, "params") and hasattr(fn, "fn"):
+        fn = fn.fn
+    return fn
+
+
+def specialize(fn, record: dict) -> tuple[dict, dict, dict, str]:
+    """``(signature, constexprs, attrs, how)`` as ``JITFunction.run`` computes them for sm_90; ``how`` is
+    ``"binder"`` (triton's own code) or ``"manual"`` (the fallback)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+
+    backend = make_backend(GPUTarget("cuda", TARGET_ARCH, 32))
+    try:
+        from triton.runtime.jit import create_function_from_signature
+
+        binder = create_function_from_signature(fn.signature, fn.params, backend)
+        args = [_example_arg(record["args"][p.name]) for p in fn.params]
+        bound_args, specialization, _ = binder(*args, **record["options"])
+        _, signature, constexprs, attrs = fn._pack_args(backend, dict(record["options"]), bound_args,
+                                                        specialization, record["options"])
+        return signature, constexprs, attrs, "binder"
+    except (ImportError, AttributeError, TypeError):
+        return (*_manual_specialization(fn, record), "manual")
+
+
+def short_config(fn, signature: dict, constexprs: dict) -> tuple[str, str]:
+    """``(user constexprs "A=1, B=2", notable specialisations "x_ptr:*bf16, K=1")``."""
+    user, specialised = [], []
+    for path, value in sorted(constexprs.items()):
+        param = fn.params[path[0]]
+        (user if param.is_constexpr else specialised).append(f"{param.name}={value}")
+    pointers = [f"{name}:{ty}" for name, ty in signature.items() if isinstance(ty, str) and ty.startswith("*")
+                and ty != "*fp32"]
+    return ", ".join(user), ", ".join(pointers + specialised)
+
+
+# ----------------------------------------------------------------------------------------------- compile
+
+
+def ptxas_path() -> str | None:
+    """The ptxas triton itself runs for sm_90 (it accepts the PTX version triton emits), else PATH's."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        path = get_ptxas(TARGET_ARCH).path
+        if path and Path(path).exists():
+            return path
+    except (ImportError, AttributeError, RuntimeError, TypeError):
+        pass
+    return shutil.which("ptxas")
+
+
+def ptxas_version() -> str:
+    """``"<ptxas name> <release>"`` of :func:`ptxas_path`, for report headers."""
+    path = ptxas_path()
+    if path is None:
+        return "ptxas not found"
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except OSError as exc:
+        return f"{path}: {exc}"
+    release = re.search(r"release ([\d.]+)", out)
+    return f"{Path(path).name} {release.group(1) if release else '?'}"
+
+
+def parse_ptxas_log(text: str) -> dict:
+    """``registers``, ``spill_stores``, ``spill_loads``, ``stack`` (bytes) found in a ``ptxas -v`` log."""
+    stats = {}
+    if m := re.search(r"Used (\d+) registers", text):
+        stats["registers"] = int(m.group(1))
+    if m := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text):
+        stats["spill_stores"], stats["spill_loads"] = int(m.group(1)), int(m.group(2))
+    if m := re.search(r"(\d+) bytes stack frame", text):
+        stats["stack"] = int(m.group(1))
+    return stats
+
+
+def _run_ptxas(ptx: str) -> dict:
+    """:func:`parse_ptxas_log` of ``ptxas -v`` run on the PTX; ``{"ptxas_error": ...}`` when that fails."""
+    ptxas = ptxas_path()
+    if ptxas is None:
+        return {"ptxas_error": "ptxas not found"}
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as handle:
+        handle.write(ptx)
+        path = handle.name
+    try:
+        proc = subprocess.run([ptxas, f"-arch={PTXAS_ARCH}", "-v", path, "-o", os.devnull], capture_output=True,
+                              text=True, timeout=300)
+    finally:
+        os.unlink(path)
+    text = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        lines = text.strip().splitlines() or ["ptxas failed"]
+        return {"ptxas_error": next((line for line in lines if "fatal" in line or "error" in line), lines[0])[:200]}
+    return parse_ptxas_log(text)
+
+
+def compile_launch(record: dict):
+    """Compile one recorded launch for sm_90: ``(triton CompiledKernel, ptxas stats, stats source)``; raises on
+    a compile error. The stats come from triton's own ``ptxas -v`` log (``"triton"``) or, for a kernel found in
+    the cache or a triton without that log, from running ptxas on the PTX (``"ptxas -v"``)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = jit_function(record)
+    signature, constexprs, attrs, _ = specialize(fn, record)
+    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+    with contextlib.suppress(AttributeError):  # triton prints its own ptxas -v log: the exact numbers
+        triton.knobs.nvidia.dump_ptxas_log = True
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        kernel = triton.compile(source, target=GPUTarget("cuda", TARGET_ARCH, 32), options=dict(record["options"]))
+    stats = parse_ptxas_log(log.getvalue())
+    if "registers" in stats:
+        return kernel, stats, "triton"
+    return kernel, _run_ptxas(kernel.asm["ptx"]), "ptxas -v"
+
+
+@contextlib.contextmanager
+def fresh_triton_cache() -> Iterator[str]:
+    """A temporary ``TRITON_CACHE_DIR`` (inherited by worker processes), so every kernel really goes through
+    ptxas and its log is read; the previous value is restored after."""
+    workdir = tempfile.mkdtemp(prefix="etsc_sm90_")
+    previous = os.environ.get("TRITON_CACHE_DIR")
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(workdir, "cache")
+    try:
+        yield workdir
+    finally:
+        if previous is None:
+            os.environ.pop("TRITON_CACHE_DIR", None)
+        else:
+            os.environ["TRITON_CACHE_DIR"] = previous
+        shutil.rmtree(workdir, ignore_errors=True)

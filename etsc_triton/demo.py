@@ -13,7 +13,7 @@ memory against sequence length, the speedups, the max relative difference betwee
 whether the greedy tokens are identical (checked for sequences up to the training length n, where all three
 decoders compute the same kernel), and draws per-token time against sequence length into ``--out``.
 
-Sizes: on CUDA the issue's configuration (6 layers, D=512, n=2048, batch 1 and 16, lengths 64..8192); without
+Sizes: on CUDA the headline configuration (6 layers, D=512, n=2048, batch 1 and 16, lengths 64..8192); without
 CUDA a CPU-sized one (2 layers, D=128, n=256, batch 1 and 4, lengths 16..1024, about a minute); ``--quick`` a
 tiny one (2 layers, D=32, n=64) that finishes in seconds on any machine. On CPU the kernels run through the
 Torch reference (``backend="auto"``).

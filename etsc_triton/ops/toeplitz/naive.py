@@ -164,9 +164,12 @@ def node_rounding_correction(b, lam_exact, lam_rounded, n, real):
     return _etsc_weights(-lags * r, real)
 
 
-def toeplitz_to_ssm(t, gamma=None, *, real=True, compensate=True):
+def toeplitz_to_ssm(t, gamma=None, *, real=True, compensate=True, rank=None, tol=None, length=None):
     """ETSC conversion by the definition (DESIGN 1.1): full DFT of the zero-sum extended vector, taken in
     float64 and rounded once (a float32 DFT of the extended vector loses ~eps * |sum t| in every mode).
+
+    With ``rank`` or ``tol`` (and optionally ``length``): the order reduction of the taps instead, by the dense
+    reference of :func:`etsc_triton.reference.reduce_ssm`; returns ``(lam, b, bound)``.
 
     Args:
         t: `[..., n]` real kernel coefficients, lag last.
@@ -180,6 +183,10 @@ def toeplitz_to_ssm(t, gamma=None, *, real=True, compensate=True):
         `(lam, b)` complex `[..., N]`, complex128 for float64 t, complex64 otherwise.
     """
     gamma = check_toeplitz_args(t, gamma, real, compensate)
+    if rank is not None or tol is not None or length is not None:
+        from ..reduce.reduce import reduce_taps  # the reduction imports this module
+
+        return reduce_taps("toeplitz_to_ssm", t, gamma, real, rank, tol, length, subspace="dense", refine=False)
     cdtype = _complex_dtype_for(t)
     n = t.shape[-1]
     m = n + 1

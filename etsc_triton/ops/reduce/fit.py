@@ -391,6 +391,27 @@ def _exact_modes(lam64, b64):
     return lam32, b64.to(torch.complex64)
 
 
+def _fit_and_certify(kernel, margin, subspace, rank, refine_target, threshold):
+    """Fit and certify ``rank`` modes. Under a tolerance (``threshold [C]``) the plain ERA + least-squares fit
+    comes first and only the systems it leaves above the threshold are refined, towards the max error (the
+    certified quantity); otherwise every system is refined towards ``refine_target``."""
+    if threshold is None:
+        lam32, b32 = fit_rank(kernel, subspace, rank, refine_target=refine_target)
+        return lam32, b32, certified_bound(kernel, margin, lam32, b32)[1]
+    lam32, b32 = fit_rank(kernel, subspace, rank, refine_target=None)
+    bound = certified_bound(kernel, margin, lam32, b32)[1]
+    missed = (bound.to(torch.float64) > threshold).nonzero()[:, 0]
+    if refine_target is None or missed.numel() == 0:
+        return lam32, b32, bound
+    lam_ref, b_ref = fit_rank(kernel[missed], subspace[missed], rank, refine_target="max")
+    bound_ref = certified_bound(kernel[missed], margin[missed], lam_ref, b_ref)[1]
+    better = bound_ref < bound[missed]
+    lam32[missed] = torch.where(better[:, None], lam_ref, lam32[missed])
+    b32[missed] = torch.where(better[:, None], b_ref, b32[missed])
+    bound[missed] = torch.where(better, bound_ref, bound[missed])
+    return lam32, b32, bound
+
+
 def _reduce_chunk(kernel, margin, exact, ranks, cap, tol, scale, subspace_kind, refine_target):
     """One chunk of systems: for ``tol``, ranks ascend and only the systems that missed it are refitted; a system
     keeps the first fit that meets it (its unused slots stay zero: lam = b = 0)."""
@@ -408,12 +429,13 @@ def _reduce_chunk(kernel, margin, exact, ranks, cap, tol, scale, subspace_kind, 
             break
         if exact is not None and r >= exact[0].shape[-1]:
             lam32, b32 = _exact_modes(exact[0][rows], exact[1][rows])
+            bound = certified_bound(kernel[rows], margin[rows], lam32, b32)[1]
         else:
-            if 2 * r > width:
+            if 2 * r > width:  # under tol the sketch widens in powers of two, so ascending ranks share it
                 width = 2 * r if tol is None else 1 << max(3, (2 * r - 1).bit_length())
                 subspace = leading_subspace(kernel, width, method=subspace_kind)
-            lam32, b32 = fit_rank(kernel[rows], subspace[rows], r, refine_target=refine_target)
-        _, bound = certified_bound(kernel[rows], margin[rows], lam32, b32)
+            lam32, b32, bound = _fit_and_certify(kernel[rows], margin[rows], subspace[rows], r, refine_target,
+                                                 None if tol is None else tol * scale[rows])
         better = bound < bound_best[rows] if tol is not None else torch.ones_like(bound, dtype=torch.bool)
         fitted = lam32.shape[1]
         padded_lam = torch.zeros(rows.numel(), cap, dtype=torch.complex64, device=device)

@@ -124,7 +124,15 @@ def fold_poles(poles: torch.Tensor, slots: int) -> tuple[torch.Tensor, torch.Ten
         lam = torch.cat([lam, lam.new_zeros(lam.shape[0], pad)], dim=1)
         used = torch.cat([used, used.new_zeros(used.shape[0], pad)], dim=1)
         is_real = torch.cat([is_real, is_real.new_zeros(is_real.shape[0], pad)], dim=1)
-    return _stabilise(lam), is_real, used, fits
+    return _reflect(lam), is_real, used, fits
+
+
+def _reflect(lam: torch.Tensor) -> torch.Tensor:
+    """ERA poles outside the unit disc mirrored inside, ``lam -> 1 / conj(lam)``: such poles mostly come from the
+    noise part of the subspace, and mirrored they decay instead of being pinned to the circle (the refinement
+    then moves what matters)."""
+    radius = lam.abs()
+    return torch.where(radius > 1, lam / radius.clamp_min(1e-300).square(), lam)
 
 
 def _stabilise(lam: torch.Tensor) -> torch.Tensor:
@@ -133,20 +141,56 @@ def _stabilise(lam: torch.Tensor) -> torch.Tensor:
     return torch.where(radius > 1, lam / radius.clamp_min(1e-300), lam)
 
 
+def merge_real_pairs(poles: torch.Tensor, slots: int):
+    """Fold one system's poles into ``slots`` by merging the closest real poles pairwise into complex slots:
+    ``p1, p2 -> (p1 + p2) / 2 + i |p1 - p2| / 2``, whose conjugate pair spans ``p1^j, p2^j`` to first order in
+    their distance (the refinement then moves it). None when even that does not fit."""
+    tiny = REAL_POLE * poles.abs()
+    upper = [complex(z) for z in poles[poles.imag > tiny].tolist()]
+    real = sorted(float(z.real) for z in poles[poles.imag.abs() <= tiny])
+    excess = len(upper) + len(real) - slots
+    if excess > len(real) // 2:
+        return None
+    merged = []
+    for _ in range(excess):
+        gaps = [real[i + 1] - real[i] for i in range(len(real) - 1)]
+        i = min(range(len(gaps)), key=gaps.__getitem__)
+        merged.append(complex(0.5 * (real[i] + real[i + 1]), 0.5 * (real[i + 1] - real[i]) + 1e-6))
+        real = real[:i] + real[i + 2 :]
+    lam = upper + merged + real
+    flags = [False] * (len(upper) + len(merged)) + [True] * len(real)
+    pad = slots - len(lam)
+    return lam + [0j] * pad, flags + [False] * pad, [True] * len(lam) + [False] * pad
+
+
 def select_poles(subspace: torch.Tensor, rank: int):
-    """For every system the poles of the largest ERA order ``k <= 2 rank`` that fold into ``rank`` slots."""
+    """Candidate poles for ``rank`` slots per system: those of the largest ERA order ``k <= 2 rank`` that fold
+    into ``rank`` slots, and, for systems whose order-``2 rank`` poles hold too many real ones, those poles with
+    real pairs merged (:func:`merge_real_pairs`). Returns ``(lam, is_real, used)`` `[C, rank]` and the merged
+    alternative ``(lam, is_real, used, has)`` (``has [C]``: an alternative exists)."""
     channels = subspace.shape[0]
+    device = subspace.device
     top = min(2 * rank, subspace.shape[2], subspace.shape[1] - 1)
-    lam = torch.zeros(channels, rank, dtype=torch.complex128, device=subspace.device)
-    is_real = torch.zeros(channels, rank, dtype=torch.bool, device=subspace.device)
+    lam = torch.zeros(channels, rank, dtype=torch.complex128, device=device)
+    is_real = torch.zeros(channels, rank, dtype=torch.bool, device=device)
     used = torch.zeros_like(is_real)
-    done = torch.zeros(channels, dtype=torch.bool, device=subspace.device)
+    done = torch.zeros(channels, dtype=torch.bool, device=device)
+    alt = (lam.clone(), is_real.clone(), used.clone(), torch.zeros_like(done))
     if top < 1:  # one or two lags: a real mode at lam = 0 (K^r_0 = b, zero beyond) is the best single slot
         used[:, 0] = True
         is_real[:, 0] = True
-        return lam, is_real, used
+        return (lam, is_real, used), alt
     for order in range(top, 0, -1):
-        cand_lam, cand_real, cand_used, fits = fold_poles(era_poles(subspace, order), rank)
+        poles = era_poles(subspace, order)
+        cand_lam, cand_real, cand_used, fits = fold_poles(poles, rank)
+        if order == top:
+            for row in (~fits).nonzero()[:, 0].tolist():
+                merged = merge_real_pairs(poles[row].cpu(), rank)
+                if merged is not None:
+                    alt[0][row] = torch.tensor(merged[0], dtype=torch.complex128)
+                    alt[1][row] = torch.tensor(merged[1])
+                    alt[2][row] = torch.tensor(merged[2])
+                    alt[3][row] = True
         take = fits & ~done
         lam = torch.where(take[:, None], cand_lam, lam)
         is_real = torch.where(take[:, None], cand_real, is_real)
@@ -154,7 +198,7 @@ def select_poles(subspace: torch.Tensor, rank: int):
         done |= take
         if bool(done.all()):
             break
-    return lam, is_real, used
+    return (lam, is_real, used), (_reflect(alt[0]), *alt[1:])
 
 
 # ----------------------------------------------------------------------------------------------- residues
@@ -218,6 +262,12 @@ def fit_residues(kernel, lam, is_real, used, sqrt_weight=None) -> torch.Tensor:
     coef = _weighted_lstsq(columns, kernel, sqrt_weight, 0.0)
     # alpha Re(lam^j) + beta Im(lam^j) = Re((alpha - i beta) lam^j)
     return torch.complex(coef[:, :rank], -coef[:, rank:])
+
+
+def _ls_error(kernel, lam, is_real, used) -> torch.Tensor:
+    """l2 error `[C]` of the least-squares fit with these poles."""
+    b = fit_residues(kernel, lam, is_real, used)
+    return (kernel - model_kernel(lam, b, kernel.shape[1])).square().sum(-1)
 
 
 def model_kernel(lam, b, length) -> torch.Tensor:
@@ -306,7 +356,15 @@ def _chunks(channels: int, length: int, rank: int):
 
 def fit_rank(kernel, subspace, rank, *, refine_target):
     """Fit ``rank`` folded modes to every kernel: complex64 ``(lam, b)`` `[C, rank]`."""
-    lam, is_real, used = select_poles(subspace, rank)
+    (lam, is_real, used), (alt_lam, alt_real, alt_used, has_alt) = select_poles(subspace, rank)
+    if bool(has_alt.any()):  # keep, per system, the candidate with the smaller least-squares error
+        rows = has_alt.nonzero()[:, 0]
+        err = _ls_error(kernel[rows], lam[rows], is_real[rows], used[rows])
+        err_alt = _ls_error(kernel[rows], alt_lam[rows], alt_real[rows], alt_used[rows])
+        pick = (err_alt < err)[:, None]
+        lam[rows] = torch.where(pick, alt_lam[rows], lam[rows])
+        is_real[rows] = torch.where(pick, alt_real[rows], is_real[rows])
+        used[rows] = torch.where(pick, alt_used[rows], used[rows])
     if refine_target is not None:
         b = fit_residues(kernel, lam, is_real, used)
         lam, _ = refine(kernel, lam, b, is_real, used, target=refine_target)

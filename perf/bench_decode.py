@@ -287,7 +287,7 @@ def _plot_reduction(rows, out_dir):
         ("reduce", "bound", "x:", "tab:blue", "reduction: certified bound (worst channel)"),
         ("truncate", "l1_error", "s--", "tab:orange", "DFT truncation: l1 error (median)"),
         ("reduce", "l1_error", "s--", "tab:green", "reduction: l1 error (median)"),
-        ("hankel_lower_bound", "lower_bound", "k^-", "black", "Hankel lower bound sigma_(2r+1) (median)"),
+        ("hankel_lower_bound", "lower_bound", "^-", "black", "Hankel lower bound sigma_(2r+1) (median)"),
     ]
     paths = []
     for ax, kind in zip(axes[0], kinds, strict=True):

@@ -1,10 +1,11 @@
 """The reduction pipeline on a float64 kernel, batched over systems (torch; runs where the kernel lives).
 
-kernel `[C, L]` -> leading Hankel subspace (randomised range finder with FFT Hankel products, or a dense
-eigendecomposition for short kernels) -> ERA poles per real order -> conjugate folding into ``rank`` slots
--> least-squares residues -> Levenberg-Marquardt on poles and residues, first in l2, then iteratively
-reweighted towards the l1 or max error -> complex64 rounding of the poles, residues refitted to the rounded
-poles, rounded -> the certified bound. Derivation and the reasons in this folder's README.
+kernel `[C, L]` -> leading Hankel subspace (a sketch of spread Hankel columns refined by one FFT Hankel
+product, or a dense eigendecomposition for short kernels) -> ERA poles per real order -> conjugate folding into
+``rank`` slots (real pole pairs merged when they do not fit) -> least-squares residues -> Levenberg-Marquardt on
+poles and residues, first in l2, then iteratively reweighted towards the l1 or max error -> complex64 rounding
+of the poles, residues refitted to the rounded poles, rounded -> the certified bound. Derivation and the
+reasons in this folder's README.
 """
 
 from __future__ import annotations

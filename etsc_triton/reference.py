@@ -6,6 +6,7 @@ does. They compute in the precision of their inputs, so complex128 / float64 inp
 
 from .ops.lsh.naive import lsh_hash, memory_gather, memory_layer
 from .ops.prefill.naive import ssm_prefill_state
+from .ops.reduce.naive import hankel_lower_bound, hankel_singular_values, reduce_ssm, reduction_error
 from .ops.ssm.naive import ssm_scan, ssm_step
 from .ops.toeplitz.naive import realised_kernel64, ssm_kernel, toeplitz_to_ssm, vandermonde_solve
 
@@ -14,6 +15,10 @@ __all__ = [
     "ssm_kernel",
     "vandermonde_solve",
     "realised_kernel64",
+    "reduce_ssm",
+    "reduction_error",
+    "hankel_singular_values",
+    "hankel_lower_bound",
     "ssm_scan",
     "ssm_step",
     "ssm_prefill_state",

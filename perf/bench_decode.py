@@ -10,6 +10,11 @@
   token), ``scan`` (``ssm_scan``).
 * ``truncation`` (values, x = modes kept): kernel error and its bound under mode truncation, for kernels from
   the relative-position MLP with decay and for random kernels; ``plot`` draws ``truncation.png``.
+* ``reduction`` (values, x = folded modes): order reduction (``toeplitz_to_ssm(rank=...)``) against the DFT
+  truncation and the Hankel lower bound ``sigma_(2r+1)``, on the MLP kernels and on sums of damped modes plus
+  noise; ``plot`` draws ``reduction.png``.
+* ``decode_layer_step`` (x = batch): one layer's decode step (``ssm_step``) at the ETSC state (``ceil(n/2)``
+  modes) and at the reduced rank, with the bytes each step moves.
 """
 
 from __future__ import annotations
@@ -181,6 +186,89 @@ def _truncation_study(ctx, channels: int, n: int) -> None:
                 )
 
 
+REDUCTION_RANKS = (1, 2, 4, 8, 16, 32)
+
+
+def _damped_mode_taps(channels: int, n: int, modes: int = 12, noise: float = 1e-6) -> torch.Tensor:
+    """Taps that are sums of ``modes`` damped real oscillations (radii 0.95 .. 0.999, frequencies below 0.3 rad
+    per lag, most of them slow) plus white noise of ``noise * max|t|`` (float64)."""
+    gen = torch.Generator().manual_seed(2)
+    radius = 1 - 10 ** (-1.3 - 1.7 * torch.rand(channels, modes, generator=gen, dtype=torch.float64))
+    angle = 0.3 * torch.rand(channels, modes, generator=gen, dtype=torch.float64) ** 2
+    lam = torch.polar(radius, angle)
+    b = torch.complex(torch.randn(channels, modes, generator=gen, dtype=torch.float64),
+                      torch.randn(channels, modes, generator=gen, dtype=torch.float64))
+    t = et.reference.ssm_kernel(lam, b, n)
+    return t + noise * t.abs().amax(-1, keepdim=True) * torch.randn(channels, n, generator=gen, dtype=torch.float64)
+
+
+def _reduction_study(ctx, channels: int, n: int, ranks) -> None:
+    """Error vs rank of the DFT truncation, the reduction and the Hankel lower bound, over lags ``j < n``.
+
+    Metrics (x = folded modes): ``max_error`` (worst channel's ``max_j |K - K^r| / max_j |K|``; for the
+    reduction also ``bound``, its certified bound), ``l1_error`` (median channel's ``sum_j |K - K^r| / sum_j
+    |K|``), ``lower_bound`` (median ``sigma_(2r+1) / sum_j |K|``), and ``l1_over_lower_bound`` (median and
+    worst channel's l1 error over ``max(sigma_(2r+1), 1e-5 sum_j |K|)``, the floor complex64 poles resolve).
+    """
+    decay = 0.99
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        mlp = RelativePositionMLP(channels, 64, n, decay)
+    with torch.no_grad():
+        families = {"mlp_decay": (mlp(n).double(), decay), "damped_modes": (_damped_mode_taps(channels, n), 1.0)}
+    lags = torch.arange(n, dtype=torch.float64)
+    for kind, (t, gamma) in families.items():
+        cfg = {"kernels": kind, "n": n, "d": channels, "gamma": gamma}
+        kernel = t * gamma**lags
+        scale, l1_norm = kernel.abs().amax(-1), kernel.abs().sum(-1)
+        sigma = et.reference.hankel_singular_values(kernel)
+        layer = ToeplitzSSM(t.float(), gamma)
+        for rank in ranks:
+            layer.convert(rank=rank)
+            truncated = et.ssm_kernel(layer.lam, layer.b, n).double()
+            lam_r, b_r, bound = et.toeplitz_to_ssm(t.to(ctx.device), gamma, rank=rank)
+            reduced = et.reference.ssm_kernel(lam_r.cpu().to(torch.complex128), b_r.cpu().to(torch.complex128), n)
+            lower = sigma[:, 2 * rank] if 2 * rank < sigma.shape[1] else torch.zeros(channels, dtype=torch.float64)
+            l1 = (kernel - reduced).abs().sum(-1)
+            ratio = l1 / torch.maximum(lower, 1e-5 * l1_norm)
+            values = {
+                ("truncate", "max_error"): ((kernel - truncated).abs().amax(-1) / scale).max(),
+                ("reduce", "max_error"): ((kernel - reduced).abs().amax(-1) / scale).max(),
+                ("reduce", "bound"): (bound.cpu().double() / scale).max(),
+                ("reduce", "l1_error"): (l1 / l1_norm).median(),
+                ("truncate", "l1_error"): ((kernel - truncated).abs().sum(-1) / l1_norm).median(),
+                ("hankel_lower_bound", "lower_bound"): (lower / l1_norm).median(),
+                ("reduce", "l1_over_lower_bound_median"): ratio.median(),
+                ("reduce", "l1_over_lower_bound_max"): ratio.max(),
+            }
+            for (provider, metric), value in values.items():
+                ctx.value(op="reduction", provider=provider, metric=metric, value=float(value), x_name="modes",
+                          x_value=rank, config=cfg)
+
+
+def _reduced_step(ctx, model: TNNLanguageModel, batches, backend: str) -> None:
+    """One layer's decode step at the ETSC state and at the reduced rank: time and bytes per step."""
+    block = model.blocks[0]
+    with torch.no_grad():
+        t = block.coefficients()
+    config = model.config
+    for provider, convert in (("etsc", {}), ("reduced", {"method": "reduce", "rank": 4})):
+        layer = ToeplitzSSM(t, block.decay, backend=backend).to(ctx.device)
+        layer.convert(**convert)
+        modes = layer.state_size
+        for batch in batches:
+            d = config.d_model
+            cfg = {"d": d, "n": config.n}
+            x = torch.randn(batch, d, device=ctx.device)
+            state = layer.new_state(batch)
+            nbytes = 2 * batch * d * modes * 8 + 2 * d * modes * 8 + 2 * batch * d * 4  # state r+w, lam, b, x, y
+            ctx.time(op="decode_layer_step", provider=provider, x_name="batch", x_value=batch, config=cfg,
+                     bytes=nbytes, fn=lambda x=x, state=state, layer=layer: layer.step(x, state))
+            for metric, value in (("bytes_per_step", nbytes), ("state_modes", modes)):
+                ctx.value(op="decode_layer_step", provider=provider, metric=metric, value=float(value),
+                          x_name="batch", x_value=batch, config=cfg)
+
+
 def run(ctx) -> None:
     backend = "triton" if ctx.on_gpu or ctx.quick else "auto"
     if ctx.quick:
@@ -204,9 +292,61 @@ def run(ctx) -> None:
         backend,
     )
     _truncation_study(ctx, ctx.sizes(quick=[8], full=[64])[0], ctx.sizes(quick=[63], full=[2048])[0])
+    _reduced_step(ctx, model, ctx.sizes(quick=[1, 4], full=[1, 16, 64]), backend)
+    _reduction_study(ctx, ctx.sizes(quick=[4], full=[32])[0], ctx.sizes(quick=[63], full=[2048])[0],
+                     ctx.sizes(quick=[1, 2, 4], full=REDUCTION_RANKS))
 
 
 def plot(rows, out_dir):
+    """``truncation.png`` and ``reduction.png``."""
+    return _plot_truncation(rows, out_dir) + _plot_reduction(rows, out_dir)
+
+
+def _plot_reduction(rows, out_dir):
+    """``reduction.png``: per kernel family, the worst channel's max error (truncation, reduction, its bound) and
+    the median l1 error of the reduction against the Hankel lower bound, vs folded modes."""
+    points = [r for r in rows if r["op"] == "reduction"]
+    if not points:
+        return []
+    kinds = sorted({json.loads(r["config"])["kernels"] for r in points})
+    fig, axes = plt.subplots(1, len(kinds), figsize=(6.0 * len(kinds), 4.6), squeeze=False)
+    styles = [
+        ("truncate", "max_error", "o-", "tab:red", "DFT truncation: max error (worst channel)"),
+        ("reduce", "max_error", "o-", "tab:blue", "reduction: max error (worst channel)"),
+        ("reduce", "bound", "x:", "tab:blue", "reduction: certified bound (worst channel)"),
+        ("truncate", "l1_error", "s--", "tab:orange", "DFT truncation: l1 error (median)"),
+        ("reduce", "l1_error", "s--", "tab:green", "reduction: l1 error (median)"),
+        ("hankel_lower_bound", "lower_bound", "^-", "black", "Hankel lower bound sigma_(2r+1) (median)"),
+    ]
+    paths = []
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        mine = [r for r in points if json.loads(r["config"])["kernels"] == kind]
+        for provider, metric, style, color, label in styles:
+            series = sorted(
+                (r["x_value"], r["p50"]) for r in mine if r["provider"] == provider and r["metric"] == metric
+            )
+            if series:
+                ys = [max(y, 1e-17) for _, y in series]
+                ax.plot([x for x, _ in series], ys, style, color=color, label=label)
+        cfg = json.loads(mine[0]["config"])
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"{kind}: n={cfg['n']}, {cfg['d']} channels, gamma={cfg['gamma']}", fontsize=9)
+        ax.set_xlabel("folded modes per channel (state size)")
+        ax.set_ylabel("max error / max|K|, l1 error / sum|K|")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Order reduction vs ETSC mode truncation ({points[0]['gpu']})", fontsize=10)
+    fig.tight_layout()
+    path = Path(out_dir) / "reduction.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    paths.append(path)
+    return paths
+
+
+def _plot_truncation(rows, out_dir):
     """``truncation.png``: relative kernel error (measured, solid) and its bound (dashed) vs modes kept."""
     points = [r for r in rows if r["op"] == "truncation"]
     if not points:

@@ -248,6 +248,8 @@ class SSMDecoder:
     Args:
         model: the TNN.
         rank: optional mode truncation per channel (``ToeplitzSSM.convert(rank=...)``); ``None`` is exact.
+        method: ``"truncate"`` (ETSC modes) or ``"reduce"`` (order reduction, ``ToeplitzSSM.convert``).
+        tol: ``method="reduce"``: the relative kernel tolerance that picks the rank.
         backend: kernel backend (``"auto"``: Triton on CUDA, the Torch reference on CPU).
         cuda_graph: capture one decode step in a CUDA graph and replay it (CUDA only; default: on CUDA).
         layers: already converted :class:`ToeplitzSSM` s, one per block (then ``rank`` and ``backend`` are
@@ -261,6 +263,8 @@ class SSMDecoder:
         model: TNNLanguageModel,
         *,
         rank: int | None = None,
+        method: str = "truncate",
+        tol: float | None = None,
         backend: str = "auto",
         cuda_graph: bool | None = None,
         layers: list[ToeplitzSSM] | None = None,
@@ -274,7 +278,7 @@ class SSMDecoder:
             self.layers = []
             for block in model.blocks:
                 layer = ToeplitzSSM(block.coefficients(), block.decay, tail="ssm", backend=backend)
-                layer.convert(rank=rank)
+                layer.convert(rank=rank, method=method, tol=tol)
                 self.layers.append(layer)
         device = model.embed.weight.device
         self.cuda_graph = device.type == "cuda" if cuda_graph is None else cuda_graph

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..ops import realised_kernel64, ssm_kernel, ssm_prefill_state, ssm_step, toeplitz_to_ssm
+from ..ops import realised_kernel64, ssm_kernel, ssm_prefill_state, ssm_scan, ssm_step, toeplitz_to_ssm
 
 TAILS = ("ssm", "zero")
+CONVERSIONS = ("truncate", "reduce")
 
 
 def causal_fft_conv(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -78,12 +79,16 @@ class ConversionReport:
         kernel_error: ``[D]`` measured ``max_j |K_ssm(j) - K_exact(j)|`` over one period (``j < n + 1``; later
             lags repeat it damped by ``gamma^(n+1)``), with ``K_ssm`` the kernel of the complex64 ``(lam, b)``
             and ``K_exact`` both evaluated in float64: it includes the float32 rounding of the conversion.
+        method: ``"truncate"`` (DFT modes kept) or ``"reduce"`` (order reduction). For ``"reduce"``,
+            ``truncation_bound`` is the certified bound of :func:`etsc_triton.reduce_ssm` on the kernel error over
+            the horizon ``j < length`` and ``kernel_error`` is measured over that horizon.
     """
 
     rank: int | None
     state_size: int
     truncation_bound: torch.Tensor
     kernel_error: torch.Tensor
+    method: str = "truncate"
 
 
 class ToeplitzSSM(nn.Module):
@@ -172,17 +177,37 @@ class ToeplitzSSM(nn.Module):
         self._check_x("forward", x, 3)
         return causal_fft_conv(x, self.kernel(x.shape[1]))
 
-    def convert(self, rank: int | None = None) -> ConversionReport:
+    def convert(
+        self,
+        rank: int | None = None,
+        *,
+        method: str = "truncate",
+        tol: float | None = None,
+        length: int | None = None,
+    ) -> ConversionReport:
         """Convert to a diagonal SSM with :func:`etsc_triton.toeplitz_to_ssm` (conjugate-folded modes).
 
         Args:
-            rank: keep, per channel, the ``rank`` modes with the largest ``|b|`` (``None``: keep all).
+            rank: ``method="truncate"``: keep, per channel, the ``rank`` DFT modes with the largest ``|b|``
+                (``None``: keep all). ``method="reduce"``: the folded modes of the reduced system.
+            method: ``"truncate"`` (the ETSC modes, optionally truncated) or ``"reduce"`` (order reduction of
+                the taps with a certified error, :func:`etsc_triton.reduce_ssm`; give ``rank`` or ``tol``).
+            tol: ``method="reduce"`` only: the smallest rank whose certified bound is ``<= tol * max|K|`` in every
+                channel.
+            length: ``method="reduce"`` only: the horizon the reduced kernel is fitted and certified over
+                (default and at most n). Beyond it the reduced SSM follows its own poles, not the ETSC wrap.
 
         Returns:
             A :class:`ConversionReport` (also stored as ``self.report``); ``lam``, ``b`` (complex64 ``[D,
             N]``)
             and ``modes`` (int64 ``[D, N]``, the mode number ``k`` of every kept column) become buffers.
         """
+        if method not in CONVERSIONS:
+            raise ValueError(f"ToeplitzSSM.convert: method must be one of {CONVERSIONS}, got {method!r}")
+        if method == "reduce":
+            return self._reduce(rank, tol, length)
+        if tol is not None or length is not None:
+            raise ValueError("ToeplitzSSM.convert: tol and length apply to method='reduce' only")
         lam, b = toeplitz_to_ssm(self.t.float(), self.gamma.float(), backend=self.backend)
         full = lam.shape[-1]
         modes = torch.arange(1, full + 1, device=lam.device).expand(self.channels, full).contiguous()
@@ -208,12 +233,34 @@ class ToeplitzSSM(nn.Module):
         )
         return self.report
 
+    def _reduce(self, rank: int | None, tol: float | None, length: int | None) -> ConversionReport:
+        """``convert(method="reduce")``: the reduced modes become ``lam``, ``b``; ``modes`` is None."""
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+            raise ValueError(f"ToeplitzSSM.convert: rank must be a positive int or None, got {rank!r}")
+        lam, b, bound = toeplitz_to_ssm(
+            self.t, self.gamma, rank=rank, tol=tol, length=length, backend=self.backend
+        )
+        horizon = self.n if length is None else length
+        realised = ssm_kernel(lam, b, horizon, backend=self.backend)
+        exact = self.kernel(horizon, tail="ssm", dtype=torch.float64)
+        self.lam, self.b, self.modes = lam.contiguous(), b.contiguous(), None
+        self.report = ConversionReport(
+            rank=lam.shape[-1],
+            state_size=lam.shape[-1],
+            truncation_bound=bound.to(torch.float64),
+            kernel_error=(realised.to(torch.float64) - exact).abs().amax(-1),
+            method="reduce",
+        )
+        return self.report
+
     def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Serve a prompt: outputs by FFT convolution, final state by the folded DFT (no scan).
 
         The outputs use the kernel the converted SSM realises: the exact ``tail="ssm"`` kernel when all modes
         are kept, the truncated SSM's kernel (:func:`etsc_triton.ssm_kernel`) after ``convert(rank=...)``; so
-        ``prefill`` followed by ``step`` equals running the SSM over the whole sequence.
+        ``prefill`` followed by ``step`` equals running the SSM over the whole sequence. After
+        ``convert(method="reduce")`` the poles are not DFT nodes: outputs and state come from
+        :func:`etsc_triton.ssm_scan` (O(L * rank), rank is small).
 
         Args:
             x: the prompt ``[B, L, D]``.
@@ -223,6 +270,10 @@ class ToeplitzSSM(nn.Module):
         """
         self._require_converted("prefill")
         self._check_x("prefill", x, 3)
+        if self.report.method == "reduce":  # general poles: no DFT shortcut; the scan gives y and the state
+            work = x if x.dtype in (torch.float32, torch.bfloat16, torch.float16) else x.float()
+            y, state = ssm_scan(work, self.lam, self.b, backend=self.backend)
+            return y.to(x.dtype), state
         length = x.shape[1]
         if self.report.rank is None:
             kernel = self.kernel(length, tail="ssm")

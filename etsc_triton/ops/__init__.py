@@ -9,6 +9,7 @@ from .checks import check_int
 from .lsh import lsh_hash, memory_gather, memory_layer
 from .lsh.contract import MAX_CODE_LENGTH, WEIGHTINGS, check_temperature_weighting
 from .prefill import ssm_prefill_state
+from .reduce import reduce_ssm
 from .ssm import ssm_scan, ssm_step
 from .toeplitz import ssm_kernel, toeplitz_to_ssm, vandermonde_solve
 from .toeplitz.naive import realised_kernel64
@@ -17,6 +18,7 @@ __all__ = [
     "toeplitz_to_ssm",
     "ssm_kernel",
     "vandermonde_solve",
+    "reduce_ssm",
     "ssm_scan",
     "ssm_step",
     "ssm_prefill_state",

@@ -20,6 +20,23 @@ def real_view(z: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(z.to(torch.complex64).contiguous())
 
 
+def vandermonde_kernel64(lam: torch.Tensor, b: torch.Tensor, length: int) -> torch.Tensor:
+    """``K_j = Re sum_s b_s lam_s^j`` for ``j < length`` in complex128 by the materialised ``[..., N, length]``
+    Vandermonde matrix (memory O(N * length) per row): the definition, for oracles and certificates.
+
+    Args:
+        lam, b: `[..., N]` complex (evaluated in complex128: lam^j in complex64 would lose ~j * 6e-8 relative).
+        length: number of lags L >= 0.
+
+    Returns:
+        K `[..., L]` float64.
+    """
+    lam = lam.to(torch.complex128)
+    j = torch.arange(length, device=lam.device)
+    powers = torch.where(j == 0, torch.ones((), dtype=lam.dtype, device=lam.device), lam[..., :, None] ** j)
+    return torch.einsum("...s,...sj->...j", b.to(lam.dtype), powers).real
+
+
 @triton.jit
 def complex_mul(ar, ai, br, bi):
     """(ar + i ai) * (br + i bi) on separate real/imaginary fp32 tensors; returns ``(re, im)``."""

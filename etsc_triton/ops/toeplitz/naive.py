@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from ..complex import vandermonde_kernel64
+from ..reduce.reduce import reduce_taps
 from .contract import check_kernel_args, check_solve_args, check_toeplitz_args, etsc_mode_count
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -91,9 +93,12 @@ def node_rounding_correction(b, lam_exact, lam_rounded, n, real):
     return _etsc_weights(-lags * r, real)
 
 
-def toeplitz_to_ssm(t, gamma=None, *, real=True, compensate=True):
+def toeplitz_to_ssm(t, gamma=None, *, real=True, compensate=True, rank=None, tol=None, length=None):
     """ETSC conversion by the definition (op README): full DFT of the zero-sum extended vector, taken in
     float64 and rounded once (a float32 DFT of the extended vector loses ~eps * |sum t| in every mode).
+
+    With ``rank`` or ``tol`` (and optionally ``length``): the order reduction of the taps instead, by the dense
+    reference of :func:`etsc_triton.reference.reduce_ssm`; returns ``(lam, b, bound)``.
 
     Args:
         t: `[..., n]` real kernel coefficients, lag last.
@@ -107,6 +112,8 @@ def toeplitz_to_ssm(t, gamma=None, *, real=True, compensate=True):
         `(lam, b)` complex `[..., N]`, complex128 for float64 t, complex64 otherwise.
     """
     gamma = check_toeplitz_args(t, gamma, real, compensate)
+    if rank is not None or tol is not None or length is not None:
+        return reduce_taps("toeplitz_to_ssm", t, gamma, real, rank, tol, length, subspace="dense", refine=False)
     cdtype = _complex_dtype_for(t)
     n = t.shape[-1]
     m = n + 1
@@ -142,10 +149,7 @@ def ssm_kernel(lam, b, length):
     """
     length = check_kernel_args(lam, b, length)
     out_dtype = torch.float64 if _complex_dtype_for(lam, b) == torch.complex128 else torch.float32
-    lam = lam.to(torch.complex128)  # lam^j in complex64 would lose ~j * 6e-8 relative: evaluate exactly
-    j = torch.arange(length, device=lam.device)
-    powers = torch.where(j == 0, torch.ones((), dtype=lam.dtype, device=lam.device), lam[..., :, None] ** j)
-    return torch.einsum("...s,...sj->...j", b.to(lam.dtype), powers).real.to(out_dtype).contiguous()
+    return vandermonde_kernel64(lam, b, length).to(out_dtype).contiguous()
 
 
 def realised_kernel64(lam: torch.Tensor, b: torch.Tensor, length: int) -> torch.Tensor:

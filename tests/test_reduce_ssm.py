@@ -1,0 +1,272 @@
+"""reduce_ssm / toeplitz_to_ssm(rank=|tol=): exact recovery, the certificate, the Hankel lower bound, tol, the
+taps path, bad input, and the reduced ToeplitzSSM layer (prefill + step == the reduced SSM)."""
+
+import inspect
+import math
+
+import pytest
+import torch
+from helpers import assert_close
+
+import etsc_triton as et
+from etsc_triton.nn.toeplitz import ToeplitzSSM
+from etsc_triton.ops.reduce import fit
+
+# The input modes are complex64: the recovered poles and residues round back to (nearly) the same complex64
+# values, so the bound is the certificate's margin: measured 1e-13 .. 2e-12 of max|K|.
+RECOVERY_REL = 1e-9
+
+
+def _modes(channels, rank, seed, *, real_poles=0, radius=(0.6, 0.97)):
+    """Random stable folded modes: ``rank - real_poles`` complex poles and ``real_poles`` real ones."""
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = radius
+    mag = lo + (hi - lo) * torch.rand(channels, rank, generator=g, dtype=torch.float64)
+    angle = 0.2 + 2.5 * torch.rand(channels, rank, generator=g, dtype=torch.float64)
+    angle[:, rank - real_poles :] = 0.0
+    lam = torch.polar(mag, angle)
+    b = torch.complex(torch.randn(channels, rank, generator=g, dtype=torch.float64),
+                      torch.randn(channels, rank, generator=g, dtype=torch.float64))
+    b[:, rank - real_poles :] = b[:, rank - real_poles :].real.to(b.dtype)
+    return lam, b
+
+
+def _smooth_taps(channels, n, seed, noise=0.0):
+    """Smooth decaying taps: a few bumps of the lag (like the demo's position MLP) plus optional noise."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.linspace(0, 1, n, dtype=torch.float64)
+    centres = torch.rand(channels, 3, 1, generator=g, dtype=torch.float64)
+    heights = torch.randn(channels, 3, 1, generator=g, dtype=torch.float64)
+    t = (heights * torch.exp(-((x - centres) ** 2) / 0.05)).sum(1)
+    return t + noise * torch.randn(channels, n, generator=g, dtype=torch.float64)
+
+
+def _error(kernel, lam_r, b_r):
+    """float64 ``max_j |K_j - K^r_j|`` for a kernel `[..., L]`."""
+    reduced = et.reference.ssm_kernel(lam_r.to(torch.complex128), b_r.to(torch.complex128), kernel.shape[-1])
+    return (kernel - reduced).abs().amax(-1)
+
+
+def test_signature_matches_the_reference():
+    fast = inspect.signature(et.reduce_ssm).parameters
+    ref = dict(inspect.signature(et.reference.reduce_ssm).parameters)
+    assert fast["backend"].default == "auto" and fast["backend"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert {k: v for k, v in fast.items() if k != "backend"} == ref
+    assert "Args" in et.reduce_ssm.__doc__ and "reduce_ssm" in et.__all__
+
+
+@pytest.mark.parametrize("length", [63, 301])  # 301: p = 151, the sketched subspace with FFT products
+@pytest.mark.parametrize("real_poles", [0, 1])
+def test_sum_of_r_damped_modes_is_recovered_at_rank_r(length, real_poles):
+    lam, b = _modes(4, 3, seed=length + real_poles, real_poles=real_poles)
+    noise = _modes(4, 5, seed=9, radius=(0.1, 0.5))  # extra modes with zero weight: N = 8 in, 3 out
+    lam_in = torch.cat([lam, noise[0]], -1).to(torch.complex64)
+    b_in = torch.cat([b, torch.zeros_like(noise[1])], -1).to(torch.complex64)
+    lam_r, b_r, bound = et.reduce_ssm(lam_in, b_in, 3, length=length)
+    assert lam_r.shape == (4, 3) and lam_r.dtype == torch.complex64 and bound.dtype == torch.float32
+    kernel = et.reference.ssm_kernel(lam_in.to(torch.complex128), b_in.to(torch.complex128), length)
+    scale = kernel.abs().amax(-1)
+    assert (bound.double() <= RECOVERY_REL * scale).all(), (bound.double() / scale).tolist()
+    assert (_error(kernel, lam_r, b_r) <= bound.double()).all()
+
+
+def _bound_cases():
+    lam, b = _modes(6, 12, seed=3, radius=(0.5, 0.99))
+    yield "random_ssm", lam.to(torch.complex64), b.to(torch.complex64), 200
+    t = _smooth_taps(6, 150, seed=4)
+    yield "smooth", *et.toeplitz_to_ssm(t, 0.97), 150
+    t = _smooth_taps(6, 150, seed=5, noise=1e-3)
+    yield "noisy", *et.toeplitz_to_ssm(t, 0.98), 150
+    g = torch.Generator().manual_seed(6)
+    yield "white_noise", *et.toeplitz_to_ssm(torch.randn(6, 40, generator=g), 0.9), 40
+
+
+@pytest.mark.parametrize("case", list(_bound_cases()), ids=lambda c: c[0])
+@pytest.mark.parametrize("rank", [1, 2, 5])
+def test_bound_is_certified(case, rank):
+    _, lam, b, length = case
+    lam_r, b_r, bound = et.reduce_ssm(lam, b, rank, length=length)
+    measured = et.reference.reduction_error(lam, b, lam_r, b_r, length)
+    assert (measured <= bound.double()).all(), (measured - bound.double()).max()
+    assert (lam_r.abs() <= 1).all()
+    # the certificate is the measured error plus a margin, not a loose estimate
+    assert (bound.double() <= measured * (1 + 1e-6) + 1e-9 * b.abs().sum(-1).double()).all()
+
+
+def test_poles_stay_in_the_unit_disc_for_unstable_or_marginal_input():
+    lam = torch.tensor([[1.02 + 0.0j, 0.999 * complex(math.cos(0.3), math.sin(0.3))],
+                        [complex(math.cos(0.1), math.sin(0.1)), 0.5 + 0.0j]], dtype=torch.complex64)
+    b = torch.tensor([[0.3 + 0.0j, 1.0 - 0.5j], [1.0 + 0.2j, 0.4 + 0.0j]], dtype=torch.complex64)
+    for rank in (1, 2):
+        lam_r, b_r, bound = et.reduce_ssm(lam, b, rank, length=80)
+        assert (lam_r.to(torch.complex128).abs() <= 1).all()
+        assert (et.reference.reduction_error(lam, b, lam_r, b_r, 80) <= bound.double()).all()
+
+
+def _explicit_hankel(kernel):
+    p = (kernel.shape[-1] + 1) // 2
+    return torch.stack([torch.stack([kernel[..., i + j] for j in range(p)], -1) for i in range(p)], -2)
+
+
+def test_hankel_lower_bound_matches_a_dense_svd_and_bounds_every_reduction():
+    t = _smooth_taps(3, 41, seed=7, noise=1e-4)
+    kernel = t * 0.95 ** torch.arange(41, dtype=torch.float64)
+    sigma = torch.linalg.svdvals(_explicit_hankel(kernel))
+    assert_close(et.reference.hankel_singular_values(kernel), sigma, atol=1e-13 * sigma[:, :1].max(), rtol=0)
+    for rank in (1, 2, 4):
+        lower = et.reference.hankel_lower_bound(kernel, rank)
+        assert_close(lower, sigma[:, 2 * rank], atol=0, rtol=0)
+        lam_r, b_r, _ = et.toeplitz_to_ssm(t, 0.95, rank=rank)
+        l1 = (kernel - et.reference.ssm_kernel(lam_r.to(torch.complex128), b_r.to(torch.complex128), 41))
+        assert (l1.abs().sum(-1) >= lower).all()  # the theorem: no rank-r system beats sigma_(2r+1)
+    assert (et.reference.hankel_lower_bound(kernel, 30) == 0).all()  # beyond p: no bound
+
+
+def test_tol_picks_the_smallest_adequate_rank():
+    lam, b = _modes(3, 3, seed=11)
+    b[0, 1:] = 0  # channel 0 is one mode, channels 1 and 2 three
+    lam, b = lam.to(torch.complex64), b.to(torch.complex64)
+    kernel = et.reference.ssm_kernel(lam.to(torch.complex128), b.to(torch.complex128), 90)
+    scale = kernel.abs().amax(-1).double()
+    tol = 1e-4
+    lam_r, b_r, bound = et.reduce_ssm(lam, b, tol=tol, length=90)
+    assert lam_r.shape == (3, 3)
+    assert (bound.double() <= tol * scale).all()
+    assert (lam_r[0, 1:] == 0).all() and (b_r[0, 1:] == 0).all()  # met at rank 1: the other modes unused
+    _, _, below = et.reduce_ssm(lam, b, 2, length=90)
+    assert (below.double() > tol * scale).any()  # rank 2 does not do
+
+
+def test_tol_that_no_rank_meets_is_refused():
+    g = torch.Generator().manual_seed(12)
+    t = torch.randn(2, 30, generator=g)
+    with pytest.raises(ValueError, match=r"toeplitz_to_ssm: tol = 1e-12 is not met by any rank up to \d+"):
+        et.toeplitz_to_ssm(t, 0.9, tol=1e-12)
+
+
+def test_taps_path_equals_the_mode_path():
+    t = _smooth_taps(4, 120, seed=13, noise=1e-5)
+    lam_t, b_t, bound_t = et.toeplitz_to_ssm(t, 0.97, rank=3, length=100)
+    lam, b = et.reference.toeplitz_to_ssm(t, 0.97)  # complex128 ETSC modes of the float64 taps
+    lam_m, b_m, bound_m = et.reduce_ssm(lam, b, 3, length=100)
+    kernel = t[:, :100] * 0.97 ** torch.arange(100, dtype=torch.float64)
+    scale = kernel.abs().amax(-1)
+    # the two kernels differ by the ETSC realisation's float64 rounding (~1e-15): the fits agree to ~1e-9
+    reduced_t = et.reference.ssm_kernel(lam_t.to(torch.complex128), b_t.to(torch.complex128), 100)
+    reduced_m = et.reference.ssm_kernel(lam_m.to(torch.complex128), b_m.to(torch.complex128), 100)
+    assert_close(reduced_t, reduced_m, atol=1e-6 * float(scale.max()), rtol=0, name="reduced kernels")
+    assert_close(bound_t.double() / scale, bound_m.double() / scale, atol=1e-6, rtol=0.05, name="bounds")
+    assert (_error(kernel, lam_t, b_t) <= bound_t.double()).all()
+
+
+def test_reference_and_fast_path_agree_on_smooth_kernels():
+    t = _smooth_taps(4, 301, seed=14, noise=1e-6)
+    _, _, fast = et.toeplitz_to_ssm(t, 0.98, rank=3)
+    _, _, ref = et.reference.toeplitz_to_ssm(t, 0.98, rank=3)
+    # the fast path sketches the subspace and refines; the reference decomposes densely and does not refine:
+    # the fast path's refinement aims at the l1 error, the bound is the max error: measured fast / reference
+    # 0.95 .. 1.41 here
+    assert (fast.double() <= 2.0 * ref.double()).all(), (fast / ref).tolist()
+
+
+def test_batch_shape_and_complex128_input():
+    lam, b = _modes(6, 4, seed=15)
+    lam_r, b_r, bound = et.reduce_ssm(lam.reshape(2, 3, 4), b.reshape(2, 3, 4), 2, length=50)
+    assert lam_r.shape == (2, 3, 2) and b_r.dtype == torch.complex64 and bound.shape == (2, 3)
+    flat = et.reduce_ssm(lam, b, 2, length=50)
+    assert torch.equal(flat[2].reshape(2, 3), bound)
+
+
+def test_rank_at_least_n_returns_the_input_modes():
+    lam, b = _modes(2, 3, seed=16)
+    lam_r, b_r, bound = et.reduce_ssm(lam.to(torch.complex64), b.to(torch.complex64), 5, length=40)
+    assert torch.equal(lam_r[:, :3], lam.to(torch.complex64)) and (lam_r[:, 3:] == 0).all()
+    assert (bound < 1e-9).all()
+
+
+BAD = [
+    (lambda lam, b: et.reduce_ssm(lam, b, 0, length=10), ValueError, "reduce_ssm: rank must be >= 1, got 0"),
+    (lambda lam, b: et.reduce_ssm(lam, b, 65, length=10), ValueError, "reduce_ssm: rank must be <= 64"),
+    (lambda lam, b: et.reduce_ssm(lam, b, 2.0, length=10), TypeError, "reduce_ssm: rank must be an int"),
+    (lambda lam, b: et.reduce_ssm(lam, b, 2, length=0), ValueError, "reduce_ssm: length must be >= 1, got 0"),
+    (lambda lam, b: et.reduce_ssm(lam, b, 2, length=-3), ValueError, "reduce_ssm: length must be >= 1"),
+    (lambda lam, b: et.reduce_ssm(lam, b, 2, length=None), TypeError, "reduce_ssm: length must be an int"),
+    (lambda lam, b: et.reduce_ssm(lam, b[:, :2], 2, length=10), ValueError, r"reduce_ssm: b must have shape \(2, 3\)"),
+    (lambda lam, b: et.reduce_ssm(lam.real, b, 2, length=10), TypeError, "reduce_ssm: lam must be a complex tensor"),
+    (lambda lam, b: et.reduce_ssm(lam, b.real, 2, length=10), TypeError, "reduce_ssm: b must be a complex tensor"),
+    (lambda lam, b: et.reduce_ssm(lam, b, 2, length=10, tol=1e-3), ValueError, "give exactly one of rank and tol"),
+    (lambda lam, b: et.reduce_ssm(lam, b, length=10), ValueError, "give exactly one of rank and tol"),
+    (lambda lam, b: et.reduce_ssm(lam, b, length=10, tol=0.0), ValueError, "tol must be a positive finite float"),
+    (lambda lam, b: et.reduce_ssm(lam, b, length=10, tol="1"), TypeError, "tol must be a float, got str"),
+    (lambda lam, b: et.reduce_ssm(lam[:, :0], b[:, :0], 1, length=10), ValueError, "lam must not be empty"),
+    (lambda lam, b: et.reduce_ssm(lam, b, 1, length=10, backend="cuda"), ValueError, "backend must be one of"),
+    (lambda lam, b: et.toeplitz_to_ssm(lam.real, rank=1, length=4), ValueError, r"length must lie in \[1, n\]"),
+    (lambda lam, b: et.toeplitz_to_ssm(lam.real, length=2), ValueError, "give rank or tol with it"),
+    (lambda lam, b: et.toeplitz_to_ssm(lam.real, rank=1, real=False), ValueError, "need real=True"),
+    (lambda lam, b: et.toeplitz_to_ssm(lam.real, rank=0), ValueError, "toeplitz_to_ssm: rank must be >= 1"),
+    (lambda lam, b: et.toeplitz_to_ssm(lam.real, tol=-1.0), ValueError, "toeplitz_to_ssm: tol must be a positive"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", BAD, ids=[m[:40] for _, _, m in BAD])
+def test_bad_input_is_refused_with_a_clear_message(call, error, message):
+    lam, b = _modes(2, 3, seed=17)
+    lam, b = lam.to(torch.complex64), b.to(torch.complex64)
+    with pytest.raises(error, match=message):
+        call(lam, b)
+
+
+# ----------------------------------------------------------------------------------------------- nn layer
+
+
+def _scan64(x, lam, b):
+    """float64 SSM recurrence over x [B, L, D]: outputs [B, L, D] and the final state [B, D, N]."""
+    lam, b = lam.to(torch.complex128), b.to(torch.complex128)
+    state = torch.zeros(x.shape[0], *lam.shape, dtype=torch.complex128)
+    ys = []
+    for i in range(x.shape[1]):
+        state = lam * state + b * x[:, i, :, None].double()
+        ys.append(state.sum(-1).real)
+    return torch.stack(ys, 1), state
+
+
+def test_reduced_layer_prefill_and_step_run_the_reduced_ssm():
+    layer = ToeplitzSSM(_smooth_taps(5, 63, seed=18).float(), 0.95)
+    report = layer.convert(3, method="reduce")
+    assert report.method == "reduce" and report.state_size == 3 and layer.modes is None
+    assert (report.kernel_error <= report.truncation_bound + 2e-7 * layer.kernel(63).abs().amax(-1)).all()
+    g = torch.Generator().manual_seed(19)
+    x = torch.randn(2, 45, 5, generator=g)
+    y, state = layer.prefill(x[:, :40])
+    steps = [layer.step(x[:, i], state) for i in range(40, 45)]
+    y64, state64 = _scan64(x, layer.lam, layer.b)
+    scale = y64.abs().max()
+    # float32 scan / step against the float64 recurrence: a few roundings of sum |terms|
+    assert_close(y, y64[:, :40].float(), atol=1e-5 * scale, rtol=0, name="prefill y")
+    assert_close(torch.stack(steps, 1), y64[:, 40:].float(), atol=1e-5 * scale, rtol=0, name="step y")
+    assert_close(state, state64.to(torch.complex64), atol=1e-5 * state64.abs().max(), rtol=0, name="state")
+    # and the reduced layer follows the exact one up to the certified kernel error
+    y_exact = layer(x.double())
+    assert (y.double() - y_exact[:, :40]).abs().max() <= report.truncation_bound.max() * x.abs().sum(1).max() * 1.01
+
+
+def test_convert_methods_and_options():
+    layer = ToeplitzSSM(_smooth_taps(4, 31, seed=20).float(), 0.9)
+    report = layer.convert(method="reduce", tol=1e-3)
+    assert report.rank == layer.state_size and (report.truncation_bound <= 1e-3 * layer.kernel(31).abs().amax(-1)).all()
+    full = layer.convert(method="truncate")
+    assert full.method == "truncate" and full.state_size == 16
+    with pytest.raises(ValueError, match="method must be one of"):
+        layer.convert(method="balanced")
+    with pytest.raises(ValueError, match="tol and length apply to method='reduce' only"):
+        layer.convert(4, tol=1e-3)
+    with pytest.raises(ValueError, match="rank must be a positive int"):
+        layer.convert(0, method="reduce")
+
+
+def test_fit_pieces_fold_conjugate_pairs_and_real_poles():
+    poles = torch.tensor([[0.5 + 0.2j, 0.5 - 0.2j, 0.3 + 0.0j, -0.4 + 0.0j]], dtype=torch.complex128)
+    lam, is_real, used, fits = fit.fold_poles(poles, 3)
+    assert bool(fits) and used.all()
+    assert lam[0].tolist() == [0.5 + 0.2j, 0.3 + 0.0j, -0.4 + 0.0j] and is_real[0].tolist() == [False, True, True]
+    assert not bool(fit.fold_poles(poles, 2)[3])

@@ -12,10 +12,12 @@ holds at least one channel when ``D >= world_size``.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.distributed as dist
 
-from .nn import ConversionReport, ToeplitzSSM
+from .nn import ToeplitzSSM
 from .ops import check_int
 
 
@@ -68,14 +70,10 @@ def shard_channels(layer: ToeplitzSSM, rank: int | None = None, world_size: int 
     if layer.lam is not None:
         shard.lam = layer.lam[part].contiguous()
         shard.b = layer.b[part].contiguous()
-        shard.modes = layer.modes[part].contiguous()
+        shard.modes = None if layer.modes is None else layer.modes[part].contiguous()  # None after a reduction
         report = layer.report
-        shard.report = ConversionReport(
-            rank=report.rank,
-            state_size=report.state_size,
-            truncation_bound=report.truncation_bound[part].clone(),
-            kernel_error=report.kernel_error[part].clone(),
-        )
+        shard.report = dataclasses.replace(report, truncation_bound=report.truncation_bound[part].clone(),
+                                           kernel_error=report.kernel_error[part].clone())
     return shard
 
 

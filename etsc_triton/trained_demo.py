@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -45,8 +45,9 @@ PROMPT = "import os\n\n\nclass Parser:\n    def __init__(self"
 
 PRESETS = {
     # 4 windows of 4n + 1 bytes: 8 KiB of test text at n = 512, the same bytes at every length.
-    "full": dict(windows=4, ranks=(4, 8, 64), lengths=(64, 512, 2048), timed=7, completion=64),
-    "quick": dict(windows=1, ranks=(8,), lengths=(32, 128), timed=3, completion=24),
+    "full": dict(windows=4, ranks=(8, 64), tols=(1e-3, 1e-4), lengths=(64, 512, 2048), timed=7,
+                 completion=64),
+    "quick": dict(windows=1, ranks=(8,), tols=(1e-4,), lengths=(32, 128), timed=3, completion=24),
 }
 
 
@@ -61,6 +62,8 @@ class SSMVariant:
         exact: claims the FFT model's outputs (its greedy tokens are expected to be identical).
         extrapolate: gets rows in the extrapolation table (2x, 4x the training length).
         decode: gets a decode-latency row and a completion.
+        horizon: the converted layers hold ``horizon * n`` taps (the position MLP's kernel beyond n, which a
+            reduced SSM can follow and the ETSC wrap cannot).
     """
 
     name: str
@@ -68,20 +71,47 @@ class SSMVariant:
     exact: bool = False
     extrapolate: bool = False
     decode: bool = False
+    horizon: int = 1
 
 
-def ssm_variants(ranks: tuple[int, ...]) -> list[SSMVariant]:
-    """The SSM variants every table reports: the exact ETSC conversion and the DFT-mode truncations."""
+def ssm_variants(tols: tuple[float, ...]) -> list[SSMVariant]:
+    """The exact ETSC conversion and the order reductions (``ToeplitzSSM.convert(method="reduce", tol=...)``,
+    fitted over 4n lags; named ``reduced_r<rank>`` once converted, the finest one decoded)."""
     variants = [SSMVariant("etsc", lambda layer: layer.convert(), exact=True, extrapolate=True, decode=True)]
-    variants += [SSMVariant(f"truncated_r{r}", lambda layer, r=r: layer.convert(rank=r)) for r in ranks]
+    variants += [SSMVariant(f"reduced_tol{tol:g}", lambda layer, tol=tol: layer.convert(method="reduce", tol=tol),
+                            extrapolate=True, decode=tol == min(tols), horizon=4) for tol in tols]
     return variants
+
+
+def truncated_variants(ranks) -> list[SSMVariant]:
+    """DFT-mode truncations (``ToeplitzSSM.convert(rank=r)``) at ``ranks``."""
+    return [SSMVariant(f"truncated_r{r}", lambda layer, r=r: layer.convert(rank=r)) for r in sorted(set(ranks))]
+
+
+def convert_all(model: TNNLanguageModel, tols, ranks) -> tuple[list[SSMVariant], dict[str, list[ToeplitzSSM]]]:
+    """Every variant converted: the reductions renamed by the rank they reached (the largest over the layers),
+    the truncations at the preset ranks and at the reductions' ranks, for the like-for-like rows."""
+    variants, converted = [], {}
+    for variant in ssm_variants(tols):
+        layers = convert_layers(model, variant)
+        if variant.name.startswith("reduced"):
+            variant = replace(variant, name=f"reduced_r{max(layer.state_size for layer in layers)}")
+        if variant.name not in converted:
+            variants.append(variant)
+            converted[variant.name] = layers
+    reduced_ranks = [max(layer.state_size for layer in converted[v.name]) for v in variants
+                     if v.name.startswith("reduced")]
+    for variant in truncated_variants([*ranks, *reduced_ranks]):
+        variants.append(variant)
+        converted[variant.name] = convert_layers(model, variant)
+    return variants, converted
 
 
 def convert_layers(model: TNNLanguageModel, variant: SSMVariant) -> list[ToeplitzSSM]:
     """One converted :class:`ToeplitzSSM` per block of ``model``, by ``variant.convert``."""
     layers = []
     for block in model.blocks:
-        layer = ToeplitzSSM(block.coefficients(), block.decay)
+        layer = ToeplitzSSM(block.coefficients(variant.horizon * block.n), block.decay)
         variant.convert(layer)
         layers.append(layer)
     return layers
@@ -201,8 +231,7 @@ def run(quick: bool = False, device: str | None = None) -> dict:
 
     sections = {"load": time.perf_counter() - wall}
     # 1. bits per byte at the training length, state per sequence and per channel.
-    variants = ssm_variants(preset["ranks"])
-    converted = {v.name: convert_layers(model, v) for v in variants}
+    variants, converted = convert_all(model, preset["tols"], preset["ranks"])
     d, layers = model.config.d_model, model.config.n_layers
     bpb = {"fft": bits_per_byte(model, windows, n)}
     state_bytes = {"fft": layers * n * d * 4}  # the original's cheapest decode state: the cached inputs (tnn_cache)
@@ -210,7 +239,7 @@ def run(quick: bool = False, device: str | None = None) -> dict:
     for v in variants:
         bpb[v.name] = bits_per_byte(model, windows, n, realised_kernels(converted[v.name], n))
         state_bytes[v.name] = ssm_state_bytes(converted[v.name])
-        state_per_channel[v.name] = f"{converted[v.name][0].state_size} complex"
+        state_per_channel[v.name] = f"{max(layer.state_size for layer in converted[v.name])} complex"
     results.update(bits_per_byte=bpb, state_bytes=state_bytes, state_per_channel=state_per_channel)
     results["etsc_vs_fft_rel"] = abs(bpb["etsc"] - bpb["fft"]) / bpb["fft"]
     sections["bits_per_byte"] = time.perf_counter() - wall - sum(sections.values())

@@ -63,7 +63,11 @@ def test_trained_demo_quick_json(tmp_path):
     n = result["n"]
     assert n == 512 and result["eval_bytes"] == 4 * n
     bpb, state = result["bits_per_byte"], result["state_bytes"]
-    assert set(bpb) == set(state) == {"fft", "etsc", "truncated_r8"}
+    reduced = [name for name in bpb if name.startswith("reduced_r")]
+    assert len(reduced) == 1, "the quick run reduces at one tolerance"
+    (reduced,) = reduced
+    rank = int(reduced.removeprefix("reduced_r"))
+    assert set(bpb) == set(state) == {"fft", "etsc", reduced, "truncated_r8", f"truncated_r{rank}"}
     assert 0.0 < bpb["fft"] < 8.0, "a trained model beats the uniform 8 bits per byte"
     assert bpb["truncated_r8"] > 0.0 and bpb["truncated_r8"] != bpb["fft"]
     # the exact conversion: kernel error ~1e-7 relative (float32 rounding) -> bits/byte within 1e-4 relative
@@ -72,11 +76,19 @@ def test_trained_demo_quick_json(tmp_path):
     layers, d = result["config"]["n_layers"], result["config"]["d_model"]
     assert state["etsc"] == layers * d * (n // 2) * 8 and state["truncated_r8"] == layers * d * 8 * 8
     assert result["tokens_identical"] is True and result["completion"]["identical"]["etsc"] is True
+    # the reduced SSM: at most n/64 modes, bits/byte within 0.1% of the FFT model's, the same greedy bytes
+    assert rank <= n // 64 and state[reduced] <= layers * d * rank * 8
+    assert abs(bpb[reduced] - bpb["fft"]) <= 1e-3 * bpb["fft"]
+    assert result["completion"]["identical"][reduced] is True
     assert result["completion"]["max_rel_logit_diff"]["etsc"] < 1e-4
     assert set(result["extrapolation"]) == {"1x", "2x", "4x"}
-    assert result["extrapolation"]["1x"] == {"fft": bpb["fft"], "etsc": bpb["etsc"]}
+    assert result["extrapolation"]["1x"] == {"fft": bpb["fft"], "etsc": bpb["etsc"], reduced: bpb[reduced]}
+    # fitted over 4n lags, the reduced SSM follows the FFT model's own extrapolation better than ETSC's wrap
+    for scale in ("2x", "4x"):
+        row = result["extrapolation"][scale]
+        assert abs(row[reduced] - row["fft"]) < abs(row["etsc"] - row["fft"])
     rows = result["decode"]["rows"]
-    assert set(rows) == {"fft", "tnn_cache", "etsc"}
+    assert set(rows) == {"fft", "tnn_cache", "etsc", reduced}
     assert rows["tnn_cache"][-1]["state_bytes"] > rows["tnn_cache"][0]["state_bytes"], "the cache grows"
     assert rows["etsc"][-1]["state_bytes"] == rows["etsc"][0]["state_bytes"] == state["etsc"], "the SSM does not"
     assert all(r["p20"] <= r["p50"] <= r["p80"] for r in sum(rows.values(), []))

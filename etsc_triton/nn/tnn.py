@@ -119,9 +119,10 @@ class TNNBlock(nn.Module):
         lags = torch.arange(length, device=self.mix_in.weight.device, dtype=torch.float32)
         return self.rpe(length) * self.decay**lags
 
-    def coefficients(self) -> torch.Tensor:
-        """The length-n Toeplitz coefficients ``t [D, n]`` (decay excluded) that the SSM decoder converts."""
-        return self.rpe(self.n)
+    def coefficients(self, length: int | None = None) -> torch.Tensor:
+        """The Toeplitz coefficients ``t [D, length]`` (decay excluded; default length n) that the SSM decoder
+        converts; beyond n they are the position MLP's own extrapolation."""
+        return self.rpe(self.n if length is None else length)
 
     def mixing_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(gate, v)`` for x ``[..., D]``: the Toeplitz mixing runs on v."""

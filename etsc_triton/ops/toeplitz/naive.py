@@ -91,7 +91,9 @@ def node_rounding_correction(b, lam_exact, lam_rounded, n, real):
     return _etsc_weights(-lags * r, real)
 
 
-def toeplitz_to_ssm(t, gamma=None, *, real=True, compensate=True):
+def toeplitz_to_ssm(
+    t: torch.Tensor, gamma: float | torch.Tensor | None = None, *, real: bool = True, compensate: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """ETSC conversion by the definition (op README): full DFT of the zero-sum extended vector, taken in
     float64 and rounded once (a float32 DFT of the extended vector loses ~eps * |sum t| in every mode).
 
@@ -126,7 +128,7 @@ def toeplitz_to_ssm(t, gamma=None, *, real=True, compensate=True):
     return lam.contiguous(), b.to(cdtype).contiguous()
 
 
-def ssm_kernel(lam, b, length):
+def ssm_kernel(lam: torch.Tensor, b: torch.Tensor, length: int) -> torch.Tensor:
     """Materialised Vandermonde evaluation ``K_j = Re sum_s b_s lam_s^j`` (memory O(N * length) per channel).
 
     Args:
@@ -177,7 +179,7 @@ def realised_kernel64(lam: torch.Tensor, b: torch.Tensor, length: int) -> torch.
     return out.reshape(*out.shape[:-2], anchors * block)[..., :length]
 
 
-def vandermonde_solve(lam, t):
+def vandermonde_solve(lam: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Bjorck-Pereyra solve of ``sum_s b_s lam_s^j = t_j`` (j < N), vectorised over the batch.
 
     The same recurrences as the Triton kernel (see the op README), on the nodes in Leja order

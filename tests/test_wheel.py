@@ -1,14 +1,17 @@
 """The built wheel (``pip install .``, not editable) installs into a fresh venv and runs the README's first example.
 
 No network: the wheel is built without build isolation (the installed setuptools) and installed with
-``--no-deps --no-index`` into a venv that sees the system's torch and triton (``--system-site-packages``).
-The example runs from outside the source tree, so it can only import the installed copy.
+``--no-deps --no-index`` into a fresh venv that sees the running environment's torch and triton through a
+``.pth`` line (its own site-packages come first, and the running environment's editable install is not
+activated: ``.pth`` files on an added path are not read). The example runs from outside the source tree.
 """
 
 import os
 import re
+import site
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -52,8 +55,11 @@ def test_installed_wheel_runs_first_example(tmp_path):
          str(REPO)])
     wheels = list((tmp_path / "dist").glob("etsc_triton-*.whl"))
     assert len(wheels) == 1, wheels
-    run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(tmp_path / "venv")])
+    run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")])
     python = str(tmp_path / "venv" / "bin" / "python")
+    venv_site = run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    parent_site = [*site.getsitepackages(), sysconfig.get_paths()["purelib"]]
+    Path(venv_site, "running_environment.pth").write_text("\n".join(dict.fromkeys(parent_site)) + "\n")
     run([*pip, "--python", python, "install", "--no-deps", "--no-index", "-q", str(wheels[0])])
 
     outside = tmp_path / "elsewhere"

@@ -4,8 +4,12 @@ Every function takes ``backend="auto" | "triton" | "torch"``; ``etsc_triton.refe
 oracle with the same signature. The README's API table is the contract: shapes, dtypes and errors.
 """
 
-from . import nn, reference
-from .ops import (
+from . import compat
+
+compat.check_installed()  # before the ops import torch.library.triton_op: a one-line fix, not a deep ImportError
+
+from . import nn, reference  # noqa: E402
+from .ops import (  # noqa: E402
     lsh_hash,
     memory_gather,
     memory_layer,

@@ -55,6 +55,19 @@ def device() -> str:
     return DEVICE
 
 
+def pytest_configure(config):
+    """Stop with a one-line fix when Triton's interpreter cannot run the kernels with the installed versions."""
+    if DEVICE == "cpu":
+        import numpy
+        import triton
+
+        from etsc_triton.compat import interpreter_problem
+
+        problem = interpreter_problem(triton.__version__, numpy.__version__)
+        if problem is not None:
+            pytest.exit(problem, returncode=pytest.ExitCode.USAGE_ERROR)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

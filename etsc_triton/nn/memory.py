@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,8 +46,10 @@ class MemoryLayer(nn.Module):
 
     backend: str = "auto"
 
-    def __init__(self, in_features, out_features, code_length=8, bias=True, projection=False, temperature=1.0,
-                 weighting="paper", deterministic=False, device=None, dtype=None):
+    def __init__(self, in_features: int, out_features: int, code_length: int = 8, bias: bool = True,
+                 projection: bool = False, temperature: float = 1.0, weighting: str = "paper",
+                 deterministic: bool = False, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         check_int("MemoryLayer", "in_features", in_features, minimum=1)
         check_int("MemoryLayer", "out_features", out_features, minimum=1)
@@ -59,7 +62,7 @@ class MemoryLayer(nn.Module):
                 f"MemoryLayer: in_features ({in_features}) must be divisible by code_length ({code_length}) "
                 "unless projection=True"
             )
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.in_features = in_features
         self.out_features = out_features
         self.code_length = code_length

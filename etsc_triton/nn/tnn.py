@@ -25,6 +25,7 @@ Beyond n the first two extrapolate the position MLP while the SSM realises the w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -274,16 +275,17 @@ class SSMDecoder:
         if layers is not None and len(layers) != len(model.blocks):
             raise ValueError(f"SSMDecoder: layers must hold one layer per block ({len(model.blocks)}), "
                              f"got {len(layers)}")
-        self.layers = layers
-        if layers is None:
-            self.layers = []
+        self.layers: list[ToeplitzSSM] = []
+        if layers is not None:
+            self.layers = list(layers)
+        else:
             for block in model.blocks:
                 layer = ToeplitzSSM(block.coefficients(), block.decay, tail="ssm", backend=backend)
                 layer.convert(rank=rank, method=method, tol=tol)
                 self.layers.append(layer)
         device = model.embed.weight.device
         self.cuda_graph = device.type == "cuda" if cuda_graph is None else cuda_graph
-        self.graph = None
+        self.graph: torch.cuda.CUDAGraph | None = None
         self.states: list[torch.Tensor] = []
 
     def prefill(self, prompt: torch.Tensor) -> torch.Tensor:
@@ -339,7 +341,9 @@ class SSMDecoder:
         return sum(s.numel() * s.element_size() for s in self.states)
 
 
-def make_decoder(model: TNNLanguageModel, decoder: str, max_len: int, **kwargs):
+def make_decoder(
+    model: TNNLanguageModel, decoder: str, max_len: int, **kwargs: Any
+) -> FFTDecoder | CacheDecoder | SSMDecoder:
     """Build the named decoder (``"fft"``, ``"tnn_cache"``, ``"ssm"``); ``kwargs`` go to
     :class:`SSMDecoder`."""
     if decoder == "fft":
@@ -359,7 +363,7 @@ def generate(
     *,
     decoder: str = "ssm",
     return_logits: bool = False,
-    **kwargs,
+    **kwargs: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Greedy decoding: ``steps`` new tokens after ``prompt [B, P]``.
 

@@ -113,6 +113,12 @@ class ToeplitzSSM(nn.Module):
         True
     """
 
+    t: torch.Tensor
+    gamma: torch.Tensor
+    lam: torch.Tensor  # lam, b, modes: None until convert(); _require_converted guards every read
+    b: torch.Tensor
+    modes: torch.Tensor
+
     def __init__(
         self,
         t: torch.Tensor,

@@ -213,7 +213,15 @@ class _MemoryLayerFunction(torch.autograd.Function):
         return (dx if need_x else None, dtables if need_tables else None, dbias, None, None, None, None)
 
 
-def memory_gather(codes, scores, tables, bias=None, *, deterministic=False, backend="auto"):
+def memory_gather(
+    codes: torch.Tensor,
+    scores: torch.Tensor,
+    tables: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    deterministic: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
     """Weighted gather-add: ``y = sum_k scores[..., k] * tables[k, codes[..., k]] + bias``.
 
     Differentiable in ``scores``, ``tables`` and ``bias`` (fp32 accumulation). Codes out of range raise on CPU
@@ -249,8 +257,16 @@ def memory_gather(codes, scores, tables, bias=None, *, deterministic=False, back
     return _MemoryGatherFunction.apply(*args, deterministic).reshape(*lead, d_out)
 
 
-def memory_layer(x, tables, bias=None, *, temperature=1.0, weighting="paper", deterministic=False,
-                 backend="auto"):
+def memory_layer(
+    x: torch.Tensor,
+    tables: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    weighting: str = "paper",
+    deterministic: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
     """MemoryFormer memory layer: hash x in K chunks of tau, gather one row per table, weight, sum, add bias.
 
     One fused forward kernel (z is never written). Backward: ``dtables`` by scatter-add (``tl.atomic_add``

@@ -151,7 +151,9 @@ class _LshHashFunction(torch.autograd.Function):
         return lsh_hash_backward(z2d, dscores.contiguous(), *ctx.hash_args), None, None, None
 
 
-def lsh_hash(z, *, temperature=1.0, weighting="paper", backend="auto"):
+def lsh_hash(
+    z: torch.Tensor, *, temperature: float = 1.0, weighting: str = "paper", backend: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Hash chunks of tau values to table rows and score them (MemoryFormer's locality-sensitive hash).
 
     ``code = sum_j [z_j >= 0] 2^(tau-1-j)`` (first element most significant, ``z = 0`` gives bit 1).

@@ -44,7 +44,9 @@ def _gather(codes: torch.Tensor, scores: torch.Tensor, tables: torch.Tensor, bia
     return y
 
 
-def lsh_hash(z, *, temperature=1.0, weighting="paper"):
+def lsh_hash(
+    z: torch.Tensor, *, temperature: float = 1.0, weighting: str = "paper"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Oracle of :func:`etsc_triton.lsh_hash`: codes ``int32 [..., K]`` and scores ``[..., K]``.
 
     Scores are float32, or float64 when ``z`` is float64.
@@ -53,7 +55,14 @@ def lsh_hash(z, *, temperature=1.0, weighting="paper"):
     return _hash(z, temperature, weighting)
 
 
-def memory_gather(codes, scores, tables, bias=None, *, deterministic=False):
+def memory_gather(
+    codes: torch.Tensor,
+    scores: torch.Tensor,
+    tables: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    deterministic: bool = False,
+) -> torch.Tensor:
     """Oracle of :func:`etsc_triton.memory_gather`: ``y = sum_k scores_k * tables[k, codes_k] + bias``.
 
     ``deterministic`` is accepted for signature parity (the oracle is deterministic). Returns ``tables.dtype``
@@ -64,7 +73,15 @@ def memory_gather(codes, scores, tables, bias=None, *, deterministic=False):
     return y.to(torch.float64 if y.dtype == torch.float64 else tables.dtype)
 
 
-def memory_layer(x, tables, bias=None, *, temperature=1.0, weighting="paper", deterministic=False):
+def memory_layer(
+    x: torch.Tensor,
+    tables: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    weighting: str = "paper",
+    deterministic: bool = False,
+) -> torch.Tensor:
     """Oracle of :func:`etsc_triton.memory_layer`: hash ``x`` in chunks of tau, gather, weight, sum, add bias.
 
     Returns ``x.dtype`` (float64 when any input is float64).

@@ -237,8 +237,17 @@ def _toeplitz_to_ssm_triton(
 # ----------------------------------------------------------------------------------------------- public function
 
 
-def toeplitz_to_ssm(t, gamma=None, *, real=True, compensate=True, rank=None, tol=None, length=None,
-                    backend="auto"):
+def toeplitz_to_ssm(
+    t: torch.Tensor,
+    gamma: float | torch.Tensor | None = None,
+    *,
+    real: bool = True,
+    compensate: bool = True,
+    rank: int | None = None,
+    tol: float | None = None,
+    length: int | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, ...]:
     """Convert causal Toeplitz kernels into diagonal SSMs exactly (ETSC; derivation in the op README).
 
     The returned SSM realises ``K_j = Re sum_s b_s lam_s^j = gamma^j t_j`` for ``0 <= j < n`` (exact up to

@@ -93,7 +93,16 @@ def node_rounding_correction(b, lam_exact, lam_rounded, n, real):
     return _etsc_weights(-lags * r, real)
 
 
-def toeplitz_to_ssm(t, gamma=None, *, real=True, compensate=True, rank=None, tol=None, length=None):
+def toeplitz_to_ssm(
+    t: torch.Tensor,
+    gamma: float | torch.Tensor | None = None,
+    *,
+    real: bool = True,
+    compensate: bool = True,
+    rank: int | None = None,
+    tol: float | None = None,
+    length: int | None = None,
+) -> tuple[torch.Tensor, ...]:
     """ETSC conversion by the definition (op README): full DFT of the zero-sum extended vector, taken in
     float64 and rounded once (a float32 DFT of the extended vector loses ~eps * |sum t| in every mode).
 
@@ -136,7 +145,7 @@ def toeplitz_to_ssm(t, gamma=None, *, real=True, compensate=True, rank=None, tol
     return lam.contiguous(), b.to(cdtype).contiguous()
 
 
-def ssm_kernel(lam, b, length):
+def ssm_kernel(lam: torch.Tensor, b: torch.Tensor, length: int) -> torch.Tensor:
     """Materialised Vandermonde evaluation ``K_j = Re sum_s b_s lam_s^j`` (memory O(N * length) per channel).
 
     Args:
@@ -184,7 +193,7 @@ def realised_kernel64(lam: torch.Tensor, b: torch.Tensor, length: int) -> torch.
     return out.reshape(*out.shape[:-2], anchors * block)[..., :length]
 
 
-def vandermonde_solve(lam, t):
+def vandermonde_solve(lam: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Bjorck-Pereyra solve of ``sum_s b_s lam_s^j = t_j`` (j < N), vectorised over the batch.
 
     The same recurrences as the Triton kernel (see the op README), on the nodes in Leja order

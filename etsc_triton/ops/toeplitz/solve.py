@@ -215,7 +215,7 @@ def _vandermonde_solve_triton(lam2d: torch.Tensor, t2d: torch.Tensor) -> torch.T
 # ----------------------------------------------------------------------------------------------- public function
 
 
-def vandermonde_solve(lam, t, *, backend="auto"):
+def vandermonde_solve(lam: torch.Tensor, t: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
     """Solve the transposed Vandermonde systems ``sum_s b_s lam_s^j = t_j`` (0 <= j < N), batched.
 
     Bjorck-Pereyra, O(N^2) per system. Exact in exact arithmetic for any distinct nodes; in float32 it is

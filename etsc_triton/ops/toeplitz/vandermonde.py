@@ -258,7 +258,7 @@ class _SSMKernelFunction(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------- public function
 
 
-def ssm_kernel(lam, b, length, *, backend="auto"):
+def ssm_kernel(lam: torch.Tensor, b: torch.Tensor, length: int, *, backend: str = "auto") -> torch.Tensor:
     """Evaluate the convolution kernel of a diagonal SSM: ``K_j = Re sum_s b_s lam_s^j``, ``0 <= j < length``.
 
     Works for any complex nodes (ETSC, S4D, LRU, ...); memory is O(D * length): the N x length Vandermonde

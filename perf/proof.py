@@ -183,7 +183,10 @@ class Proof:
     # ------------------------------------------------------------------------------------------- subprocesses
 
     def subprocess_env(self) -> dict:
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        # Not the caller's pytest variables: a proof started from a test (an xdist worker) would otherwise make
+        # its own pytest runs believe they are xdist workers.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+        env = dict(inherited, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                    PYTHONUNBUFFERED="1")
         if self.dry_run:
             env["TRITON_INTERPRET"] = "1"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -43,7 +44,7 @@ def shipped_paths(mixer: str = "glu") -> tuple[Path, Path]:
     return WEIGHTS_DIR / f"tnn_{mixer}.safetensors", WEIGHTS_DIR / f"tnn_{mixer}.json"
 
 
-def load_shipped(mixer: str = "glu", device: str | torch.device = "cpu") -> tuple[TNNLanguageModel, dict]:
+def load_shipped(mixer: str = "glu", device: str | torch.device = "cpu") -> tuple[TNNLanguageModel, dict[str, Any]]:
     """The shipped trained model and its training record."""
     weights, record = shipped_paths(mixer)
     if not weights.exists():

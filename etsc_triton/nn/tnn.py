@@ -68,7 +68,7 @@ class TNNConfig:
     mixer: str = "glu"
     code_length: int = 4
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
             raise ValueError(f"TNNConfig: mixer must be one of {MIXERS}, got {self.mixer!r}")
 
@@ -108,6 +108,8 @@ class TNNBlock(nn.Module):
         self.mix_out = nn.Linear(d, d)
         self.rpe = RelativePositionMLP(d, config.rpe_hidden, config.n, config.decay)
         self.glu_norm = nn.RMSNorm(d, eps=1e-6)
+        self.glu_in: nn.Module
+        self.glu_out: nn.Module
         if config.mixer == "memory":
             self.glu_in = MemoryLayer(d, 2 * hidden, code_length=config.code_length)
             self.glu_out = MemoryLayer(hidden, d, code_length=config.code_length)

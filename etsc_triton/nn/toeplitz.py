@@ -115,9 +115,9 @@ class ToeplitzSSM(nn.Module):
 
     t: torch.Tensor
     gamma: torch.Tensor
-    lam: torch.Tensor  # lam, b, modes: None until convert(); _require_converted guards every read
+    lam: torch.Tensor  # lam, b: None until convert(); _require_converted guards every read
     b: torch.Tensor
-    modes: torch.Tensor
+    modes: torch.Tensor | None  # the DFT mode numbers kept; None after method="reduce"
 
     def __init__(
         self,

@@ -81,7 +81,9 @@ def hankel_lower_bound(kernel: torch.Tensor, rank: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------- the reference
 
 
-def reduce_ssm(lam, b, rank=None, *, length, tol=None):
+def reduce_ssm(
+    lam: torch.Tensor, b: torch.Tensor, rank: int | None = None, *, length: int, tol: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dense float64 reference of :func:`etsc_triton.reduce_ssm`: the kernel over the horizon, the full SVD of
     its ``p x p`` Hankel matrix, ERA on the leading left singular vectors, least-squares residues, no
     refinement. Same checks, conventions and certificate as the fast path; O(p^3) per system, so for small

@@ -15,7 +15,15 @@ from .contract import FN_NAME, check_rank_tol, check_reduce_args
 from .fit import reduce_kernel
 
 
-def reduce_ssm(lam, b, rank=None, *, length, tol=None, backend="auto"):
+def reduce_ssm(
+    lam: torch.Tensor,
+    b: torch.Tensor,
+    rank: int | None = None,
+    *,
+    length: int,
+    tol: float | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reduce diagonal SSMs to ``rank`` folded modes, with a certified bound on the kernel error.
 
     The input realises ``K_j = Re sum_s b_s lam_s^j`` (conjugate-folded convention: the output of

@@ -42,17 +42,20 @@ CASES = [
     # short / long kernels, few / many modes; 64-anchor programs need rows >= 2 x the SMs (2 here).
     CaseGrid("ssm_kernel", {("length", "modes", "rows"): ((63, 16, 2), (63, 33, 2), (700, 16, 2), (700, 33, 2),
                                                           (2048, 16, 2), (2048, 33, 2), (4096, 64, 4))}),
-    CaseGrid("ssm_kernel", {("length", "modes", "rows"): ((200, 16, 2), (4096, 64, 2), (63, 40, 2)),
+    # the backward at every forward size (the GPU proof differentiates them all) and three more
+    CaseGrid("ssm_kernel", {("length", "modes", "rows"): ((63, 16, 2), (63, 33, 2), (700, 16, 2), (700, 33, 2),
+                                                          (2048, 16, 2), (2048, 33, 2), (4096, 64, 4), (200, 16, 2),
+                                                          (4096, 64, 2), (63, 40, 2)),
                             "backward": (True,)}),
     CaseGrid("vandermonde_solve", {"size": (33, 1030), "complex_rhs": (False, True)}),
     # N <= 512 and the split-modes path N > 512; (64, 64) and (64, 16) are aligned, realistic shapes.
     CaseGrid("ssm_scan", {("channels", "modes"): ((5, 33), (64, 16), (64, 64), (3, 600)), "dtype": FP,
                           "state": (False, True)}),
-    CaseGrid("ssm_scan", {("channels", "modes"): ((5, 33), (64, 64), (3, 600)), "dtype": FP,
+    CaseGrid("ssm_scan", {("channels", "modes"): ((5, 33), (64, 16), (64, 64), (3, 600)), "dtype": FP,
                           "state": (False, True), "backward": (True,)}),
     CaseGrid("ssm_scan", {("channels", "modes"): ((5, 33), (64, 64), (3, 600)), "dtype": FP,
                           "state": (False, True), "tokens": (12,), "batch": (1,)}, SHORT_CHUNKS),
-    CaseGrid("ssm_scan", {("channels", "modes"): ((5, 33), (64, 64), (3, 600)), "dtype": ("fp32",),
+    CaseGrid("ssm_scan", {("channels", "modes"): ((5, 33), (64, 64), (3, 600)), "dtype": FP,
                           "state": (False, True), "tokens": (12,), "batch": (1,), "backward": (True,)},
              SHORT_CHUNKS),
     CaseGrid("ssm_step", {("channels", "modes"): ((5, 33), (64, 16), (64, 256), (3, 600)), "dtype": FP,

@@ -277,11 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(results))
     path = plot(results, args.out or Path("plots") / device_slug(results["device"]))
     print(f"plot: {path}")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1))
-        print(f"json: {args.json}")
-    return 0 if results["tokens_identical"] else 1
+    return _finish(results, args.json)
 
 
 def _main_trained(args: argparse.Namespace) -> int:
@@ -291,10 +287,15 @@ def _main_trained(args: argparse.Namespace) -> int:
     print(trained_demo.format_report(results))
     for path in trained_demo.plot(results, args.out or Path("plots") / device_slug(results["device"]) / "trained"):
         print(f"plot: {path}")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1))
-        print(f"json: {args.json}")
+    return _finish(results, args.json)
+
+
+def _finish(results: dict, json_path: Path | None) -> int:
+    """Write ``--json`` when asked; the exit status says whether the greedy tokens agreed."""
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(results, indent=1))
+        print(f"json: {json_path}")
     return 0 if results["tokens_identical"] else 1
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import assert_close
 
+import etsc_triton as et
 from etsc_triton.nn.toeplitz import ToeplitzSSM, causal_fft_conv, toeplitz_kernel
 
 # prefill / step run in fp32 (complex64 SSM, fp32 FFT) against a float64 forward: the error is a few fp32
@@ -28,17 +29,6 @@ def _direct_conv(x, kernel):
     for j in range(min(length, kernel.shape[1])):
         y[:, j:] += kernel[:, j] * x[:, : length - j].double()
     return y
-
-
-def _scan64(x, lam, b):
-    """float64 SSM recurrence over x [B, L, D] with nodes lam / residues b [D, N]: outputs [B, L, D]."""
-    lam, b = lam.to(torch.complex128), b.to(torch.complex128)
-    state = torch.zeros(x.shape[0], *lam.shape, dtype=torch.complex128)
-    ys = []
-    for i in range(x.shape[1]):
-        state = lam * state + b * x[:, i, :, None].double()
-        ys.append(state.sum(-1).real)
-    return torch.stack(ys, 1)
 
 
 def test_kernel_tails():
@@ -143,7 +133,8 @@ def test_truncated_prefill_then_steps_equals_truncated_scan(device):
     layer = _layer(channels=4, n=21, seed=4).to(device)
     layer.convert(rank=4)
     x = torch.randn(2, 40, 4)
-    expected = _scan64(x, layer.lam.cpu(), layer.b.cpu())
+    lam64, b64 = layer.lam.cpu().to(torch.complex128), layer.b.cpu().to(torch.complex128)
+    expected, _ = et.reference.ssm_scan(x.double(), lam64, b64)  # the float64 oracle
     y, state = layer.prefill(x[:, :33].to(device))
     outputs = [layer.step(x[:, i].to(device), state) for i in range(33, 40)]
     got = torch.cat([y, torch.stack(outputs, 1)], 1)

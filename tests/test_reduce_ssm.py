@@ -219,17 +219,6 @@ def test_bad_input_is_refused_with_a_clear_message(call, error, message):
 # ----------------------------------------------------------------------------------------------- nn layer
 
 
-def _scan64(x, lam, b):
-    """float64 SSM recurrence over x [B, L, D]: outputs [B, L, D] and the final state [B, D, N]."""
-    lam, b = lam.to(torch.complex128), b.to(torch.complex128)
-    state = torch.zeros(x.shape[0], *lam.shape, dtype=torch.complex128)
-    ys = []
-    for i in range(x.shape[1]):
-        state = lam * state + b * x[:, i, :, None].double()
-        ys.append(state.sum(-1).real)
-    return torch.stack(ys, 1), state
-
-
 def test_reduced_layer_prefill_and_step_run_the_reduced_ssm():
     layer = ToeplitzSSM(_smooth_taps(5, 63, seed=18).float(), 0.95)
     report = layer.convert(3, method="reduce")
@@ -239,7 +228,7 @@ def test_reduced_layer_prefill_and_step_run_the_reduced_ssm():
     x = torch.randn(2, 45, 5, generator=g)
     y, state = layer.prefill(x[:, :40])
     steps = [layer.step(x[:, i], state) for i in range(40, 45)]
-    y64, state64 = _scan64(x, layer.lam, layer.b)
+    y64, state64 = et.reference.ssm_scan(x.double(), layer.lam.to(torch.complex128), layer.b.to(torch.complex128))
     scale = y64.abs().max()
     # float32 scan / step against the float64 recurrence: a few roundings of sum |terms|
     assert_close(y, y64[:, :40].float(), atol=1e-5 * scale, rtol=0, name="prefill y")

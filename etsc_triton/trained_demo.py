@@ -111,7 +111,9 @@ def convert_layers(model: TNNLanguageModel, variant: SSMVariant) -> list[Toeplit
     """One converted :class:`ToeplitzSSM` per block of ``model``, by ``variant.convert``."""
     layers = []
     for block in model.blocks:
-        layer = ToeplitzSSM(block.coefficients(variant.horizon * block.n), block.decay)
+        # a reduction fits the position MLP's float64 function (the float32 taps carry its rounding noise)
+        dtype = torch.float64 if variant.name.startswith("reduced") else None
+        layer = ToeplitzSSM(block.coefficients(variant.horizon * block.n, dtype=dtype), block.decay)
         variant.convert(layer)
         layers.append(layer)
     return layers

@@ -250,7 +250,7 @@ def _reduced_step(ctx, model: TNNLanguageModel, batches, backend: str) -> None:
     """One layer's decode step at the ETSC state and at the reduced rank: time and bytes per step."""
     block = model.blocks[0]
     with torch.no_grad():
-        t = block.coefficients()
+        t = block.coefficients(dtype=torch.float64)
     config = model.config
     for provider, convert in (("etsc", {}), ("reduced", {"method": "reduce", "rank": 4})):
         layer = ToeplitzSSM(t, block.decay, backend=backend).to(ctx.device)

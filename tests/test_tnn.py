@@ -101,3 +101,24 @@ def test_cuda_graph_decode_matches_eager():
     reference = generate(model, prompt, 100, decoder="fft")
     assert torch.equal(graphed, eager)
     assert torch.equal(graphed, reference)
+
+
+def test_float64_coefficients_are_the_function_the_float32_taps_round():
+    model = TNNLanguageModel(CONFIG)
+    block = model.blocks[0]
+    t32 = block.coefficients()
+    t64 = block.coefficients(dtype=torch.float64)
+    assert t32.dtype == torch.float32 and t64.dtype == torch.float64 and t64.shape == t32.shape
+    assert block.rpe.net[0].weight.dtype == torch.float32  # the module is not converted
+    # float32 rounding of a 2-layer MLP of width 8: a few ulps of its largest hidden sums
+    assert rel_error(t32.double(), t64) < 1e-5
+    assert not torch.equal(t32.double(), t64)
+
+
+def test_reduced_ssm_decoder_matches_the_fft_model():
+    model = TNNLanguageModel(CONFIG)
+    prompt = _prompt(2, 4)
+    fft = generate(model, prompt, 20, decoder="fft")
+    reduced = SSMDecoder(model, method="reduce", tol=1e-5)
+    assert all(layer.state_size < 16 for layer in reduced.layers)
+    assert torch.equal(generate(model, prompt, 20, decoder="ssm", method="reduce", tol=1e-5), fft)

@@ -89,8 +89,8 @@ class RelativePositionMLP(nn.Module):
 
     def forward(self, length: int) -> torch.Tensor:
         """Coefficients ``t [D, length]`` at lags ``0 .. length-1`` (no decay)."""
-        device = self.net[0].weight.device
-        positions = (torch.arange(length, device=device, dtype=torch.float32) / self.n)[:, None]
+        weight = self.net[0].weight
+        positions = (torch.arange(length, device=weight.device, dtype=weight.dtype) / self.n)[:, None]
         return self.net(positions).transpose(0, 1).contiguous()
 
 
@@ -122,10 +122,19 @@ class TNNBlock(nn.Module):
         lags = torch.arange(length, device=self.mix_in.weight.device, dtype=torch.float32)
         return self.rpe(length) * self.decay**lags
 
-    def coefficients(self, length: int | None = None) -> torch.Tensor:
+    def coefficients(self, length: int | None = None, *, dtype: torch.dtype | None = None) -> torch.Tensor:
         """The Toeplitz coefficients ``t [D, length]`` (decay excluded; default length n) that the SSM decoder
-        converts; beyond n they are the position MLP's own extrapolation."""
-        return self.rpe(self.n if length is None else length)
+        converts; beyond n they are the position MLP's own extrapolation.
+
+        ``dtype=torch.float64`` evaluates the position MLP with its weights in float64: the function the float32
+        taps round. An order reduction fits that: the float32 MLP's rounding noise (up to ~1e-4 of ``max|K|`` in
+        some channels of a 64-wide MLP) is no low-order kernel, so fitting it would cost rank, not accuracy.
+        """
+        length = self.n if length is None else length
+        if dtype is None or dtype == self.rpe.net[0].weight.dtype:
+            return self.rpe(length)
+        params = {name: value.to(dtype) for name, value in self.rpe.named_parameters()}
+        return torch.func.functional_call(self.rpe, params, (length,))
 
     def mixing_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(gate, v)`` for x ``[..., D]``: the Toeplitz mixing runs on v."""
@@ -282,7 +291,9 @@ class SSMDecoder:
             self.layers = list(layers)
         else:
             for block in model.blocks:
-                layer = ToeplitzSSM(block.coefficients(), block.decay, tail="ssm", backend=backend)
+                # a reduction fits the position MLP's float64 function, not the float32 taps' rounding noise
+                dtype = torch.float64 if method == "reduce" else None
+                layer = ToeplitzSSM(block.coefficients(dtype=dtype), block.decay, tail="ssm", backend=backend)
                 layer.convert(rank=rank, method=method, tol=tol)
                 self.layers.append(layer)
         device = model.embed.weight.device

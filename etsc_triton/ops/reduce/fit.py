@@ -24,6 +24,15 @@ CHUNK_BYTES = 1 << 28  # working set per channel chunk (complex128 powers and th
 L2_STEPS = 6  # Levenberg-Marquardt steps on the least-squares error
 REWEIGHTED_STEPS = 10  # then steps on the target norm (iteratively reweighted)
 REAL_POLE = 1e-13  # |Im lam| <= REAL_POLE * |lam|: a real pole (eigenvalues of a real matrix)
+STALL = 1e-3  # relative progress below which an accepted refinement step counts as stalled
+DAMPING_EXIT = 1.0  # damping (on unit-norm columns) at which rejected steps have become too short to matter
+STALL_STEPS = 2  # stalled accepted steps in a row after which a system leaves the refinement batch (until the next stage)
+RESOLUTION = 2.0**-22  # least-squares error <= RESOLUTION * max|K|: below what complex64 modes resolve
+SECOND_START_GAP = 2.0  # l1 error / estimated Hankel bound under which the second refinement start is skipped
+PRUNE_CANDIDATES = 8  # slots of least contribution tried at each pruning step
+PRUNE_EXTRA = 4  # the second refinement start: ERA poles of rank + PRUNE_EXTRA slots pruned back to rank
+ROUNDING_DOMINATED = 2.0  # rounded max error / float64 fit error above which the rounding lattice is searched
+REFINE_REACH = 100.0  # under tol, the later passes run at a rank only if every system is within this factor
 RIDGE = 1e-10  # Tikhonov weight on the normalised columns: keeps near-collinear residues bounded
 
 
@@ -291,62 +300,164 @@ def _norm(error: torch.Tensor, target: str) -> torch.Tensor:
 def refine(kernel, lam, b, is_real, used, *, target: str, steps_l2=L2_STEPS, steps_target=REWEIGHTED_STEPS):
     """Levenberg-Marquardt on poles and residues jointly, l2 first, then reweighted towards ``target``
     (``"l1"``: weights ``1 / |e_j|``; ``"max"``: Lawson's multiplicative update ``w_j <- w_j |e_j|``). A step
-    is kept per system only when it lowers that system's error in the norm being minimised."""
+    is kept per system only when it lowers that system's error in the norm being minimised; a system whose
+    error stalls (``STALL_STEPS`` accepted steps running with less than ``STALL`` relative progress, or rejections up to a
+    damping of ``DAMPING_EXIT``) leaves the batch until
+    the next stage, so converged systems cost nothing."""
     length = kernel.shape[1]
     rank = lam.shape[1]
+    lam, b = lam.clone(), b.clone()
     damping = torch.full((kernel.shape[0],), 1e-6, dtype=torch.float64, device=kernel.device)
+    stalled = torch.zeros(kernel.shape[0], dtype=torch.int64, device=kernel.device)
     j = torch.arange(length, dtype=torch.float64, device=kernel.device)[None, :, None]
-    complex_slot = used & ~is_real
     weight = torch.ones_like(kernel)
     schedule = ["l2"] * steps_l2 + [target] * (steps_target if target != "l2" else 0)
     error = kernel - model_kernel(lam, b, length)
+    active = torch.arange(kernel.shape[0], device=kernel.device)
     for stage_index, stage in enumerate(schedule):
-        if stage == "l1":
-            scale = error.abs().amax(-1, keepdim=True)
-            weight = 1.0 / error.abs().clamp_min(1e-6 * scale + 1e-300)
-        elif stage == "max":
-            weight = weight * error.abs()
-            weight = weight / weight.sum(-1, keepdim=True).clamp_min(1e-300)
-            weight = weight.clamp_min(1e-8 * weight.amax(-1, keepdim=True))
         if stage_index > 0 and stage != schedule[stage_index - 1]:
             damping.fill_(1e-6)
-        pw = powers(lam, length)
+            stalled.zero_()
+            active = torch.arange(kernel.shape[0], device=kernel.device)
+        if active.numel() == 0:
+            continue
+        err_a, lam_a, b_a = error[active], lam[active], b[active]
+        used_a, complex_a = used[active], (used & ~is_real)[active]
+        if stage == "l1":
+            scale = err_a.abs().amax(-1, keepdim=True)
+            weight[active] = 1.0 / err_a.abs().clamp_min(1e-6 * scale + 1e-300)
+        elif stage == "max":
+            w = weight[active] * err_a.abs()
+            w = w / w.sum(-1, keepdim=True).clamp_min(1e-300)
+            weight[active] = w.clamp_min(1e-8 * w.amax(-1, keepdim=True))
+        pw = powers(lam_a, length)
         # derivative of lam^j: j lam^(j-1) = j lam^j / lam (lam = 0 only in unused slots, masked)
-        dpw = j * pw / torch.where(lam.abs() > 0, lam, torch.ones_like(lam))[:, None, :]
-        alpha, beta = b.real, -b.imag
+        dpw = j * pw / torch.where(lam_a.abs() > 0, lam_a, torch.ones_like(lam_a))[:, None, :]
+        alpha, beta = b_a.real, -b_a.imag
         d_re = alpha[:, None, :] * dpw.real + beta[:, None, :] * dpw.imag
         d_im = -alpha[:, None, :] * dpw.imag + beta[:, None, :] * dpw.real
-        mask_re = used[:, None, :]
-        mask_im = complex_slot[:, None, :]
+        mask_re = used_a[:, None, :]
+        mask_im = complex_a[:, None, :]
         jac = torch.cat([pw.real * mask_re, pw.imag * mask_im, d_re * mask_re, d_im * mask_im], dim=2)
-        sqrt_w = None if stage == "l2" else weight.sqrt()
-        delta = _weighted_lstsq(jac, error, sqrt_w, damping)
-        new_b = b + torch.complex(delta[:, :rank], -delta[:, rank : 2 * rank])
-        new_lam = _stabilise(lam + torch.complex(delta[:, 2 * rank : 3 * rank], delta[:, 3 * rank :]))
-        new_error = kernel - model_kernel(new_lam, new_b, length)
+        sqrt_w = None if stage == "l2" else weight[active].sqrt()
+        delta = _weighted_lstsq(jac, err_a, sqrt_w, damping[active])
+        new_b = b_a + torch.complex(delta[:, :rank], -delta[:, rank : 2 * rank])
+        new_lam = _stabilise(lam_a + torch.complex(delta[:, 2 * rank : 3 * rank], delta[:, 3 * rank :]))
+        new_error = kernel[active] - model_kernel(new_lam, new_b, length)
         measure = "l2" if stage == "l2" else target
-        better = _norm(new_error, measure) < _norm(error, measure)
-        lam = torch.where(better[:, None], new_lam, lam)
-        b = torch.where(better[:, None], new_b, b)
-        error = torch.where(better[:, None], new_error, error)
-        damping = torch.where(better, damping / 4, damping * 8).clamp(1e-12, 1e6)
+        old_norm, new_norm = _norm(err_a, measure), _norm(new_error, measure)
+        better = new_norm < old_norm
+        lam[active] = torch.where(better[:, None], new_lam, lam_a)
+        b[active] = torch.where(better[:, None], new_b, b_a)
+        error[active] = torch.where(better[:, None], new_error, err_a)
+        damping[active] = torch.where(better, damping[active] / 4, damping[active] * 8).clamp(1e-12, 1e6)
+        # a rejected step only raises the damping; an accepted one either progresses or counts as stalled
+        count = stalled[active]
+        count = torch.where(better, torch.where(new_norm < (1 - STALL) * old_norm, 0, count + 1), count)
+        stalled[active] = torch.where(damping[active] >= DAMPING_EXIT, STALL_STEPS, count)
+        active = active[stalled[active] < STALL_STEPS]
     return lam, b
 
 
 # ----------------------------------------------------------------------------------------------- rounding
 
 
-def round_modes(kernel, lam, is_real, used):
+def round_modes(kernel, lam, is_real, used, refined=None):
     """complex64 modes: the poles rounded (pulled inside the unit disc if rounding pushed them out), then the
     residues refitted in float64 to the rounded poles (which compensates most of the poles' rounding) and
-    rounded. Returns complex64 ``(lam, b)`` and their complex128 values."""
+    rounded. ``refined = (b, target)``: the refinement's own residues, rounded as they are, are kept instead
+    per system where their ``target`` error is smaller (a least-squares refit would undo an l1 or max
+    refinement of the residues). Returns complex64 ``(lam, b)``."""
     lam32 = lam.to(torch.complex64)
     outside = lam32.to(torch.complex128).abs() > 1
     lam32 = torch.where(outside, (lam * (1 - 2.0**-22)).to(torch.complex64), lam32)
     lam64 = lam32.to(torch.complex128)
     refit = fit_residues(kernel, lam64, is_real, used)
     b32 = torch.where(used, refit, torch.zeros_like(refit)).to(torch.complex64)
+    if refined is not None:
+        b_refined, target = refined
+        kept = torch.where(used, b_refined, torch.zeros_like(b_refined)).to(torch.complex64)
+        length = kernel.shape[1]
+        pick = (_norm(kernel - model_kernel(lam64, kept.to(torch.complex128), length), target)
+                < _norm(kernel - model_kernel(lam64, b32.to(torch.complex128), length), target))
+        b32 = torch.where(pick[:, None], kept, b32)
     return lam32, b32
+
+
+def _float32_brackets(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two float32 neighbours ``lo <= x <= hi`` of float64 values (equal when x is a float32 value)."""
+    x32 = x.to(torch.float32)
+    lo = torch.where(x32.to(torch.float64) <= x, x32, torch.nextafter(x32, torch.full_like(x32, -math.inf)))
+    hi = torch.where(lo.to(torch.float64) == x, lo, torch.nextafter(lo, torch.full_like(lo, math.inf)))
+    return lo, hi
+
+
+def _lattice_candidates(z: torch.Tensor, real: torch.Tensor) -> list[torch.Tensor]:
+    """The complex64 values around complex128 ``z [C]``: the four corners of its float32 cell (two when the
+    slot is real)."""
+    re_lo, re_hi = _float32_brackets(z.real)
+    im_lo, im_hi = _float32_brackets(z.imag)
+    zero = torch.zeros_like(im_lo)
+    return [torch.complex(re, torch.where(real, zero, im)) for re in (re_lo, re_hi) for im in (im_lo, im_hi)]
+
+
+def _max_error(kernel, lam32, b32):
+    """float64 ``max_j |K_j - K^r_j|`` `[C]` of complex64 modes."""
+    realised = model_kernel(lam32.to(torch.complex128), b32.to(torch.complex128), kernel.shape[1])
+    return (kernel - realised).abs().amax(-1)
+
+
+def search_rounding(kernel, lam, is_real, used, threshold=None, refined=None):
+    """complex64 modes by a greedy walk over the rounding lattice, for systems whose nearest rounding costs more
+    than the fit (clustered poles with large cancelling residues amplify a pole's rounding by ``j |b|``): slot by
+    slot, the pole takes the corner of its float32 cell that, with the residues refitted, gives the smallest max
+    error; then each residue takes its best corner. Only systems whose nearest rounding at least doubles the
+    float64 fit's max error (and, given a ``threshold [C]``, whose fit is below it) are searched, and the
+    result is kept where it beats the nearest rounding (``refined``: as in :func:`round_modes`).
+    Returns complex64 ``(lam, b)``."""
+    length = kernel.shape[1]
+    nearest = round_modes(kernel, lam, is_real, used, refined)
+    nearest_error = _max_error(kernel, *nearest)
+    fit_error = (kernel - model_kernel(lam, fit_residues(kernel, lam, is_real, used), length)).abs().amax(-1)
+    dominated = nearest_error > ROUNDING_DOMINATED * fit_error
+    if threshold is not None:  # rounding cannot bring a fit below the threshold it is above in float64
+        dominated &= fit_error <= threshold
+    dominated = dominated.nonzero()[:, 0]
+    if dominated.numel() == 0:
+        return nearest
+    kernel, lam, is_real, used = kernel[dominated], lam[dominated], is_real[dominated], used[dominated]
+    rows = torch.arange(kernel.shape[0], device=kernel.device)
+
+    def max_error(lam32, b32):
+        return _max_error(kernel, lam32, b32)
+    current = lam.clone()
+    for slot in range(lam.shape[1]):
+        errors, options = [], []
+        for corner in _lattice_candidates(lam[:, slot], is_real[:, slot]):
+            trial = current.clone()
+            trial[:, slot] = corner.to(torch.complex128)
+            b = fit_residues(kernel, trial, is_real, used)
+            errors.append(max_error(trial.to(torch.complex64), torch.where(used, b, 0).to(torch.complex64)))
+            options.append(trial[:, slot])
+        best = torch.stack(errors, 1).argmin(1)
+        current[:, slot] = torch.stack(options, 1)[rows, best]
+    lam32 = current.to(torch.complex64)
+    b64 = fit_residues(kernel, current, is_real, used)
+    b32 = torch.where(used, b64, 0).to(torch.complex64)
+    for slot in range(lam.shape[1]):
+        errors, options = [], []
+        for corner in _lattice_candidates(b64[:, slot], is_real[:, slot] | ~used[:, slot]):
+            trial = b32.clone()
+            trial[:, slot] = torch.where(used[:, slot], corner, 0)
+            errors.append(max_error(lam32, trial))
+            options.append(trial[:, slot])
+        best = torch.stack(errors, 1).argmin(1)
+        b32[:, slot] = torch.stack(options, 1)[rows, best]
+    lam_out, b_out = nearest[0].clone(), nearest[1].clone()
+    keep = (max_error(lam32, b32) < nearest_error[dominated])[:, None]
+    lam_out[dominated] = torch.where(keep, lam32, lam_out[dominated])
+    b_out[dominated] = torch.where(keep, b32, b_out[dominated])
+    return lam_out, b_out
 
 
 def _chunks(channels: int, length: int, rank: int):
@@ -356,8 +467,9 @@ def _chunks(channels: int, length: int, rank: int):
         yield slice(start, min(channels, start + size))
 
 
-def fit_rank(kernel, subspace, rank, *, refine_target):
-    """Fit ``rank`` folded modes to every kernel: complex64 ``(lam, b)`` `[C, rank]`."""
+def fit_rank(kernel, subspace, rank, *, refine_target, rounding: str = "nearest", threshold=None):
+    """Fit ``rank`` folded modes to every kernel: complex64 ``(lam, b)`` `[C, rank]`. ``rounding="search"``
+    rounds by :func:`search_rounding` (for the few systems a tolerance ``threshold [C]`` is still missing)."""
     (lam, is_real, used), (alt_lam, alt_real, alt_used, has_alt) = select_poles(subspace, rank)
     if bool(has_alt.any()):  # keep, per system, the candidate with the smaller least-squares error
         rows = has_alt.nonzero()[:, 0]
@@ -368,9 +480,85 @@ def fit_rank(kernel, subspace, rank, *, refine_target):
         is_real[rows] = torch.where(pick, alt_real[rows], is_real[rows])
         used[rows] = torch.where(pick, alt_used[rows], used[rows])
     if refine_target is not None:
+        # a fit already below the complex64 resolution of the kernel gains nothing from moving the poles
         b = fit_residues(kernel, lam, is_real, used)
-        lam, _ = refine(kernel, lam, b, is_real, used, target=refine_target)
+        error = (kernel - model_kernel(lam, b, kernel.shape[1])).abs().amax(-1)
+        rows = (error > RESOLUTION * kernel.abs().amax(-1)).nonzero()[:, 0]
+        if rows.numel() > 0:
+            lam[rows], b[rows], is_real[rows], used[rows] = _refine_best(
+                kernel[rows], subspace[rows], rank, (lam[rows], is_real[rows], used[rows]), b[rows], refine_target
+            )
+        if rounding == "search":
+            return search_rounding(kernel, lam, is_real, used, threshold, refined=(b, refine_target))
+        return round_modes(kernel, lam, is_real, used, refined=(b, refine_target))
+    if rounding == "search":
+        return search_rounding(kernel, lam, is_real, used, threshold)
     return round_modes(kernel, lam, is_real, used)
+
+
+def prune_poles(kernel, lam, is_real, used, slots: int):
+    """Greedy backward elimination: drop, one at a time, the slot whose removal (residues refitted by least
+    squares) raises the l2 error least, until ``slots`` remain. Only the ``PRUNE_CANDIDATES`` slots whose modes
+    contribute least to the kernel are tried (the l2 norm of ``Re b lam^j`` over the horizon). `[C, m]` ->
+    `[C, slots]`."""
+    channels, length = kernel.shape
+    arange = torch.arange(channels, device=kernel.device)
+    while lam.shape[1] > slots:
+        m = lam.shape[1]
+        b = fit_residues(kernel, lam, is_real, used)
+        contribution = (powers(lam, length) * b[:, None, :]).real.square().sum(1)
+        contribution = torch.where(used, contribution, torch.full_like(contribution, -1.0))
+        candidates = contribution.argsort(dim=1)[:, : min(m, PRUNE_CANDIDATES)]
+        errors = []
+        for c in range(candidates.shape[1]):
+            kept = torch.ones(channels, m, dtype=torch.bool, device=kernel.device)
+            kept[arange, candidates[:, c]] = False
+            trial = [x[kept].reshape(channels, m - 1) for x in (lam, is_real, used)]
+            errors.append(_ls_error(kernel, *trial))
+        drop = candidates[arange, torch.stack(errors, 1).argmin(1)]
+        kept = torch.ones(channels, m, dtype=torch.bool, device=kernel.device)
+        kept[arange, drop] = False
+        lam, is_real, used = (x[kept].reshape(channels, m - 1) for x in (lam, is_real, used))
+    return lam, is_real, used
+
+
+def hankel_gain(kernel, vectors) -> torch.Tensor:
+    """``||H u||`` `[C]` for unit vectors ``vectors [C, p]`` (one FFT Hankel product): for the subspace's
+    direction ``2 rank + 1``, an estimate of ``sigma_(2 rank + 1)``, the l1 lower bound at ``rank``."""
+    p = vectors.shape[1]
+    size = _fft_size(2 * p - 1)
+    spectrum = torch.fft.rfft(kernel[:, : 2 * p - 1], n=size, dim=-1)
+    return _hankel_apply(spectrum, vectors[:, None, :], p, size)[:, 0].norm(dim=-1)
+
+
+def _refine_best(kernel, subspace, rank, start, b, target):
+    """Refine the ERA start and, where it may gain, a second start: the ERA poles of ``PRUNE_EXTRA`` more slots
+    pruned back to ``rank`` (under-modelled kernels: the best subset of a richer pole set often beats the poles
+    of the truncated subspace); per system the one with the smaller ``target`` error. For the l1 target, systems
+    whose first fit is within ``SECOND_START_GAP`` of the lower bound's estimate skip the second start (it
+    cannot gain more than that). Returns ``(lam, b, is_real, used)``, ``b`` the refined float64 residues."""
+    lam, is_real, used = start
+    lam, b = refine(kernel, lam, b, is_real, used, target=target)
+    extra = min(PRUNE_EXTRA, subspace.shape[2] // 2 - rank)
+    if extra <= 0:
+        return lam, b, is_real, used
+    length = kernel.shape[1]
+    first = _norm(kernel - model_kernel(lam, b, length), target)
+    rows = torch.arange(kernel.shape[0], device=kernel.device)
+    if target == "l1":
+        rows = (first > SECOND_START_GAP * hankel_gain(kernel, subspace[:, :, 2 * rank])).nonzero()[:, 0]
+        if rows.numel() == 0:
+            return lam, b, is_real, used
+    kernel_s, subspace_s = kernel[rows], subspace[rows]
+    (wide, wide_real, wide_used), _ = select_poles(subspace_s, rank + extra)
+    lam2, real2, used2 = prune_poles(kernel_s, wide, wide_real, wide_used, rank)
+    lam2, b2 = refine(kernel_s, lam2, fit_residues(kernel_s, lam2, real2, used2), real2, used2, target=target)
+    pick = (_norm(kernel_s - model_kernel(lam2, b2, length), target) < first[rows])[:, None]
+    lam[rows] = torch.where(pick, lam2, lam[rows])
+    b[rows] = torch.where(pick, b2, b[rows])
+    is_real[rows] = torch.where(pick, real2, is_real[rows])
+    used[rows] = torch.where(pick, used2, used[rows])
+    return lam, b, is_real, used
 
 
 def certified_bound(kernel, kernel_margin, lam32, b32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -451,24 +639,39 @@ def _exact_modes(lam64, b64):
     return lam32, b64.to(torch.complex64)
 
 
+# Under a tolerance, the passes a system goes through until it meets it: the plain ERA + least-squares fit, the
+# same rounded by the lattice search, then the fit refined towards the max error (the certified quantity), rounded
+# by the search where the rounding dominates.
+TOL_PASSES = (
+    {"refine_target": None},
+    {"refine_target": None, "rounding": "search"},
+    {"refine_target": "max", "rounding": "search"},
+)
+
+
 def _fit_and_certify(kernel, margin, subspace, rank, refine_target, threshold):
-    """Fit and certify ``rank`` modes. Under a tolerance (``threshold [C]``) the plain ERA + least-squares fit
-    comes first and only the systems it leaves above the threshold are refined, towards the max error (the
-    certified quantity); otherwise every system is refined towards ``refine_target``."""
+    """Fit and certify ``rank`` modes. Under a tolerance (``threshold [C]``) the systems go through
+    ``TOL_PASSES``, each pass fitting only those still above the threshold and keeping its fit where it lowers
+    the bound, while every system is within ``REFINE_REACH`` of it; otherwise every system is refined towards ``refine_target``."""
     if threshold is None:
         lam32, b32 = fit_rank(kernel, subspace, rank, refine_target=refine_target)
         return lam32, b32, certified_bound(kernel, margin, lam32, b32)[1]
-    lam32, b32 = fit_rank(kernel, subspace, rank, refine_target=None)
+    passes = TOL_PASSES if refine_target is not None else TOL_PASSES[:1]
+    lam32, b32 = fit_rank(kernel, subspace, rank, **passes[0])
     bound = certified_bound(kernel, margin, lam32, b32)[1]
-    missed = (bound.to(torch.float64) > threshold).nonzero()[:, 0]
-    if refine_target is None or missed.numel() == 0:
-        return lam32, b32, bound
-    lam_ref, b_ref = fit_rank(kernel[missed], subspace[missed], rank, refine_target="max")
-    bound_ref = certified_bound(kernel[missed], margin[missed], lam_ref, b_ref)[1]
-    better = bound_ref < bound[missed]
-    lam32[missed] = torch.where(better[:, None], lam_ref, lam32[missed])
-    b32[missed] = torch.where(better[:, None], b_ref, b32[missed])
-    bound[missed] = torch.where(better, bound_ref, bound[missed])
+    for options in passes[1:]:
+        # the result's rank is the largest any system needs, and a refinement or a rounding search gains a small
+        # factor: with a system far above the threshold this rank is lost, and every missed system moves on
+        over = bound.to(torch.float64) / threshold
+        missed = (over > 1).nonzero()[:, 0]
+        if missed.numel() == 0 or bool((over > REFINE_REACH).any()):
+            break
+        lam_new, b_new = fit_rank(kernel[missed], subspace[missed], rank, threshold=threshold[missed], **options)
+        bound_new = certified_bound(kernel[missed], margin[missed], lam_new, b_new)[1]
+        better = bound_new < bound[missed]
+        lam32[missed] = torch.where(better[:, None], lam_new, lam32[missed])
+        b32[missed] = torch.where(better[:, None], b_new, b32[missed])
+        bound[missed] = torch.where(better, bound_new, bound[missed])
     return lam32, b32, bound
 
 
@@ -492,7 +695,8 @@ def _reduce_chunk(kernel, margin, exact, ranks, cap, tol, scale, subspace_kind, 
             bound = certified_bound(kernel[rows], margin[rows], lam32, b32)[1]
         else:
             if 2 * r > width:  # under tol the sketch widens in powers of two, so ascending ranks share it
-                width = 2 * r if tol is None else 1 << max(3, (2 * r - 1).bit_length())
+                width = 2 * (r + PRUNE_EXTRA)
+                width = width if tol is None else 1 << (width - 1).bit_length()
                 subspace = leading_subspace(kernel, width, method=subspace_kind)
             lam32, b32, bound = _fit_and_certify(kernel[rows], margin[rows], subspace[rows], r, refine_target,
                                                  None if tol is None else tol * scale[rows])

@@ -151,10 +151,12 @@ def test_taps_path_equals_the_mode_path():
     lam_m, b_m, bound_m = et.reduce_ssm(lam, b, 3, length=100)
     kernel = t[:, :100] * 0.97 ** torch.arange(100, dtype=torch.float64)
     scale = kernel.abs().amax(-1)
-    # the two kernels differ by the ETSC realisation's float64 rounding (~1e-15): the fits agree to ~1e-9
+    # the two kernels differ by the ETSC realisation's float64 rounding (~1e-15), but the l1 refinement is not
+    # continuous in its input (which steps it accepts can flip): both fit the same kernel within their bounds,
+    # so they agree within the sum of the bounds, and the bounds agree within 5% (measured: 2.3%)
     reduced_t = et.reference.ssm_kernel(lam_t.to(torch.complex128), b_t.to(torch.complex128), 100)
     reduced_m = et.reference.ssm_kernel(lam_m.to(torch.complex128), b_m.to(torch.complex128), 100)
-    assert_close(reduced_t, reduced_m, atol=1e-6 * float(scale.max()), rtol=0, name="reduced kernels")
+    assert ((reduced_t - reduced_m).abs().amax(-1) <= bound_t.double() + bound_m.double() + 1e-12 * scale).all()
     assert_close(bound_t.double() / scale, bound_m.double() / scale, atol=1e-6, rtol=0.05, name="bounds")
     assert (_error(kernel, lam_t, b_t) <= bound_t.double()).all()
 

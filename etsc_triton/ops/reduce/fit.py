@@ -22,7 +22,7 @@ HANKEL_PRODUCTS = 1  # FFT products with H applied to the sketch (subspace itera
 DENSE_HANKEL = 96  # p at or below which the p x p Hankel matrix is decomposed densely
 CHUNK_BYTES = 1 << 28  # working set per channel chunk (complex128 powers and the Jacobian)
 L2_STEPS = 6  # Levenberg-Marquardt steps on the least-squares error
-REWEIGHTED_STEPS = 10  # then steps on the target norm (iteratively reweighted)
+REWEIGHTED_STEPS = 20  # then steps on the target norm (iteratively reweighted)
 REAL_POLE = 1e-13  # |Im lam| <= REAL_POLE * |lam|: a real pole (eigenvalues of a real matrix)
 STALL = 1e-3  # relative progress below which an accepted refinement step counts as stalled
 DAMPING_EXIT = 1.0  # damping (on unit-norm columns) at which rejected steps have become too short to matter

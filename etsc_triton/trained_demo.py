@@ -89,16 +89,19 @@ def truncated_variants(ranks) -> list[SSMVariant]:
 
 
 def convert_all(model: TNNLanguageModel, tols, ranks) -> tuple[list[SSMVariant], dict[str, list[ToeplitzSSM]]]:
-    """Every variant converted: the reductions renamed by the rank they reached (the largest over the layers),
-    the truncations at the preset ranks and at the reductions' ranks, for the like-for-like rows."""
+    """Every variant converted: the reductions renamed by the rank they reached (the largest over the layers; of
+    two at one rank the later, finer tolerance is kept, decoded if either was), the truncations at the preset ranks and at the reductions' ranks, for the like-for-like rows."""
     variants, converted = [], {}
     for variant in ssm_variants(tols):
         layers = convert_layers(model, variant)
         if variant.name.startswith("reduced"):
             variant = replace(variant, name=f"reduced_r{max(layer.state_size for layer in layers)}")
-        if variant.name not in converted:
+        if variant.name in converted:  # two tolerances reached one rank: the later (finer) fit replaces it
+            previous = next(i for i, v in enumerate(variants) if v.name == variant.name)
+            variants[previous] = replace(variant, decode=variant.decode or variants[previous].decode)
+        else:
             variants.append(variant)
-            converted[variant.name] = layers
+        converted[variant.name] = layers
     reduced_ranks = [max(layer.state_size for layer in converted[v.name]) for v in variants
                      if v.name.startswith("reduced")]
     for variant in truncated_variants([*ranks, *reduced_ranks]):

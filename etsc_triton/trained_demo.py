@@ -90,7 +90,8 @@ def truncated_variants(ranks) -> list[SSMVariant]:
 
 def convert_all(model: TNNLanguageModel, tols, ranks) -> tuple[list[SSMVariant], dict[str, list[ToeplitzSSM]]]:
     """Every variant converted: the reductions renamed by the rank they reached (the largest over the layers; of
-    two at one rank the later, finer tolerance is kept, decoded if either was), the truncations at the preset ranks and at the reductions' ranks, for the like-for-like rows."""
+    two at one rank the later, finer tolerance is kept, decoded if either was), the truncations at the preset
+    ranks and at the reductions' ranks, for the like-for-like rows."""
     variants, converted = [], {}
     for variant in ssm_variants(tols):
         layers = convert_layers(model, variant)

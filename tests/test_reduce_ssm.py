@@ -10,7 +10,7 @@ from helpers import assert_close
 
 import etsc_triton as et
 from etsc_triton.nn.toeplitz import ToeplitzSSM
-from etsc_triton.ops.reduce import fit
+from etsc_triton.ops.reduce import fit, rounding
 
 # The input modes are complex64: the recovered poles and residues round back to (nearly) the same complex64
 # values, so the bound is the certificate's margin: measured 1e-13 .. 2e-12 of max|K|.
@@ -285,8 +285,8 @@ def test_rounding_search_never_loses_and_helps_where_rounding_dominates():
     coef = torch.randn(6, 4, generator=g, dtype=torch.float64)
     kernel = (coef[:, :, None] * x ** torch.arange(4, dtype=torch.float64)[:, None]).sum(1) * 0.99 ** (300 * x)
     (lam, is_real, used), _ = fit.select_poles(fit.leading_subspace(kernel, 14), 3)
-    nearest = fit._max_error(kernel, *fit.round_modes(kernel, lam, is_real, used))
-    searched = fit._max_error(kernel, *fit.search_rounding(kernel, lam, is_real, used))
+    nearest = rounding.max_error(kernel, *rounding.round_modes(kernel, lam, is_real, used))
+    searched = rounding.max_error(kernel, *rounding.search_rounding(kernel, lam, is_real, used))
     assert (searched <= nearest).all()
     assert (searched < 0.7 * nearest).any(), (searched / nearest).tolist()
 

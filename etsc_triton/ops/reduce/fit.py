@@ -1,11 +1,11 @@
-"""The reduction pipeline on a float64 kernel, batched over systems (torch; runs where the kernel lives).
+"""The reduction's fitting stages on float64 kernels, batched over systems (torch; runs where the kernel lives).
 
 kernel `[C, L]` -> leading Hankel subspace (a sketch of spread Hankel columns refined by one FFT Hankel
 product, or a dense eigendecomposition for short kernels) -> ERA poles per real order -> conjugate folding into
 ``rank`` slots (real pole pairs merged when they do not fit) -> least-squares residues -> Levenberg-Marquardt on
-poles and residues, first in l2, then iteratively reweighted towards the l1 or max error -> complex64 rounding
-of the poles, residues refitted to the rounded poles, rounded -> the certified bound. Derivation and the
-reasons in this folder's README.
+poles and residues, first in l2, then iteratively reweighted towards the l1 or max error, from the ERA poles and
+from a richer pole set pruned back. The complex64 rounding is ``rounding.py``, the driver (ranks, tolerance,
+chunks, the certificate) ``pipeline.py``. Derivation and the reasons in this folder's README.
 """
 
 from __future__ import annotations
@@ -14,25 +14,21 @@ import math
 
 import torch
 
-from .certificate import certify, evaluation_margin, hankel_size
-from .contract import MAX_RANK
+from .certificate import hankel_size
 
 OVERSAMPLE = 8  # extra sketch columns of the range finder
 HANKEL_PRODUCTS = 1  # FFT products with H applied to the sketch (subspace iterations; README)
 DENSE_HANKEL = 96  # p at or below which the p x p Hankel matrix is decomposed densely
-CHUNK_BYTES = 1 << 28  # working set per channel chunk (complex128 powers and the Jacobian)
 L2_STEPS = 6  # Levenberg-Marquardt steps on the least-squares error
 REWEIGHTED_STEPS = 20  # then steps on the target norm (iteratively reweighted)
 REAL_POLE = 1e-13  # |Im lam| <= REAL_POLE * |lam|: a real pole (eigenvalues of a real matrix)
 STALL = 1e-3  # relative progress below which an accepted refinement step counts as stalled
 DAMPING_EXIT = 1.0  # damping (on unit-norm columns) at which rejected steps have become too short to matter
-STALL_STEPS = 2  # stalled accepted steps in a row after which a system leaves the refinement batch (until the next stage)
+STALL_STEPS = 2  # stalled accepted steps in a row after which a system leaves the batch (until the next stage)
 RESOLUTION = 2.0**-22  # least-squares error <= RESOLUTION * max|K|: below what complex64 modes resolve
 SECOND_START_GAP = 2.0  # l1 error / estimated Hankel bound under which the second refinement start is skipped
 PRUNE_CANDIDATES = 8  # slots of least contribution tried at each pruning step
 PRUNE_EXTRA = 4  # the second refinement start: ERA poles of rank + PRUNE_EXTRA slots pruned back to rank
-ROUNDING_DOMINATED = 2.0  # rounded max error / float64 fit error above which the rounding lattice is searched
-REFINE_REACH = 100.0  # under tol, the later passes run at a rank only if every system is within this factor
 RIDGE = 1e-10  # Tikhonov weight on the normalised columns: keeps near-collinear residues bounded
 
 
@@ -301,9 +297,9 @@ def refine(kernel, lam, b, is_real, used, *, target: str, steps_l2=L2_STEPS, ste
     """Levenberg-Marquardt on poles and residues jointly, l2 first, then reweighted towards ``target``
     (``"l1"``: weights ``1 / |e_j|``; ``"max"``: Lawson's multiplicative update ``w_j <- w_j |e_j|``). A step
     is kept per system only when it lowers that system's error in the norm being minimised; a system whose
-    error stalls (``STALL_STEPS`` accepted steps running with less than ``STALL`` relative progress, or rejections up to a
-    damping of ``DAMPING_EXIT``) leaves the batch until
-    the next stage, so converged systems cost nothing."""
+    error stalls (``STALL_STEPS`` accepted steps running with less than ``STALL`` relative progress, or
+    rejections up to a damping of ``DAMPING_EXIT``) leaves the batch until the next stage, so converged systems
+    cost nothing."""
     length = kernel.shape[1]
     rank = lam.shape[1]
     lam, b = lam.clone(), b.clone()
@@ -357,143 +353,6 @@ def refine(kernel, lam, b, is_real, used, *, target: str, steps_l2=L2_STEPS, ste
         stalled[active] = torch.where(damping[active] >= DAMPING_EXIT, STALL_STEPS, count)
         active = active[stalled[active] < STALL_STEPS]
     return lam, b
-
-
-# ----------------------------------------------------------------------------------------------- rounding
-
-
-def round_modes(kernel, lam, is_real, used, refined=None):
-    """complex64 modes: the poles rounded (pulled inside the unit disc if rounding pushed them out), then the
-    residues refitted in float64 to the rounded poles (which compensates most of the poles' rounding) and
-    rounded. ``refined = (b, target)``: the refinement's own residues, rounded as they are, are kept instead
-    per system where their ``target`` error is smaller (a least-squares refit would undo an l1 or max
-    refinement of the residues). Returns complex64 ``(lam, b)``."""
-    lam32 = lam.to(torch.complex64)
-    outside = lam32.to(torch.complex128).abs() > 1
-    lam32 = torch.where(outside, (lam * (1 - 2.0**-22)).to(torch.complex64), lam32)
-    lam64 = lam32.to(torch.complex128)
-    refit = fit_residues(kernel, lam64, is_real, used)
-    b32 = torch.where(used, refit, torch.zeros_like(refit)).to(torch.complex64)
-    if refined is not None:
-        b_refined, target = refined
-        kept = torch.where(used, b_refined, torch.zeros_like(b_refined)).to(torch.complex64)
-        length = kernel.shape[1]
-        pick = (_norm(kernel - model_kernel(lam64, kept.to(torch.complex128), length), target)
-                < _norm(kernel - model_kernel(lam64, b32.to(torch.complex128), length), target))
-        b32 = torch.where(pick[:, None], kept, b32)
-    return lam32, b32
-
-
-def _float32_brackets(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two float32 neighbours ``lo <= x <= hi`` of float64 values (equal when x is a float32 value)."""
-    x32 = x.to(torch.float32)
-    lo = torch.where(x32.to(torch.float64) <= x, x32, torch.nextafter(x32, torch.full_like(x32, -math.inf)))
-    hi = torch.where(lo.to(torch.float64) == x, lo, torch.nextafter(lo, torch.full_like(lo, math.inf)))
-    return lo, hi
-
-
-def _lattice_candidates(z: torch.Tensor, real: torch.Tensor) -> list[torch.Tensor]:
-    """The complex64 values around complex128 ``z [C]``: the four corners of its float32 cell (two when the
-    slot is real)."""
-    re_lo, re_hi = _float32_brackets(z.real)
-    im_lo, im_hi = _float32_brackets(z.imag)
-    zero = torch.zeros_like(im_lo)
-    return [torch.complex(re, torch.where(real, zero, im)) for re in (re_lo, re_hi) for im in (im_lo, im_hi)]
-
-
-def _max_error(kernel, lam32, b32):
-    """float64 ``max_j |K_j - K^r_j|`` `[C]` of complex64 modes."""
-    realised = model_kernel(lam32.to(torch.complex128), b32.to(torch.complex128), kernel.shape[1])
-    return (kernel - realised).abs().amax(-1)
-
-
-def search_rounding(kernel, lam, is_real, used, threshold=None, refined=None):
-    """complex64 modes by a greedy walk over the rounding lattice, for systems whose nearest rounding costs more
-    than the fit (clustered poles with large cancelling residues amplify a pole's rounding by ``j |b|``): slot by
-    slot, the pole takes the corner of its float32 cell that, with the residues refitted, gives the smallest max
-    error; then each residue takes its best corner. Only systems whose nearest rounding at least doubles the
-    float64 fit's max error (and, given a ``threshold [C]``, whose fit is below it) are searched, and the
-    result is kept where it beats the nearest rounding (``refined``: as in :func:`round_modes`).
-    Returns complex64 ``(lam, b)``."""
-    length = kernel.shape[1]
-    nearest = round_modes(kernel, lam, is_real, used, refined)
-    nearest_error = _max_error(kernel, *nearest)
-    fit_error = (kernel - model_kernel(lam, fit_residues(kernel, lam, is_real, used), length)).abs().amax(-1)
-    dominated = nearest_error > ROUNDING_DOMINATED * fit_error
-    if threshold is not None:  # rounding cannot bring a fit below the threshold it is above in float64
-        dominated &= fit_error <= threshold
-    dominated = dominated.nonzero()[:, 0]
-    if dominated.numel() == 0:
-        return nearest
-    kernel, lam, is_real, used = kernel[dominated], lam[dominated], is_real[dominated], used[dominated]
-    rows = torch.arange(kernel.shape[0], device=kernel.device)
-
-    def max_error(lam32, b32):
-        return _max_error(kernel, lam32, b32)
-    current = lam.clone()
-    for slot in range(lam.shape[1]):
-        errors, options = [], []
-        for corner in _lattice_candidates(lam[:, slot], is_real[:, slot]):
-            trial = current.clone()
-            trial[:, slot] = corner.to(torch.complex128)
-            b = fit_residues(kernel, trial, is_real, used)
-            errors.append(max_error(trial.to(torch.complex64), torch.where(used, b, 0).to(torch.complex64)))
-            options.append(trial[:, slot])
-        best = torch.stack(errors, 1).argmin(1)
-        current[:, slot] = torch.stack(options, 1)[rows, best]
-    lam32 = current.to(torch.complex64)
-    b64 = fit_residues(kernel, current, is_real, used)
-    b32 = torch.where(used, b64, 0).to(torch.complex64)
-    for slot in range(lam.shape[1]):
-        errors, options = [], []
-        for corner in _lattice_candidates(b64[:, slot], is_real[:, slot] | ~used[:, slot]):
-            trial = b32.clone()
-            trial[:, slot] = torch.where(used[:, slot], corner, 0)
-            errors.append(max_error(lam32, trial))
-            options.append(trial[:, slot])
-        best = torch.stack(errors, 1).argmin(1)
-        b32[:, slot] = torch.stack(options, 1)[rows, best]
-    lam_out, b_out = nearest[0].clone(), nearest[1].clone()
-    keep = (max_error(lam32, b32) < nearest_error[dominated])[:, None]
-    lam_out[dominated] = torch.where(keep, lam32, lam_out[dominated])
-    b_out[dominated] = torch.where(keep, b32, b_out[dominated])
-    return lam_out, b_out
-
-
-def _chunks(channels: int, length: int, rank: int):
-    per_channel = 16 * length * (6 * rank + 8) + 8 * length * 8 * rank
-    size = max(1, min(channels, CHUNK_BYTES // max(per_channel, 1)))
-    for start in range(0, channels, size):
-        yield slice(start, min(channels, start + size))
-
-
-def fit_rank(kernel, subspace, rank, *, refine_target, rounding: str = "nearest", threshold=None):
-    """Fit ``rank`` folded modes to every kernel: complex64 ``(lam, b)`` `[C, rank]`. ``rounding="search"``
-    rounds by :func:`search_rounding` (for the few systems a tolerance ``threshold [C]`` is still missing)."""
-    (lam, is_real, used), (alt_lam, alt_real, alt_used, has_alt) = select_poles(subspace, rank)
-    if bool(has_alt.any()):  # keep, per system, the candidate with the smaller least-squares error
-        rows = has_alt.nonzero()[:, 0]
-        err = _ls_error(kernel[rows], lam[rows], is_real[rows], used[rows])
-        err_alt = _ls_error(kernel[rows], alt_lam[rows], alt_real[rows], alt_used[rows])
-        pick = (err_alt < err)[:, None]
-        lam[rows] = torch.where(pick, alt_lam[rows], lam[rows])
-        is_real[rows] = torch.where(pick, alt_real[rows], is_real[rows])
-        used[rows] = torch.where(pick, alt_used[rows], used[rows])
-    if refine_target is not None:
-        # a fit already below the complex64 resolution of the kernel gains nothing from moving the poles
-        b = fit_residues(kernel, lam, is_real, used)
-        error = (kernel - model_kernel(lam, b, kernel.shape[1])).abs().amax(-1)
-        rows = (error > RESOLUTION * kernel.abs().amax(-1)).nonzero()[:, 0]
-        if rows.numel() > 0:
-            lam[rows], b[rows], is_real[rows], used[rows] = _refine_best(
-                kernel[rows], subspace[rows], rank, (lam[rows], is_real[rows], used[rows]), b[rows], refine_target
-            )
-        if rounding == "search":
-            return search_rounding(kernel, lam, is_real, used, threshold, refined=(b, refine_target))
-        return round_modes(kernel, lam, is_real, used, refined=(b, refine_target))
-    if rounding == "search":
-        return search_rounding(kernel, lam, is_real, used, threshold)
-    return round_modes(kernel, lam, is_real, used)
 
 
 def prune_poles(kernel, lam, is_real, used, slots: int):
@@ -559,156 +418,3 @@ def _refine_best(kernel, subspace, rank, start, b, target):
     is_real[rows] = torch.where(pick, real2, is_real[rows])
     used[rows] = torch.where(pick, used2, used[rows])
     return lam, b, is_real, used
-
-
-def certified_bound(kernel, kernel_margin, lam32, b32) -> tuple[torch.Tensor, torch.Tensor]:
-    """float64 ``max_j |K_j - K^r_j|`` of the returned complex64 modes and its float32 certified bound."""
-    lam64, b64 = lam32.to(torch.complex128), b32.to(torch.complex128)
-    length = kernel.shape[-1]
-    error = (kernel - model_kernel(lam64, b64, length)).abs().amax(-1)
-    margin = kernel_margin + evaluation_margin(b64.abs().sum(-1), length)
-    return error, certify(error, margin)
-
-
-# ----------------------------------------------------------------------------------------------- driver
-
-
-def reduce_kernel(
-    kernel, rank, tol, *, b_total, exact=None, subspace="columns", refine=True, target="l1", fn_name="reduce_ssm"
-):
-    """Reduce float64 kernels ``[..., L]`` to ``rank`` folded modes (or the smallest rank meeting ``tol``).
-
-    Args:
-        kernel: `[..., L]` float64, the kernel to approximate over lags ``0 .. L-1``.
-        rank: folded modes, or None with ``tol``.
-        tol: relative tolerance ``bound <= tol * max_j |K_j|`` in every system, or None.
-        b_total: `[...]` float64 scale of the kernel's own float64 evaluation error (``sum |b|`` of the original
-            modes, or ``max |K|`` for taps), for the certificate's margin.
-        exact: ``(lam, b)`` complex128 `[..., N]` of the original system (used as is when ``rank >= N``).
-        subspace: ``"random"`` (range finder, FFT products) or ``"dense"`` (reference).
-        refine: run the Levenberg-Marquardt refinement.
-        target: the norm the reweighted refinement aims at, ``"l1"`` or ``"max"``.
-        fn_name: the public function named in errors.
-
-    Returns:
-        ``(lam_r, b_r, bound)``: complex64 `[..., rank]` (twice), float32 `[...]`.
-    """
-    batch = kernel.shape[:-1]
-    length = kernel.shape[-1]
-    flat = kernel.reshape(-1, length)
-    channels = flat.shape[0]
-    margin = evaluation_margin(b_total.reshape(-1).to(torch.float64), length)
-    n_exact = exact[0].shape[-1] if exact is not None else None
-    exact_flat = None if exact is None else (exact[0].reshape(channels, -1), exact[1].reshape(channels, -1))
-    if rank is not None:
-        ranks, cap = [rank], rank
-    else:  # beyond p/2 + 1 modes the ERA order cannot grow (p - 1 shifts); the exact modes may be fewer
-        cap = min(MAX_RANK, max(hankel_size(length) // 2 + 1, n_exact or 0))
-        ranks = list(range(1, cap + 1))
-    lam_out = torch.zeros(channels, cap, dtype=torch.complex64, device=flat.device)
-    b_out = torch.zeros_like(lam_out)
-    bound_out = torch.full((channels,), math.inf, dtype=torch.float32, device=flat.device)
-    rank_out = torch.zeros(channels, dtype=torch.int64, device=flat.device)
-    for part in _chunks(channels, length, ranks[-1] if rank is not None else 8):
-        kernel_part = flat[part]
-        scale = kernel_part.abs().amax(-1)
-        exact_part = None if exact_flat is None else (exact_flat[0][part], exact_flat[1][part])
-        best = _reduce_chunk(kernel_part, margin[part], exact_part, ranks, cap, tol, scale, subspace,
-                             target if refine else None)
-        lam_out[part], b_out[part], bound_out[part], rank_out[part] = best
-    if tol is not None:
-        scale = flat.abs().amax(-1)
-        missed = bound_out.to(torch.float64) > tol * scale
-        if bool(missed.any()):
-            worst = float((bound_out.to(torch.float64) / scale.clamp_min(1e-300)).max())
-            raise ValueError(
-                f"{fn_name}: tol = {tol:g} is not met by any rank up to {cap} in every system "
-                f"(best relative bound {worst:.3g}); raise tol or use the exact conversion"
-            )
-    final = rank if tol is None else int(rank_out.max())
-    lam_r = lam_out[:, :final].reshape(*batch, final)
-    b_r = b_out[:, :final].reshape(*batch, final)
-    return lam_r, b_r, bound_out.reshape(batch)
-
-
-def _exact_modes(lam64, b64):
-    """The original modes in complex64, poles kept inside the unit disc."""
-    lam32 = _stabilise(lam64).to(torch.complex64)
-    outside = lam32.to(torch.complex128).abs() > 1
-    lam32 = torch.where(outside, (lam64 * (1 - 2.0**-22)).to(torch.complex64), lam32)
-    return lam32, b64.to(torch.complex64)
-
-
-# Under a tolerance, the passes a system goes through until it meets it: the plain ERA + least-squares fit, the
-# same rounded by the lattice search, then the fit refined towards the max error (the certified quantity), rounded
-# by the search where the rounding dominates.
-TOL_PASSES = (
-    {"refine_target": None},
-    {"refine_target": None, "rounding": "search"},
-    {"refine_target": "max", "rounding": "search"},
-)
-
-
-def _fit_and_certify(kernel, margin, subspace, rank, refine_target, threshold):
-    """Fit and certify ``rank`` modes. Under a tolerance (``threshold [C]``) the systems go through
-    ``TOL_PASSES``, each pass fitting only those still above the threshold and keeping its fit where it lowers
-    the bound, while every system is within ``REFINE_REACH`` of it; otherwise every system is refined towards ``refine_target``."""
-    if threshold is None:
-        lam32, b32 = fit_rank(kernel, subspace, rank, refine_target=refine_target)
-        return lam32, b32, certified_bound(kernel, margin, lam32, b32)[1]
-    passes = TOL_PASSES if refine_target is not None else TOL_PASSES[:1]
-    lam32, b32 = fit_rank(kernel, subspace, rank, **passes[0])
-    bound = certified_bound(kernel, margin, lam32, b32)[1]
-    for options in passes[1:]:
-        # the result's rank is the largest any system needs, and a refinement or a rounding search gains a small
-        # factor: with a system far above the threshold this rank is lost, and every missed system moves on
-        over = bound.to(torch.float64) / threshold
-        missed = (over > 1).nonzero()[:, 0]
-        if missed.numel() == 0 or bool((over > REFINE_REACH).any()):
-            break
-        lam_new, b_new = fit_rank(kernel[missed], subspace[missed], rank, threshold=threshold[missed], **options)
-        bound_new = certified_bound(kernel[missed], margin[missed], lam_new, b_new)[1]
-        better = bound_new < bound[missed]
-        lam32[missed] = torch.where(better[:, None], lam_new, lam32[missed])
-        b32[missed] = torch.where(better[:, None], b_new, b32[missed])
-        bound[missed] = torch.where(better, bound_new, bound[missed])
-    return lam32, b32, bound
-
-
-def _reduce_chunk(kernel, margin, exact, ranks, cap, tol, scale, subspace_kind, refine_target):
-    """One chunk of systems: for ``tol``, ranks ascend and only the systems that missed it are refitted; a system
-    keeps the first fit that meets it (its unused slots stay zero: lam = b = 0)."""
-    channels = kernel.shape[0]
-    device = kernel.device
-    lam_best = torch.zeros(channels, cap, dtype=torch.complex64, device=device)
-    b_best = torch.zeros_like(lam_best)
-    bound_best = torch.full((channels,), math.inf, dtype=torch.float32, device=device)
-    rank_best = torch.zeros(channels, dtype=torch.int64, device=device)
-    pending = torch.ones(channels, dtype=torch.bool, device=device)
-    subspace, width = None, 0
-    for r in ranks:
-        rows = pending.nonzero()[:, 0]
-        if rows.numel() == 0:
-            break
-        if exact is not None and r >= exact[0].shape[-1]:
-            lam32, b32 = _exact_modes(exact[0][rows], exact[1][rows])
-            bound = certified_bound(kernel[rows], margin[rows], lam32, b32)[1]
-        else:
-            if 2 * r > width:  # under tol the sketch widens in powers of two, so ascending ranks share it
-                width = 2 * (r + PRUNE_EXTRA)
-                width = width if tol is None else 1 << (width - 1).bit_length()
-                subspace = leading_subspace(kernel, width, method=subspace_kind)
-            lam32, b32, bound = _fit_and_certify(kernel[rows], margin[rows], subspace[rows], r, refine_target,
-                                                 None if tol is None else tol * scale[rows])
-        better = bound < bound_best[rows] if tol is not None else torch.ones_like(bound, dtype=torch.bool)
-        fitted = lam32.shape[1]
-        padded_lam = torch.zeros(rows.numel(), cap, dtype=torch.complex64, device=device)
-        padded_b = torch.zeros_like(padded_lam)
-        padded_lam[:, :fitted], padded_b[:, :fitted] = lam32, b32
-        lam_best[rows] = torch.where(better[:, None], padded_lam, lam_best[rows])
-        b_best[rows] = torch.where(better[:, None], padded_b, b_best[rows])
-        bound_best[rows] = torch.where(better, bound, bound_best[rows])
-        rank_best[rows] = torch.where(better, torch.full_like(rank_best[rows], fitted), rank_best[rows])
-        if tol is not None:
-            pending = bound_best.to(torch.float64) > tol * scale
-    return lam_best, b_best, bound_best, rank_best

@@ -12,7 +12,7 @@ import torch
 from ..checks import check_int, check_tensor
 from .certificate import hankel_size, modal_kernel
 from .contract import check_reduce_args
-from .fit import reduce_kernel
+from .pipeline import reduce_kernel
 
 # ----------------------------------------------------------------------------------------------- validation
 

@@ -12,7 +12,7 @@ import torch
 from ..dispatch import resolve_backend
 from .certificate import modal_kernel
 from .contract import FN_NAME, check_rank_tol, check_reduce_args
-from .fit import reduce_kernel
+from .pipeline import reduce_kernel
 
 
 def reduce_ssm(

@@ -1,0 +1,216 @@
+"""The reduction driver: ranks (given, or walked upwards under a tolerance), channel chunks, the fit of each rank
+(``fit.py``), its rounding (``rounding.py``) and the certified bound (``certificate.py``)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .certificate import certify, evaluation_margin, hankel_size
+from .contract import MAX_RANK
+from .fit import (
+    PRUNE_EXTRA,
+    RESOLUTION,
+    _ls_error,
+    _refine_best,
+    _stabilise,
+    fit_residues,
+    leading_subspace,
+    model_kernel,
+    select_poles,
+)
+from .rounding import round_modes, search_rounding
+
+CHUNK_BYTES = 1 << 28  # working set per channel chunk (complex128 powers and the Jacobian)
+REFINE_REACH = 100.0  # under tol, the later passes run at a rank only if every system is within this factor
+
+
+def _chunks(channels: int, length: int, rank: int):
+    per_channel = 16 * length * (6 * rank + 8) + 8 * length * 8 * rank
+    size = max(1, min(channels, CHUNK_BYTES // max(per_channel, 1)))
+    for start in range(0, channels, size):
+        yield slice(start, min(channels, start + size))
+
+
+def fit_rank(kernel, subspace, rank, *, refine_target, rounding: str = "nearest", threshold=None):
+    """Fit ``rank`` folded modes to every kernel: complex64 ``(lam, b)`` `[C, rank]`. ``rounding="search"``
+    rounds by :func:`search_rounding` (for the few systems a tolerance ``threshold [C]`` is still missing)."""
+    (lam, is_real, used), (alt_lam, alt_real, alt_used, has_alt) = select_poles(subspace, rank)
+    if bool(has_alt.any()):  # keep, per system, the candidate with the smaller least-squares error
+        rows = has_alt.nonzero()[:, 0]
+        err = _ls_error(kernel[rows], lam[rows], is_real[rows], used[rows])
+        err_alt = _ls_error(kernel[rows], alt_lam[rows], alt_real[rows], alt_used[rows])
+        pick = (err_alt < err)[:, None]
+        lam[rows] = torch.where(pick, alt_lam[rows], lam[rows])
+        is_real[rows] = torch.where(pick, alt_real[rows], is_real[rows])
+        used[rows] = torch.where(pick, alt_used[rows], used[rows])
+    if refine_target is not None:
+        # a fit already below the complex64 resolution of the kernel gains nothing from moving the poles
+        b = fit_residues(kernel, lam, is_real, used)
+        error = (kernel - model_kernel(lam, b, kernel.shape[1])).abs().amax(-1)
+        rows = (error > RESOLUTION * kernel.abs().amax(-1)).nonzero()[:, 0]
+        if rows.numel() > 0:
+            lam[rows], b[rows], is_real[rows], used[rows] = _refine_best(
+                kernel[rows], subspace[rows], rank, (lam[rows], is_real[rows], used[rows]), b[rows], refine_target
+            )
+        if rounding == "search":
+            return search_rounding(kernel, lam, is_real, used, threshold, refined=(b, refine_target))
+        return round_modes(kernel, lam, is_real, used, refined=(b, refine_target))
+    if rounding == "search":
+        return search_rounding(kernel, lam, is_real, used, threshold)
+    return round_modes(kernel, lam, is_real, used)
+
+
+def certified_bound(kernel, kernel_margin, lam32, b32) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 ``max_j |K_j - K^r_j|`` of the returned complex64 modes and its float32 certified bound."""
+    lam64, b64 = lam32.to(torch.complex128), b32.to(torch.complex128)
+    length = kernel.shape[-1]
+    error = (kernel - model_kernel(lam64, b64, length)).abs().amax(-1)
+    margin = kernel_margin + evaluation_margin(b64.abs().sum(-1), length)
+    return error, certify(error, margin)
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+
+def reduce_kernel(
+    kernel, rank, tol, *, b_total, exact=None, subspace="columns", refine=True, target="l1", fn_name="reduce_ssm"
+):
+    """Reduce float64 kernels ``[..., L]`` to ``rank`` folded modes (or the smallest rank meeting ``tol``).
+
+    Args:
+        kernel: `[..., L]` float64, the kernel to approximate over lags ``0 .. L-1``.
+        rank: folded modes, or None with ``tol``.
+        tol: relative tolerance ``bound <= tol * max_j |K_j|`` in every system, or None.
+        b_total: `[...]` float64 scale of the kernel's own float64 evaluation error (``sum |b|`` of the original
+            modes, or ``max |K|`` for taps), for the certificate's margin.
+        exact: ``(lam, b)`` complex128 `[..., N]` of the original system (used as is when ``rank >= N``).
+        subspace: ``"random"`` (range finder, FFT products) or ``"dense"`` (reference).
+        refine: run the Levenberg-Marquardt refinement.
+        target: the norm the reweighted refinement aims at, ``"l1"`` or ``"max"``.
+        fn_name: the public function named in errors.
+
+    Returns:
+        ``(lam_r, b_r, bound)``: complex64 `[..., rank]` (twice), float32 `[...]`.
+    """
+    batch = kernel.shape[:-1]
+    length = kernel.shape[-1]
+    flat = kernel.reshape(-1, length)
+    channels = flat.shape[0]
+    margin = evaluation_margin(b_total.reshape(-1).to(torch.float64), length)
+    n_exact = exact[0].shape[-1] if exact is not None else None
+    exact_flat = None if exact is None else (exact[0].reshape(channels, -1), exact[1].reshape(channels, -1))
+    if rank is not None:
+        ranks, cap = [rank], rank
+    else:  # beyond p/2 + 1 modes the ERA order cannot grow (p - 1 shifts); the exact modes may be fewer
+        cap = min(MAX_RANK, max(hankel_size(length) // 2 + 1, n_exact or 0))
+        ranks = list(range(1, cap + 1))
+    lam_out = torch.zeros(channels, cap, dtype=torch.complex64, device=flat.device)
+    b_out = torch.zeros_like(lam_out)
+    bound_out = torch.full((channels,), math.inf, dtype=torch.float32, device=flat.device)
+    rank_out = torch.zeros(channels, dtype=torch.int64, device=flat.device)
+    for part in _chunks(channels, length, ranks[-1] if rank is not None else 8):
+        kernel_part = flat[part]
+        scale = kernel_part.abs().amax(-1)
+        exact_part = None if exact_flat is None else (exact_flat[0][part], exact_flat[1][part])
+        best = _reduce_chunk(kernel_part, margin[part], exact_part, ranks, cap, tol, scale, subspace,
+                             target if refine else None)
+        lam_out[part], b_out[part], bound_out[part], rank_out[part] = best
+    if tol is not None:
+        scale = flat.abs().amax(-1)
+        missed = bound_out.to(torch.float64) > tol * scale
+        if bool(missed.any()):
+            worst = float((bound_out.to(torch.float64) / scale.clamp_min(1e-300)).max())
+            raise ValueError(
+                f"{fn_name}: tol = {tol:g} is not met by any rank up to {cap} in every system "
+                f"(best relative bound {worst:.3g}); raise tol or use the exact conversion"
+            )
+    final = rank if tol is None else int(rank_out.max())
+    lam_r = lam_out[:, :final].reshape(*batch, final)
+    b_r = b_out[:, :final].reshape(*batch, final)
+    return lam_r, b_r, bound_out.reshape(batch)
+
+
+def _exact_modes(lam64, b64):
+    """The original modes in complex64, poles kept inside the unit disc."""
+    lam32 = _stabilise(lam64).to(torch.complex64)
+    outside = lam32.to(torch.complex128).abs() > 1
+    lam32 = torch.where(outside, (lam64 * (1 - 2.0**-22)).to(torch.complex64), lam32)
+    return lam32, b64.to(torch.complex64)
+
+
+# Under a tolerance, the passes a system goes through until it meets it: the plain ERA + least-squares fit, the
+# same rounded by the lattice search, then the fit refined towards the max error (the certified quantity), rounded
+# by the search where the rounding dominates.
+TOL_PASSES = (
+    {"refine_target": None},
+    {"refine_target": None, "rounding": "search"},
+    {"refine_target": "max", "rounding": "search"},
+)
+
+
+def _fit_and_certify(kernel, margin, subspace, rank, refine_target, threshold):
+    """Fit and certify ``rank`` modes. Under a tolerance (``threshold [C]``) the systems go through
+    ``TOL_PASSES``, each pass fitting only those still above the threshold and keeping its fit where it lowers
+    the bound, while every system is within ``REFINE_REACH`` of it; otherwise every system is refined towards
+    ``refine_target``."""
+    if threshold is None:
+        lam32, b32 = fit_rank(kernel, subspace, rank, refine_target=refine_target)
+        return lam32, b32, certified_bound(kernel, margin, lam32, b32)[1]
+    passes = TOL_PASSES if refine_target is not None else TOL_PASSES[:1]
+    lam32, b32 = fit_rank(kernel, subspace, rank, **passes[0])
+    bound = certified_bound(kernel, margin, lam32, b32)[1]
+    for options in passes[1:]:
+        # the result's rank is the largest any system needs, and a refinement or a rounding search gains a small
+        # factor: with a system far above the threshold this rank is lost, and every missed system moves on
+        over = bound.to(torch.float64) / threshold
+        missed = (over > 1).nonzero()[:, 0]
+        if missed.numel() == 0 or bool((over > REFINE_REACH).any()):
+            break
+        lam_new, b_new = fit_rank(kernel[missed], subspace[missed], rank, threshold=threshold[missed], **options)
+        bound_new = certified_bound(kernel[missed], margin[missed], lam_new, b_new)[1]
+        better = bound_new < bound[missed]
+        lam32[missed] = torch.where(better[:, None], lam_new, lam32[missed])
+        b32[missed] = torch.where(better[:, None], b_new, b32[missed])
+        bound[missed] = torch.where(better, bound_new, bound[missed])
+    return lam32, b32, bound
+
+
+def _reduce_chunk(kernel, margin, exact, ranks, cap, tol, scale, subspace_kind, refine_target):
+    """One chunk of systems: for ``tol``, ranks ascend and only the systems that missed it are refitted; a system
+    keeps the first fit that meets it (its unused slots stay zero: lam = b = 0)."""
+    channels = kernel.shape[0]
+    device = kernel.device
+    lam_best = torch.zeros(channels, cap, dtype=torch.complex64, device=device)
+    b_best = torch.zeros_like(lam_best)
+    bound_best = torch.full((channels,), math.inf, dtype=torch.float32, device=device)
+    rank_best = torch.zeros(channels, dtype=torch.int64, device=device)
+    pending = torch.ones(channels, dtype=torch.bool, device=device)
+    subspace, width = None, 0
+    for r in ranks:
+        rows = pending.nonzero()[:, 0]
+        if rows.numel() == 0:
+            break
+        if exact is not None and r >= exact[0].shape[-1]:
+            lam32, b32 = _exact_modes(exact[0][rows], exact[1][rows])
+            bound = certified_bound(kernel[rows], margin[rows], lam32, b32)[1]
+        else:
+            if 2 * r > width:  # under tol the sketch widens in powers of two, so ascending ranks share it
+                width = 2 * (r + PRUNE_EXTRA)
+                width = width if tol is None else 1 << (width - 1).bit_length()
+                subspace = leading_subspace(kernel, width, method=subspace_kind)
+            lam32, b32, bound = _fit_and_certify(kernel[rows], margin[rows], subspace[rows], r, refine_target,
+                                                 None if tol is None else tol * scale[rows])
+        better = bound < bound_best[rows] if tol is not None else torch.ones_like(bound, dtype=torch.bool)
+        fitted = lam32.shape[1]
+        padded_lam = torch.zeros(rows.numel(), cap, dtype=torch.complex64, device=device)
+        padded_b = torch.zeros_like(padded_lam)
+        padded_lam[:, :fitted], padded_b[:, :fitted] = lam32, b32
+        lam_best[rows] = torch.where(better[:, None], padded_lam, lam_best[rows])
+        b_best[rows] = torch.where(better[:, None], padded_b, b_best[rows])
+        bound_best[rows] = torch.where(better, bound, bound_best[rows])
+        rank_best[rows] = torch.where(better, torch.full_like(rank_best[rows], fitted), rank_best[rows])
+        if tol is not None:
+            pending = bound_best.to(torch.float64) > tol * scale
+    return lam_best, b_best, bound_best, rank_best

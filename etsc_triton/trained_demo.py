@@ -64,6 +64,8 @@ class SSMVariant:
         decode: gets a decode-latency row and a completion.
         horizon: the converted layers hold ``horizon * n`` taps (the position MLP's kernel beyond n, which a
             reduced SSM can follow and the ETSC wrap cannot).
+        taps_dtype: the dtype the position MLP is evaluated in for the taps (None: its own, float32). A reduction
+            takes float64: it fits the MLP's function, not the float32 taps' rounding noise.
     """
 
     name: str
@@ -72,6 +74,7 @@ class SSMVariant:
     extrapolate: bool = False
     decode: bool = False
     horizon: int = 1
+    taps_dtype: torch.dtype | None = None
 
 
 def ssm_variants(tols: tuple[float, ...]) -> list[SSMVariant]:
@@ -79,7 +82,8 @@ def ssm_variants(tols: tuple[float, ...]) -> list[SSMVariant]:
     fitted over 4n lags; named ``reduced_r<rank>`` once converted, the finest one decoded)."""
     variants = [SSMVariant("etsc", lambda layer: layer.convert(), exact=True, extrapolate=True, decode=True)]
     variants += [SSMVariant(f"reduced_tol{tol:g}", lambda layer, tol=tol: layer.convert(method="reduce", tol=tol),
-                            extrapolate=True, decode=tol == min(tols), horizon=4) for tol in tols]
+                            extrapolate=True, decode=tol == min(tols), horizon=4, taps_dtype=torch.float64)
+                 for tol in tols]
     return variants
 
 
@@ -115,9 +119,7 @@ def convert_layers(model: TNNLanguageModel, variant: SSMVariant) -> list[Toeplit
     """One converted :class:`ToeplitzSSM` per block of ``model``, by ``variant.convert``."""
     layers = []
     for block in model.blocks:
-        # a reduction fits the position MLP's float64 function (the float32 taps carry its rounding noise)
-        dtype = torch.float64 if variant.name.startswith("reduced") else None
-        layer = ToeplitzSSM(block.coefficients(variant.horizon * block.n, dtype=dtype), block.decay)
+        layer = ToeplitzSSM(block.coefficients(variant.horizon * block.n, dtype=variant.taps_dtype), block.decay)
         variant.convert(layer)
         layers.append(layer)
     return layers

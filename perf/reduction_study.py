@@ -78,7 +78,7 @@ def model_reduction(ctx, prompt_length: int = 16) -> None:
         scales = torch.cat([kernel.abs().amax(-1) for kernel in exact])
         relative = torch.cat([layer.report.kernel_error.to(torch.float64) for layer in decoder.layers]) / scales
         bound = torch.cat([layer.report.truncation_bound.to(torch.float64) for layer in decoder.layers]) / scales
-        tokens = generate(model, prompt, steps, decoder="ssm", method="reduce", **options)
+        tokens = generate(model, prompt, steps, decoder="ssm", layers=decoder.layers)
         same = int((tokens == fft_tokens).all(dim=0).long().cumprod(0).sum())
         values = {
             "convert_seconds": seconds,

@@ -282,6 +282,12 @@ def model_kernel(lam, b, length) -> torch.Tensor:
     return (powers(lam, length) * b[:, None, :]).real.sum(-1)
 
 
+def max_error(kernel, lam, b) -> torch.Tensor:
+    """float64 ``max_j |K_j - K^r_j|`` `[C]` of modes ``(lam, b)`` (complex64 or complex128)."""
+    realised = model_kernel(lam.to(torch.complex128), b.to(torch.complex128), kernel.shape[1])
+    return (kernel - realised).abs().amax(-1)
+
+
 # ----------------------------------------------------------------------------------------------- refinement
 
 
@@ -362,22 +368,19 @@ def prune_poles(kernel, lam, is_real, used, slots: int):
     `[C, slots]`."""
     channels, length = kernel.shape
     arange = torch.arange(channels, device=kernel.device)
+
+    def without(slot):  # the three slot tables with column ``slot [C]`` removed in each row
+        kept = torch.ones_like(used)
+        kept[arange, slot] = False
+        return [x[kept].reshape(channels, -1) for x in (lam, is_real, used)]
+
     while lam.shape[1] > slots:
-        m = lam.shape[1]
         b = fit_residues(kernel, lam, is_real, used)
         contribution = (powers(lam, length) * b[:, None, :]).real.square().sum(1)
         contribution = torch.where(used, contribution, torch.full_like(contribution, -1.0))
-        candidates = contribution.argsort(dim=1)[:, : min(m, PRUNE_CANDIDATES)]
-        errors = []
-        for c in range(candidates.shape[1]):
-            kept = torch.ones(channels, m, dtype=torch.bool, device=kernel.device)
-            kept[arange, candidates[:, c]] = False
-            trial = [x[kept].reshape(channels, m - 1) for x in (lam, is_real, used)]
-            errors.append(_ls_error(kernel, *trial))
-        drop = candidates[arange, torch.stack(errors, 1).argmin(1)]
-        kept = torch.ones(channels, m, dtype=torch.bool, device=kernel.device)
-        kept[arange, drop] = False
-        lam, is_real, used = (x[kept].reshape(channels, m - 1) for x in (lam, is_real, used))
+        candidates = contribution.argsort(dim=1)[:, :PRUNE_CANDIDATES]
+        errors = torch.stack([_ls_error(kernel, *without(candidates[:, c])) for c in range(candidates.shape[1])], 1)
+        lam, is_real, used = without(candidates[arange, errors.argmin(1)])
     return lam, is_real, used
 
 

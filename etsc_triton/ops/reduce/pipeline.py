@@ -17,10 +17,10 @@ from .fit import (
     _stabilise,
     fit_residues,
     leading_subspace,
-    model_kernel,
+    max_error,
     select_poles,
 )
-from .rounding import round_modes, search_rounding
+from .rounding import round_modes, round_poles, search_rounding
 
 CHUNK_BYTES = 1 << 28  # working set per channel chunk (complex128 powers and the Jacobian)
 REFINE_REACH = 100.0  # under tol, the later passes run at a rank only if every system is within this factor
@@ -45,29 +45,25 @@ def fit_rank(kernel, subspace, rank, *, refine_target, rounding: str = "nearest"
         lam[rows] = torch.where(pick, alt_lam[rows], lam[rows])
         is_real[rows] = torch.where(pick, alt_real[rows], is_real[rows])
         used[rows] = torch.where(pick, alt_used[rows], used[rows])
+    refined = None
     if refine_target is not None:
         # a fit already below the complex64 resolution of the kernel gains nothing from moving the poles
         b = fit_residues(kernel, lam, is_real, used)
-        error = (kernel - model_kernel(lam, b, kernel.shape[1])).abs().amax(-1)
-        rows = (error > RESOLUTION * kernel.abs().amax(-1)).nonzero()[:, 0]
+        rows = (max_error(kernel, lam, b) > RESOLUTION * kernel.abs().amax(-1)).nonzero()[:, 0]
         if rows.numel() > 0:
             lam[rows], b[rows], is_real[rows], used[rows] = _refine_best(
                 kernel[rows], subspace[rows], rank, (lam[rows], is_real[rows], used[rows]), b[rows], refine_target
             )
-        if rounding == "search":
-            return search_rounding(kernel, lam, is_real, used, threshold, refined=(b, refine_target))
-        return round_modes(kernel, lam, is_real, used, refined=(b, refine_target))
+        refined = (b, refine_target)
     if rounding == "search":
-        return search_rounding(kernel, lam, is_real, used, threshold)
-    return round_modes(kernel, lam, is_real, used)
+        return search_rounding(kernel, lam, is_real, used, threshold, refined=refined)
+    return round_modes(kernel, lam, is_real, used, refined=refined)
 
 
 def certified_bound(kernel, kernel_margin, lam32, b32) -> tuple[torch.Tensor, torch.Tensor]:
     """float64 ``max_j |K_j - K^r_j|`` of the returned complex64 modes and its float32 certified bound."""
-    lam64, b64 = lam32.to(torch.complex128), b32.to(torch.complex128)
-    length = kernel.shape[-1]
-    error = (kernel - model_kernel(lam64, b64, length)).abs().amax(-1)
-    margin = kernel_margin + evaluation_margin(b64.abs().sum(-1), length)
+    error = max_error(kernel, lam32, b32)
+    margin = kernel_margin + evaluation_margin(b32.to(torch.complex128).abs().sum(-1), kernel.shape[-1])
     return error, certify(error, margin)
 
 
@@ -134,10 +130,7 @@ def reduce_kernel(
 
 def _exact_modes(lam64, b64):
     """The original modes in complex64, poles kept inside the unit disc."""
-    lam32 = _stabilise(lam64).to(torch.complex64)
-    outside = lam32.to(torch.complex128).abs() > 1
-    lam32 = torch.where(outside, (lam64 * (1 - 2.0**-22)).to(torch.complex64), lam32)
-    return lam32, b64.to(torch.complex64)
+    return round_poles(_stabilise(lam64)), b64.to(torch.complex64)
 
 
 # Under a tolerance, the passes a system goes through until it meets it: the plain ERA + least-squares fit, the

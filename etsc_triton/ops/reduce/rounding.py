@@ -7,9 +7,17 @@ import math
 
 import torch
 
-from .fit import _norm, fit_residues, model_kernel
+from .fit import _norm, fit_residues, max_error, model_kernel
 
 ROUNDING_DOMINATED = 2.0  # rounded max error / float64 fit error above which the rounding lattice is searched
+
+
+def round_poles(lam: torch.Tensor) -> torch.Tensor:
+    """complex128 poles with ``|lam| <= 1`` to complex64, pulled in by ``1 - 2^-22`` where rounding put them
+    outside the unit disc."""
+    lam32 = lam.to(torch.complex64)
+    outside = lam32.to(torch.complex128).abs() > 1
+    return torch.where(outside, (lam * (1 - 2.0**-22)).to(torch.complex64), lam32)
 
 
 def round_modes(kernel, lam, is_real, used, refined=None):
@@ -18,9 +26,7 @@ def round_modes(kernel, lam, is_real, used, refined=None):
     rounded. ``refined = (b, target)``: the refinement's own residues, rounded as they are, are kept instead
     per system where their ``target`` error is smaller (a least-squares refit would undo an l1 or max
     refinement of the residues). Returns complex64 ``(lam, b)``."""
-    lam32 = lam.to(torch.complex64)
-    outside = lam32.to(torch.complex128).abs() > 1
-    lam32 = torch.where(outside, (lam * (1 - 2.0**-22)).to(torch.complex64), lam32)
+    lam32 = round_poles(lam)
     lam64 = lam32.to(torch.complex128)
     refit = fit_residues(kernel, lam64, is_real, used)
     b32 = torch.where(used, refit, torch.zeros_like(refit)).to(torch.complex64)
@@ -51,12 +57,6 @@ def _lattice_candidates(z: torch.Tensor, real: torch.Tensor) -> list[torch.Tenso
     return [torch.complex(re, torch.where(real, zero, im)) for re in (re_lo, re_hi) for im in (im_lo, im_hi)]
 
 
-def max_error(kernel, lam32, b32):
-    """float64 ``max_j |K_j - K^r_j|`` `[C]` of complex64 modes."""
-    realised = model_kernel(lam32.to(torch.complex128), b32.to(torch.complex128), kernel.shape[1])
-    return (kernel - realised).abs().amax(-1)
-
-
 def search_rounding(kernel, lam, is_real, used, threshold=None, refined=None):
     """complex64 modes by a greedy walk over the rounding lattice, for systems whose nearest rounding costs more
     than the fit (clustered poles with large cancelling residues amplify a pole's rounding by ``j |b|``): slot by
@@ -65,10 +65,9 @@ def search_rounding(kernel, lam, is_real, used, threshold=None, refined=None):
     float64 fit's max error (and, given a ``threshold [C]``, whose fit is below it) are searched, and the
     result is kept where it beats the nearest rounding (``refined``: as in :func:`round_modes`).
     Returns complex64 ``(lam, b)``."""
-    length = kernel.shape[1]
     nearest = round_modes(kernel, lam, is_real, used, refined)
     nearest_error = max_error(kernel, *nearest)
-    fit_error = (kernel - model_kernel(lam, fit_residues(kernel, lam, is_real, used), length)).abs().amax(-1)
+    fit_error = max_error(kernel, lam, fit_residues(kernel, lam, is_real, used))
     dominated = nearest_error > ROUNDING_DOMINATED * fit_error
     if threshold is not None:  # rounding cannot bring a fit below the threshold it is above in float64
         dominated &= fit_error <= threshold
@@ -77,9 +76,6 @@ def search_rounding(kernel, lam, is_real, used, threshold=None, refined=None):
         return nearest
     kernel, lam, is_real, used = kernel[dominated], lam[dominated], is_real[dominated], used[dominated]
     rows = torch.arange(kernel.shape[0], device=kernel.device)
-
-    def error_of(lam32, b32):
-        return max_error(kernel, lam32, b32)
     current = lam.clone()
     for slot in range(lam.shape[1]):
         errors, options = [], []
@@ -87,7 +83,7 @@ def search_rounding(kernel, lam, is_real, used, threshold=None, refined=None):
             trial = current.clone()
             trial[:, slot] = corner.to(torch.complex128)
             b = fit_residues(kernel, trial, is_real, used)
-            errors.append(error_of(trial.to(torch.complex64), torch.where(used, b, 0).to(torch.complex64)))
+            errors.append(max_error(kernel, trial.to(torch.complex64), torch.where(used, b, 0).to(torch.complex64)))
             options.append(trial[:, slot])
         best = torch.stack(errors, 1).argmin(1)
         current[:, slot] = torch.stack(options, 1)[rows, best]
@@ -99,12 +95,12 @@ def search_rounding(kernel, lam, is_real, used, threshold=None, refined=None):
         for corner in _lattice_candidates(b64[:, slot], is_real[:, slot] | ~used[:, slot]):
             trial = b32.clone()
             trial[:, slot] = torch.where(used[:, slot], corner, 0)
-            errors.append(error_of(lam32, trial))
+            errors.append(max_error(kernel, lam32, trial))
             options.append(trial[:, slot])
         best = torch.stack(errors, 1).argmin(1)
         b32[:, slot] = torch.stack(options, 1)[rows, best]
     lam_out, b_out = nearest[0].clone(), nearest[1].clone()
-    keep = (error_of(lam32, b32) < nearest_error[dominated])[:, None]
+    keep = (max_error(kernel, lam32, b32) < nearest_error[dominated])[:, None]
     lam_out[dominated] = torch.where(keep, lam32, lam_out[dominated])
     b_out[dominated] = torch.where(keep, b32, b_out[dominated])
     return lam_out, b_out

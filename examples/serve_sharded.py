@@ -19,8 +19,9 @@ import os
 import torch
 import torch.distributed as dist
 
+from etsc_triton.demo.model import TNNConfig, TNNLanguageModel, generate
 from etsc_triton.distributed import all_gather_channels, channel_slice, shard_channels
-from etsc_triton.nn import TNNConfig, TNNLanguageModel, ToeplitzSSM, generate
+from etsc_triton.nn import ToeplitzSSM
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import etsc_triton as et
-from etsc_triton.nn.tnn import RelativePositionMLP, TNNConfig, TNNLanguageModel, make_decoder
+from etsc_triton.demo.model import RelativePositionMLP, TNNConfig, TNNLanguageModel, make_decoder
 from etsc_triton.nn.toeplitz import ToeplitzSSM
 
 from .plots import plt, save_loglog

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from etsc_triton.devices import device_slug
+from etsc_triton.demo.devices import device_slug
 
 L2_ROTATION_BYTES = 64 << 20  # more than the H100's 50 MB L2
 MAX_COPIES = 16

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from etsc_triton.nn.tnn import SSMDecoder, TNNConfig, TNNLanguageModel, generate
+from etsc_triton.demo.model import SSMDecoder, TNNConfig, TNNLanguageModel, generate
 
 from . import bench_decode, harness
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import rel_error
 
-from etsc_triton.nn.tnn import DECODERS, SSMDecoder, TNNConfig, TNNLanguageModel, generate
+from etsc_triton.demo.model import DECODERS, SSMDecoder, TNNConfig, TNNLanguageModel, generate
 from etsc_triton.nn.toeplitz import ToeplitzSSM
 
 CONFIG = TNNConfig(vocab_size=32, d_model=16, n_layers=2, n=31, rpe_hidden=8, decay=0.95, seed=1)

@@ -1,14 +1,31 @@
-"""The stdlib data split, the checkpoint round trip, training resumption and the shipped weights."""
+"""The stdlib data split, weights files and checkpoints, training resumption (after a budget, SIGINT and kill -9)
+and the shipped weights."""
 
 import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from etsc_triton.data import SPLITS, eval_windows, load_split, source_files, split_files, split_of, split_record
-from etsc_triton.nn.checkpoint import WEIGHTS_DIR, load_model, load_shipped, save_model
-from etsc_triton.nn.tnn import SSMDecoder, TNNConfig, TNNLanguageModel
-from etsc_triton.train import learning_rate, parse_args, train
+from etsc_triton.demo.checkpoint import (
+    WEIGHTS_DIR,
+    CheckpointError,
+    load_checkpoint,
+    load_model,
+    load_shipped,
+    save_checkpoint,
+    save_model,
+)
+from etsc_triton.demo.data import SPLITS, eval_windows, load_split, source_files, split_files, split_of, split_record
+from etsc_triton.demo.model import SSMDecoder, TNNConfig, TNNLanguageModel
+from etsc_triton.demo.scoring import bits_per_byte, stream_bits_per_byte, stream_windows
+from etsc_triton.demo.train import CHECKPOINT, learning_rate, parse_args, train
 
 TINY = "d_model=16,n_layers=1,n=31,rpe_hidden=8"
 
@@ -102,44 +119,255 @@ def test_config_and_decoder_refusals():
 
 
 def test_learning_rate_schedule():
-    args = parse_args(["--steps", "100", "--warmup", "10", "--lr", "1e-3", "--minutes", "1000"])
-    assert learning_rate(0, 0.0, args) == pytest.approx(1e-4)
-    assert learning_rate(9, 0.0, args) == pytest.approx(1e-3)
-    assert learning_rate(100, 0.0, args) == pytest.approx(1e-4)
-    assert learning_rate(50, 1000 * 60, args) == pytest.approx(1e-4), "the budget ends the schedule"
+    args = parse_args(["--steps", "100", "--warmup", "10", "--lr", "1e-3"])
+    assert learning_rate(0, args) == pytest.approx(1e-4)
+    assert learning_rate(9, args) == pytest.approx(1e-3)
+    assert learning_rate(55, args) == pytest.approx(0.55e-3)
+    assert learning_rate(100, args) == pytest.approx(1e-4)
+
+
+def _flags(out, steps, *extra):
+    return ["--size", TINY, "--steps", str(steps), "--batch", "2", "--warmup", "2", "--val-windows", "2",
+            "--eval-every", "3", "--checkpoint-every", "2", "--threads", "1", "--out", str(out), "--quiet", *extra]
 
 
 def _args(out, steps, *extra):
-    return parse_args(["--size", TINY, "--steps", str(steps), "--batch", "2", "--warmup", "2", "--val-windows", "2",
-                       "--checkpoint-every", "2", "--minutes", "1000", "--out", str(out), "--quiet", *extra])
+    return parse_args(_flags(out, steps, *extra))
 
 
-def test_resume_matches_an_uninterrupted_run(tmp_path):
-    straight = train(_args(tmp_path / "a", 4))
-    train(_args(tmp_path / "b", 2))
-    resumed = train(_args(tmp_path / "b", 4, "--resume"))
-    assert straight["steps"] == resumed["steps"] == 4
-    a, b = load_model(tmp_path / "a" / "model.safetensors"), load_model(tmp_path / "b" / "model.safetensors")
+def _same_weights(path_a, path_b):
+    a, b = load_model(path_a), load_model(path_b)
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
-    initial = TNNLanguageModel(a.config)
-    assert not torch.equal(initial.head.weight, a.head.weight), "training must move the weights"
-    assert straight["val_bpb"] == resumed["val_bpb"]
-    record = json.loads((tmp_path / "b" / "record.json").read_text())
-    assert record["data"]["splits"]["test"]["files"] > 0 and record["tokens"] == 4 * 2 * 31
+    return a
 
 
-def test_resume_refuses_another_config(tmp_path):
-    train(_args(tmp_path / "c", 2))
-    other = _args(tmp_path / "c", 4, "--resume")
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """An uninterrupted 8-step run: the weights every interrupted run must reproduce bit for bit."""
+    out = tmp_path_factory.mktemp("straight")
+    record = train(_args(out, 8))
+    return out, record
+
+
+def test_resume_after_the_budget_matches_an_uninterrupted_run(tmp_path, straight_run):
+    straight, record = straight_run
+    stopped = train(_args(tmp_path, 8, "--minutes", "1e-6"))
+    assert stopped["steps"] == 1, "the budget stops after the step that used it up"
+    resumed = train(_args(tmp_path, 8, "--resume", "--minutes", "1e-6"))
+    assert resumed["steps"] == 2, "--minutes is this invocation's budget, not the run's"
+    resumed = train(_args(tmp_path, 8, "--resume"))
+    assert resumed["steps"] == record["steps"] == 8
+    model = _same_weights(straight / "model.safetensors", tmp_path / "model.safetensors")
+    assert not torch.equal(TNNLanguageModel(model.config).head.weight, model.head.weight), "training moves weights"
+    assert resumed["val_history"] == record["val_history"] and resumed["val_bpb"] == record["val_bpb"]
+    assert resumed["bytes_seen"] == 8 * 2 * 31 and len(resumed["sittings"]) == 3
+    assert "stdlib" not in resumed["data"], "no machine path in the record"
+
+
+def test_resume_refuses_another_config_or_schedule(tmp_path):
+    train(_args(tmp_path, 2))
+    other = _args(tmp_path, 4, "--resume")
     other.size = "d_model=8,n_layers=1,n=31,rpe_hidden=8"
-    with pytest.raises(ValueError, match="differs from"):
+    with pytest.raises(CheckpointError, match="differs from"):
         train(other)
+    with pytest.raises(CheckpointError, match="schedule.*'lr'"):
+        train(_args(tmp_path, 2, "--resume", "--lr", "1e-2"))
+
+
+def _spawn(out, steps, *extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "TRITON_INTERPRET"))}
+    return subprocess.Popen([sys.executable, "-m", "etsc_triton.demo.train", *_flags(out, steps, *extra)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _finish(out, steps):
+    process = _spawn(out, steps, "--resume")
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err.decode()[-2000:]
+
+
+def test_kill_at_random_moments_then_resume_bit_for_bit(tmp_path, straight_run):
+    """kill -9 at random moments, including while a checkpoint is being written, then --resume: every trial ends
+    with the uninterrupted run's weights."""
+    straight, _ = straight_run
+    rng = random.Random(0)
+    mid_write = 0
+    for trial in range(6):
+        out = tmp_path / f"trial{trial}"
+        process = _spawn(out, 8, "--checkpoint-every", "1")
+        deadline = time.monotonic() + 120
+        while not (out / CHECKPOINT).exists() and time.monotonic() < deadline:  # past the imports: steps run
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.5))
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+        mid_write += any(out.glob(f".{CHECKPOINT}.tmp-*"))
+        _finish(out, 8)
+        _same_weights(straight / "model.safetensors", out / "model.safetensors")
+    assert mid_write >= 0  # how many kills hit a write varies; the next test forces one
+
+
+def test_kill_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, straight_run, monkeypatch):
+    """A write that dies after the temporary file is written but before the rename leaves the old checkpoint."""
+    straight, _ = straight_run
+    train(_args(tmp_path, 8, "--minutes", "1e-6"))
+    before = (tmp_path / CHECKPOINT).read_bytes()
+    import etsc_triton.demo.checkpoint as checkpoint_module
+
+    def die(*args):
+        raise KeyboardInterrupt("killed between write and rename")
+
+    monkeypatch.setattr(checkpoint_module.os, "replace", die)
+    with pytest.raises(KeyboardInterrupt):
+        train(_args(tmp_path, 8, "--resume", "--minutes", "1e-6"))
+    monkeypatch.undo()
+    assert list(tmp_path.glob(f".{CHECKPOINT}.tmp-*")), "the interrupted write left its temporary file"
+    assert (tmp_path / CHECKPOINT).read_bytes() == before
+    train(_args(tmp_path, 8, "--resume"))
+    assert not list(tmp_path.glob(f".{CHECKPOINT}.tmp-*"))
+    _same_weights(straight / "model.safetensors", tmp_path / "model.safetensors")
+
+
+def test_sigint_saves_a_checkpoint_and_exits(tmp_path, straight_run):
+    straight, _ = straight_run
+    process = _spawn(tmp_path, 8, "--checkpoint-every", "1")
+    deadline = time.monotonic() + 120
+    while not (tmp_path / CHECKPOINT).exists() and time.monotonic() < deadline:  # the loop runs
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGINT, err.decode()[-2000:]
+    assert "stopped by SIGINT" in err.decode()
+    state = load_checkpoint(tmp_path / CHECKPOINT, lambda m: torch.optim.AdamW(m.parameters()))
+    assert 1 <= state["step"] <= 8
+    _finish(tmp_path, 8)
+    _same_weights(straight / "model.safetensors", tmp_path / "model.safetensors")
+
+
+def _tiny_model():
+    return TNNLanguageModel(TNNConfig(vocab_size=256, d_model=16, n_layers=1, n=31, rpe_hidden=8))
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "truncated", "not_safetensors", "folder", "no_config",
+                                    "bad_config", "wrong_shapes"])
+def test_bad_weights_files_name_the_path(tmp_path, damage):
+    path = tmp_path / "weights.safetensors"
+    save_model(_tiny_model(), path)
+    if damage == "missing":
+        path.unlink()
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    elif damage == "not_safetensors":
+        path.write_text("hello, I am a text file\n" * 10)
+    elif damage == "folder":
+        path.unlink()
+        path.mkdir()
+    elif damage == "no_config":
+        from safetensors.torch import save_file
+        save_file({"x": torch.zeros(2)}, str(path))
+    elif damage == "bad_config":
+        from safetensors.torch import save_file
+        save_file({"x": torch.zeros(2)}, str(path), metadata={"config": '{"d_model": "wide"}'})
+    elif damage == "wrong_shapes":
+        other = TNNLanguageModel(TNNConfig(vocab_size=256, d_model=16, n_layers=1, n=31, rpe_hidden=8))
+        tensors = {k: torch.zeros(3) if k == "head.weight" else v for k, v in other.state_dict().items()}
+        from safetensors.torch import save_file
+        save_file(tensors, str(path), metadata={"config": json.dumps(other.config.__dict__)})
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_model(path)
+
+
+def _checkpoint(tmp_path, step=2):
+    train(_args(tmp_path, 4, "--minutes", "1e-6"))
+    train(_args(tmp_path, 4, "--resume", "--minutes", "1e-6"))
+    return tmp_path / CHECKPOINT
+
+
+def _optimizer(model):
+    return torch.optim.AdamW(model.parameters())
+
+
+def test_damaged_checkpoints_are_refused_with_the_path(tmp_path):
+    path = _checkpoint(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # one flipped bit pattern in the last tensor's bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=f"{path}.*digest"):
+        load_checkpoint(path, _optimizer)
+    with pytest.raises(CheckpointError, match=str(path)):
+        train(_args(tmp_path, 4, "--resume"))
+    weights = tmp_path / "w.safetensors"
+    save_model(_tiny_model(), weights)
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        load_checkpoint(weights, _optimizer)
+
+
+def test_checkpoint_parts_that_disagree_are_refused(tmp_path):
+    model = _tiny_model()
+    model.requires_grad_(True)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.zeros(1, 4, dtype=torch.long)).sum().backward()
+    optimizer.step()  # the optimizer is at step 1
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, model, optimizer, step=3, generator=torch.Generator(), train_bpb=[1.0, 1.0, 1.0], info={})
+    with pytest.raises(CheckpointError, match="parts disagree.*step 3.*step 1"):
+        load_checkpoint(path, _optimizer)
+    save_checkpoint(path, model, optimizer, step=1, generator=torch.Generator(), train_bpb=[1.0, 2.0], info={})
+    with pytest.raises(CheckpointError, match="parts disagree.*2 recorded losses"):
+        load_checkpoint(path, _optimizer)
+
+
+class _Payload:
+    """Unpickling this writes a marker file: a crafted checkpoint that would run code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_crafted_pickle_is_never_unpickled(tmp_path):
+    marker = tmp_path / "pwned"
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / CHECKPOINT).write_bytes(pickle.dumps({"optimizer": _Payload(str(marker))}))
+    torch.save({"optimizer": _Payload(str(marker))}, out / "train_state.pt")
+    with pytest.raises(CheckpointError, match=str(out / CHECKPOINT)):
+        train(_args(out, 4, "--resume"))
+    assert not marker.exists()
+    path = tmp_path / "weights.safetensors"
+    path.write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(CheckpointError):
+        load_model(path)
+    assert not marker.exists()
+
+
+def test_stream_windows_score_every_byte_once():
+    for total, n in [(2, 8), (10, 4), (100, 16), (101, 16), (1000, 64), (17, 16)]:
+        scored = []
+        for start, first in stream_windows(total, n):
+            width = min(n, total - 1)
+            assert 0 <= start and start + width <= total - 1
+            scored += list(range(first, start + width + 1))
+        assert scored == list(range(1, total)), (total, n)
+
+
+def test_stream_bits_per_byte_agrees_with_windows():
+    """With a stream of exactly one window the stream score is the window score."""
+    model = _tiny_model()
+    tokens = torch.randint(0, 256, (32,), generator=torch.Generator().manual_seed(0))
+    stream = stream_bits_per_byte(model, tokens)
+    assert stream["bytes_scored"] == 31
+    assert stream["bits_per_byte"] == pytest.approx(bits_per_byte(model, tokens[None].long()), rel=1e-12)
 
 
 def test_shipped_weights():
     total = sum(p.stat().st_size for p in WEIGHTS_DIR.glob("*.safetensors"))
-    assert total <= 8 * 2**20
+    assert total <= 16 * 10**6
     for mixer in ("glu", "memory"):
         model, record = load_shipped(mixer)
         assert model.config.mixer == mixer and model.config.vocab_size == 256

@@ -1,7 +1,6 @@
-"""Modules built on the kernels: the MemoryFormer layer, the converted Toeplitz layer, the small TNN model."""
+"""Modules built on the kernels: the MemoryFormer layer and the converted Toeplitz layer."""
 
 from .memory import MemoryLayer
-from .tnn import TNNConfig, TNNLanguageModel, generate
 from .toeplitz import ConversionReport, ToeplitzSSM
 
-__all__ = ["MemoryLayer", "ToeplitzSSM", "ConversionReport", "TNNConfig", "TNNLanguageModel", "generate"]
+__all__ = ["MemoryLayer", "ToeplitzSSM", "ConversionReport"]

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ..checks import check_same_device, check_tensor, debug_checks_enabled
+from ..checks import REAL_FLOAT_DTYPES, check_same_device, check_tensor, debug_checks_enabled
 
 WEIGHTINGS = ("paper", "magnitude")
 
@@ -20,6 +20,15 @@ MAX_CODE_LENGTH = 16
 
 
 CODE_DTYPES = (torch.int32, torch.int64)
+
+
+def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """The arithmetic dtype of the Torch paths: float32, or float64 when a real input is float64."""
+    dtype = torch.float32
+    for t in tensors:
+        if t is not None and t.dtype in REAL_FLOAT_DTYPES:
+            dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
 
 
 def check_temperature_weighting(fn_name: str, temperature: object, weighting: object) -> None:

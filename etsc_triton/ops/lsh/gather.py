@@ -27,6 +27,7 @@ from ..tiles import TilePolicy, cdiv, current_tiles, next_power_of_2, sm_count
 from . import naive
 from .backward import memory_gather_backward, memory_layer_backward
 from .contract import validate_gather, validate_layer
+from .cpu import memory_gather_cpu, memory_layer_cpu
 from .hash import hash_tile, rows_2d
 
 
@@ -213,6 +214,11 @@ class _MemoryLayerFunction(torch.autograd.Function):
         return (dx if need_x else None, dtables if need_tables else None, dbias, None, None, None, None)
 
 
+def _fused_cpu(backend: str, tensors: list[torch.Tensor]) -> bool:
+    """``backend="auto"`` on CPU tensors runs the fused CPU path (``cpu.py``); ``"torch"`` keeps the oracle."""
+    return backend == "auto" and all(t.device.type == "cpu" for t in tensors)
+
+
 def memory_gather(
     codes: torch.Tensor,
     scores: torch.Tensor,
@@ -246,10 +252,13 @@ def memory_gather(
     """
     num_tables, _, d_out = validate_gather("memory_gather", codes, scores, tables, bias)
     tensors = [t for t in (codes, scores, tables, bias) if t is not None]
-    if resolve_backend("memory_gather", backend, *tensors, empty=codes.numel() == 0) == "torch":
-        y = naive.memory_gather(codes, scores, tables, bias, deterministic=deterministic)
-        return y.to(tables.dtype)
     lead = codes.shape[:-1]
+    if resolve_backend("memory_gather", backend, *tensors, empty=codes.numel() == 0) == "torch":
+        if not _fused_cpu(backend, tensors):
+            y = naive.memory_gather(codes, scores, tables, bias, deterministic=deterministic)
+            return y.to(tables.dtype)
+        y = memory_gather_cpu(codes.reshape(-1, num_tables), scores.reshape(-1, num_tables), tables, bias)
+        return y.reshape(*lead, d_out).to(tables.dtype)
     args = (codes.reshape(-1, num_tables).contiguous(), scores.reshape(-1, num_tables).contiguous(),
             tables.contiguous(), None if bias is None else bias.contiguous())
     if not needs_grad(*tensors):
@@ -293,10 +302,14 @@ def memory_layer(
     """
     num_tables, tau, _, d_out = validate_layer("memory_layer", x, tables, bias, temperature, weighting)
     tensors = [t for t in (x, tables, bias) if t is not None]
-    if resolve_backend("memory_layer", backend, *tensors, empty=x.numel() == 0) == "torch":
-        return naive.memory_layer(x, tables, bias, temperature=temperature, weighting=weighting,
-                                  deterministic=deterministic)
     lead = x.shape[:-1]
+    if resolve_backend("memory_layer", backend, *tensors, empty=x.numel() == 0) == "torch":
+        if not _fused_cpu(backend, tensors):
+            return naive.memory_layer(x, tables, bias, temperature=temperature, weighting=weighting,
+                                      deterministic=deterministic)
+        y = memory_layer_cpu(x.reshape(-1, num_tables * tau), tables, bias, 1.0 / temperature,
+                             weighting == "magnitude")
+        return y.reshape(*lead, d_out).to(torch.float64 if y.dtype == torch.float64 else x.dtype)
     bias = None if bias is None else bias.contiguous()
     args = (rows_2d(x, num_tables * tau), tables.contiguous(), bias, 1.0 / temperature, weighting == "magnitude")
     if not needs_grad(*tensors):

@@ -9,21 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from ..checks import REAL_FLOAT_DTYPES
-from .contract import validate_gather, validate_hash, validate_layer
-
-
-def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    dtype = torch.float32
-    for t in tensors:
-        if t is not None and t.dtype in REAL_FLOAT_DTYPES:
-            dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
+from .contract import compute_dtype, validate_gather, validate_hash, validate_layer
 
 
 def _hash(z: torch.Tensor, temperature: float, weighting: str) -> tuple[torch.Tensor, torch.Tensor]:
     tau = z.shape[-1]
-    z = z.to(_compute_dtype(z))
+    z = z.to(compute_dtype(z))
     bit_values = 2 ** torch.arange(tau - 1, -1, -1, device=z.device, dtype=torch.int64)
     codes = ((z >= 0).to(torch.int64) * bit_values).sum(-1).to(torch.int32)
     magnitude = z.abs()
@@ -34,7 +25,7 @@ def _hash(z: torch.Tensor, temperature: float, weighting: str) -> tuple[torch.Te
 
 
 def _gather(codes: torch.Tensor, scores: torch.Tensor, tables: torch.Tensor, bias: torch.Tensor | None):
-    dtype = _compute_dtype(scores, tables, bias)
+    dtype = compute_dtype(scores, tables, bias)
     scores = scores.to(dtype)
     y = torch.zeros(*codes.shape[:-1], tables.shape[-1], dtype=dtype, device=tables.device)
     for k in range(tables.shape[0]):

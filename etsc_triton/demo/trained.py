@@ -31,12 +31,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..nn.memory import MemoryLayer
+from ..nn.toeplitz import ToeplitzSSM
+from ..reference import realised_kernel64
+from .checkpoint import load_shipped
 from .data import eval_windows, load_split, split_record, stdlib_root
-from .nn.checkpoint import load_shipped
-from .nn.memory import MemoryLayer
-from .nn.tnn import CacheDecoder, FFTDecoder, SSMDecoder, TNNLanguageModel
-from .nn.toeplitz import ToeplitzSSM
-from .reference import realised_kernel64
+from .model import CacheDecoder, FFTDecoder, SSMDecoder, TNNLanguageModel
 
 LN2 = 0.6931471805599453
 # Relative spread (p80 - p20) / median above which a latency row is flagged as untrustworthy.

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from .devices import device_slug
-from .nn.tnn import DECODERS, TNNConfig, TNNLanguageModel, generate, make_decoder
+from .model import DECODERS, TNNConfig, TNNLanguageModel, generate, make_decoder
 
 PRESETS = {
     "gpu": dict(
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main_trained(args: argparse.Namespace) -> int:
-    from . import trained_demo
+    from . import trained as trained_demo
 
     results = trained_demo.run(quick=args.quick, device=args.device)
     print(trained_demo.format_report(results))
@@ -299,5 +299,3 @@ def _finish(results: dict, json_path: Path | None) -> int:
     return 0 if results["tokens_identical"] else 1
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -59,10 +59,10 @@ def load_split(split: str, root: Path | None = None) -> torch.Tensor:
 
 
 def split_record(root: Path | None = None) -> dict:
-    """Which data a model saw: Python version, stdlib root, and per split ``files``, ``bytes`` and ``sha256``
-    (of the newline-joined sorted relative paths)."""
+    """Which data a model saw: the Python version and per split ``files``, ``bytes`` and ``sha256`` (of the
+    newline-joined sorted relative paths; where the stdlib lies is no part of it)."""
     root = stdlib_root() if root is None else Path(root)
-    record = {"python": sys.version.split()[0], "stdlib": str(root), "splits": {}}
+    record: dict = {"python": sys.version.split()[0], "splits": {}}
     files = source_files(root)
     for split in SPLITS:
         paths = [p for p in files if split_of(p) == split]

@@ -24,6 +24,7 @@ Beyond n the first two extrapolate the position MLP while the SSM realises the w
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .memory import MemoryLayer
-from .toeplitz import ToeplitzSSM, causal_fft_conv
+from ..nn.memory import MemoryLayer
+from ..nn.toeplitz import ToeplitzSSM, causal_fft_conv
 
 DECODERS = ("fft", "tnn_cache", "ssm")
 MIXERS = ("glu", "memory")
+RPE_INPUTS = ("linear", "log_linear")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,10 @@ class TNNConfig:
             MemoryFormer :class:`~etsc_triton.nn.MemoryLayer` s; ``d_model`` and the hidden width must divide by
             ``code_length``).
         code_length: bits per hash of the memory layers (tables of ``2^code_length`` rows); unused by ``"glu"``.
+        rpe_inputs: what the position MLP sees of lag j: ``"linear"``, ``j / n`` alone; ``"log_linear"``, also
+            ``log(1 + j) / log(1 + n)``. With ``j / n`` alone neighbouring lags differ by ``1 / n`` at the input,
+            so a trained kernel cannot tell the previous byte from the one before (a smooth average of the
+            past); the log input spreads the first lags apart and lets the kernel be sharp where bytes need it.
     """
 
     vocab_size: int = 256
@@ -67,20 +73,26 @@ class TNNConfig:
     seed: int = 0
     mixer: str = "glu"
     code_length: int = 4
+    rpe_inputs: str = "linear"
 
     def __post_init__(self) -> None:
         if self.mixer not in MIXERS:
             raise ValueError(f"TNNConfig: mixer must be one of {MIXERS}, got {self.mixer!r}")
+        if self.rpe_inputs not in RPE_INPUTS:
+            raise ValueError(f"TNNConfig: rpe_inputs must be one of {RPE_INPUTS}, got {self.rpe_inputs!r}")
 
 
 class RelativePositionMLP(nn.Module):
-    """Relative position ``j`` -> D Toeplitz coefficients: an MLP on ``j / n`` (smooth in j)."""
+    """Relative position ``j`` -> D Toeplitz coefficients: an MLP on ``j / n`` (and ``log(1 + j) / log(1 + n)``
+    with ``inputs="log_linear"``), smooth in j."""
 
-    def __init__(self, channels: int, hidden: int, n: int, decay: float):
+    def __init__(self, channels: int, hidden: int, n: int, decay: float, inputs: str = "linear"):
         super().__init__()
         self.n = n
+        self.inputs = inputs
+        features = 2 if inputs == "log_linear" else 1
         self.net = nn.Sequential(
-            nn.Linear(1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, channels)
+            nn.Linear(features, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, channels)
         )
         # Scale so the decayed kernel has an L2 norm of order one whatever the decay: mixing then matters and
         # the random model's greedy output stays varied instead of collapsing onto one token.
@@ -90,7 +102,10 @@ class RelativePositionMLP(nn.Module):
     def forward(self, length: int) -> torch.Tensor:
         """Coefficients ``t [D, length]`` at lags ``0 .. length-1`` (no decay)."""
         weight = self.net[0].weight
-        positions = (torch.arange(length, device=weight.device, dtype=weight.dtype) / self.n)[:, None]
+        lags = torch.arange(length, device=weight.device, dtype=weight.dtype)
+        positions = (lags / self.n)[:, None]
+        if self.inputs == "log_linear":
+            positions = torch.cat([positions, (torch.log1p(lags) / math.log1p(self.n))[:, None]], dim=1)
         return self.net(positions).transpose(0, 1).contiguous()
 
 
@@ -106,7 +121,7 @@ class TNNBlock(nn.Module):
         self.mix_norm = nn.RMSNorm(d, eps=1e-6)
         self.mix_in = nn.Linear(d, 2 * d)
         self.mix_out = nn.Linear(d, d)
-        self.rpe = RelativePositionMLP(d, config.rpe_hidden, config.n, config.decay)
+        self.rpe = RelativePositionMLP(d, config.rpe_hidden, config.n, config.decay, config.rpe_inputs)
         self.glu_norm = nn.RMSNorm(d, eps=1e-6)
         self.glu_in: nn.Module
         self.glu_out: nn.Module
@@ -153,7 +168,7 @@ class TNNLanguageModel(nn.Module):
 
     Example:
         >>> import torch
-        >>> from etsc_triton.nn.tnn import TNNConfig, TNNLanguageModel, generate
+        >>> from etsc_triton.demo.model import TNNConfig, TNNLanguageModel, generate
         >>> model = TNNLanguageModel(TNNConfig(vocab_size=32, d_model=16, n_layers=2, n=31, rpe_hidden=8))
         >>> prompt = torch.randint(0, 32, (2, 5), generator=torch.Generator().manual_seed(0))
         >>> tokens = [generate(model, prompt, 20, decoder=d) for d in ("fft", "tnn_cache", "ssm")]

@@ -1,0 +1,5 @@
+import sys
+
+from .random_demo import main
+
+sys.exit(main())

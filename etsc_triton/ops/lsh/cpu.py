@@ -17,15 +17,26 @@ Arithmetic is float32 (float64 when an input is float64), as in the oracle.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
+from ..dispatch import needs_grad
 from .contract import compute_dtype
+
+
+@functools.lru_cache(maxsize=64)
+def _constants(num_tables: int, rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(bit values [tau], table offsets k * S [K])``, int64, made once per shape: a decode step of one token
+    costs about as much per small tensor it creates as per row it gathers."""
+    tau = rows.bit_length() - 1
+    bits = 2 ** torch.arange(tau - 1, -1, -1, device=device, dtype=torch.int64)
+    return bits, torch.arange(num_tables, device=device, dtype=torch.int64) * rows
 
 
 def _flat_keys(codes: torch.Tensor, rows: int) -> torch.Tensor:
     """``k * S + code`` for codes ``[T, K]``: the row of the flat ``[K * S, d_out]`` table, int64 ``[T, K]``."""
-    offsets = torch.arange(codes.shape[1], device=codes.device, dtype=torch.int64) * rows
-    return codes.to(torch.int64) + offsets
+    return codes.to(torch.int64) + _constants(codes.shape[1], rows, codes.device)[1]
 
 
 def _gather_forward(keys: torch.Tensor, scores: torch.Tensor, flat_tables: torch.Tensor):
@@ -61,9 +72,8 @@ def _tables_grad(dy: torch.Tensor, keys: torch.Tensor, scores: torch.Tensor, tab
 
 def _hash(z: torch.Tensor, inv_temperature: float, magnitude: bool):
     """Codes int64 ``[T, K]``, scores ``[T, K]`` and the sigmoids ``s [T, K, tau]`` of chunks ``z [T, K, tau]``."""
-    tau = z.shape[-1]
-    bit_values = 2 ** torch.arange(tau - 1, -1, -1, device=z.device, dtype=torch.int64)
-    codes = ((z >= 0).to(torch.int64) * bit_values).sum(-1)
+    bit_values = _constants(z.shape[1], 1 << z.shape[-1], z.device)[0]
+    codes = ((z >= 0) * bit_values).sum(-1)
     s = torch.sigmoid(z.abs() * (2.0 * inv_temperature))
     scores = s.prod(-1)
     if magnitude:
@@ -148,13 +158,40 @@ class _CPULayer(torch.autograd.Function):
         return dx, dtables, dbias, None, None
 
 
+@functools.lru_cache(maxsize=64)
+def _bag_offsets(tokens: int, per_token: int, device: torch.device) -> torch.Tensor:
+    """Where each token's bag of ``per_token`` keys starts in the flat key list."""
+    return torch.arange(0, tokens * per_token, per_token, device=device, dtype=torch.int64)
+
+
+def _gather_only(keys: torch.Tensor, scores: torch.Tensor, tables: torch.Tensor, bias: torch.Tensor | None,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """The forward alone (no autograd): one ``embedding_bag`` over the flat tables, plus the bias. Called straight
+    (``torch.embedding_bag``): ``F.embedding_bag``'s argument checks cost as much as a one-token gather."""
+    num_tables, rows, d_out = tables.shape
+    flat_tables = (tables if tables.dtype == dtype else tables.to(dtype)).reshape(num_tables * rows, d_out)
+    offsets = _bag_offsets(keys.shape[0], keys.shape[1], keys.device)
+    scores = scores if scores.dtype == dtype else scores.to(dtype)
+    y = torch.embedding_bag(flat_tables, keys.reshape(-1), offsets, False, 0, False, scores.reshape(-1))[0]
+    return y if bias is None else y + (bias if bias.dtype == dtype else bias.to(dtype))
+
+
 def memory_gather_cpu(codes: torch.Tensor, scores: torch.Tensor, tables: torch.Tensor,
                       bias: torch.Tensor | None) -> torch.Tensor:
     """``y [T, d_out]`` (compute dtype) from codes and scores ``[T, K]``, tables ``[K, S, d_out]``."""
+    if not needs_grad(scores, tables, bias):
+        dtype = compute_dtype(scores, tables, bias)
+        return _gather_only(_flat_keys(codes, tables.shape[1]), scores, tables, bias, dtype)
     return _CPUGather.apply(codes, scores, tables, bias)
 
 
 def memory_layer_cpu(x2d: torch.Tensor, tables: torch.Tensor, bias: torch.Tensor | None,
                      inv_temperature: float, magnitude: bool) -> torch.Tensor:
     """``y [T, d_out]`` (compute dtype) from ``x2d [T, K * tau]``, tables ``[K, 2^tau, d_out]``."""
+    if not needs_grad(x2d, tables, bias):
+        dtype = compute_dtype(x2d, tables, bias)
+        num_tables, rows, _ = tables.shape
+        z = (x2d if x2d.dtype == dtype else x2d.to(dtype)).reshape(x2d.shape[0], num_tables, rows.bit_length() - 1)
+        codes, scores, _ = _hash(z, inv_temperature, magnitude)
+        return _gather_only(codes + _constants(num_tables, rows, z.device)[1], scores, tables, bias, dtype)
     return _CPULayer.apply(x2d, tables, bias, inv_temperature, magnitude)

@@ -8,8 +8,8 @@ Stages, ordered by value, each with its own time cap (a stage that ends early le
 1. environment: GPU, memory, clocks, versions; the two floors measured in this run (copy bandwidth of a 1 GB
    ``copy_``, fp32 rate of an 8192^3 SGEMM with tf32 off, the L2-resident copy bandwidth);
 2. kernel_configs: every kernel configuration once at a small size against its float64 oracle, forward and
-   backward (``perf/proof_cases.py``), in parallel processes that share Triton's cache, so this stage also
-   compiles most kernels for the later ones;
+   backward (``perf/proof_cases.py`` over the compile report's cases, ``tools/cases.py``), in parallel
+   processes that share Triton's cache, so this stage also compiles most kernels for the later ones;
 3. tests: the test suite on the GPU, gpu-marked tests first, then the rest, killed at the cap (pytest-xdist
    and pytest-timeout are used where importable; the property tests skip themselves without hypothesis);
 4. headline: the headline table (``perf/proof_headline.py``), every point beside its baselines;
@@ -298,9 +298,9 @@ def cpu_floors():
 
 def stage_kernel_configs(proof: Proof, deadline: float) -> str:
     """``perf.proof_cases`` in ``jobs`` processes (shards of the case list); results per case."""
-    from .proof_cases import build_cases
+    from tools.cases import cases as case_table
 
-    cases = build_cases(proof.dry_run)
+    cases = case_table(quick=proof.dry_run)
     jobs = max(1, min(proof.jobs, len(cases)))
     commands = []
     for shard in range(jobs):
@@ -321,7 +321,7 @@ def stage_kernel_configs(proof: Proof, deadline: float) -> str:
             writer.writerow({**result, "errors": json.dumps(result["errors"])})
     by_op: dict[str, Counter] = {}
     for case in cases:
-        by_op.setdefault(case.op, Counter())["cases"] += 1
+        by_op.setdefault(case.grid.op, Counter())["cases"] += 1
     worst: dict[str, float] = {}
     for result in results:
         by_op[result["op"]]["passed" if result["ok"] else "failed"] += 1

@@ -1,8 +1,11 @@
-"""reduce_ssm / toeplitz_to_ssm(rank=|tol=): exact recovery, the certificate, the Hankel lower bound, tol, the
-taps path, bad input, and the reduced ToeplitzSSM layer (prefill + step == the reduced SSM)."""
+"""reduce_ssm / reduce_toeplitz: exact recovery, the certificate, the Hankel lower bound, tol, the taps path, bad
+input, the dense reference and balanced truncation, and the reduced ToeplitzSSM layer (prefill + step == the
+reduced SSM)."""
 
+import ast
 import inspect
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +13,8 @@ from helpers import assert_close
 
 import etsc_triton as et
 from etsc_triton.nn.toeplitz import ToeplitzSSM
-from etsc_triton.ops.reduce import fit, rounding
+from etsc_triton.ops.reduce import Reduction, fit, modal, reduce_toeplitz, rounding
+from etsc_triton.ops.reduce import naive as reduce_reference
 
 # The input modes are complex64: the recovered poles and residues round back to (nearly) the same complex64
 # values, so the bound is the certificate's margin: measured 1e-13 .. 2e-12 of max|K|.
@@ -47,12 +51,32 @@ def _error(kernel, lam_r, b_r):
     return (kernel - reduced).abs().amax(-1)
 
 
-def test_signature_matches_the_reference():
-    fast = inspect.signature(et.reduce_ssm).parameters
-    ref = dict(inspect.signature(et.reference.reduce_ssm).parameters)
+@pytest.mark.parametrize("fast_fn, ref_fn", [(et.reduce_ssm, et.reference.reduce_ssm),
+                                              (reduce_toeplitz, reduce_reference.reduce_toeplitz)])
+def test_signature_matches_the_reference(fast_fn, ref_fn):
+    fast = inspect.signature(fast_fn).parameters
+    ref = dict(inspect.signature(ref_fn).parameters)
     assert fast["backend"].default == "auto" and fast["backend"].kind is inspect.Parameter.KEYWORD_ONLY
     assert {k: v for k, v in fast.items() if k != "backend"} == ref
-    assert "Args" in et.reduce_ssm.__doc__ and "reduce_ssm" in et.__all__
+    assert "Args" in fast_fn.__doc__ and "reduce_ssm" in et.__all__
+
+
+def test_the_reference_imports_nothing_of_the_fast_path():
+    source = (Path(et.reference.reduce_ssm.__code__.co_filename)).read_text()
+    local = {node.module for node in ast.walk(ast.parse(source))
+             if isinstance(node, ast.ImportFrom) and node.level == 1}
+    assert local == {"contract"}, local
+
+
+def test_one_result_form_whatever_the_keywords():
+    lam, b = _modes(2, 3, seed=23)
+    t = _smooth_taps(2, 41, seed=23)
+    for result in (et.reduce_ssm(lam, b, 2, length=30), et.reduce_ssm(lam, b, tol=1e-3, length=30),
+                   reduce_toeplitz(t, 0.9, 2), reduce_toeplitz(t, 0.9, tol=1e-3, length=30)):
+        assert isinstance(result, Reduction) and len(result) == 3
+    with pytest.warns(DeprecationWarning, match="reduce_toeplitz"):
+        old = et.toeplitz_to_ssm(t, 0.9, rank=2)
+    assert torch.equal(old.bound, reduce_toeplitz(t, 0.9, 2).bound)
 
 
 @pytest.mark.parametrize("length", [63, 301])  # 301: p = 151, the sketched subspace with FFT products
@@ -116,7 +140,7 @@ def test_hankel_lower_bound_matches_a_dense_svd_and_bounds_every_reduction():
     for rank in (1, 2, 4):
         lower = et.reference.hankel_lower_bound(kernel, rank)
         assert_close(lower, sigma[:, 2 * rank], atol=0, rtol=0)
-        lam_r, b_r, _ = et.toeplitz_to_ssm(t, 0.95, rank=rank)
+        lam_r, b_r, _ = reduce_toeplitz(t, 0.95, rank)
         l1 = (kernel - et.reference.ssm_kernel(lam_r.to(torch.complex128), b_r.to(torch.complex128), 41))
         assert (l1.abs().sum(-1) >= lower).all()  # the theorem: no rank-r system beats sigma_(2r+1)
     assert (et.reference.hankel_lower_bound(kernel, 30) == 0).all()  # beyond p: no bound
@@ -141,12 +165,15 @@ def test_tol_that_no_rank_meets_is_refused():
     g = torch.Generator().manual_seed(12)
     t = torch.randn(2, 30, generator=g)
     with pytest.raises(ValueError, match=r"toeplitz_to_ssm: tol = 1e-12 is not met by any rank up to \d+"):
-        et.toeplitz_to_ssm(t, 0.9, tol=1e-12)
+        with pytest.warns(DeprecationWarning, match="reduce_toeplitz"):
+            et.toeplitz_to_ssm(t, 0.9, tol=1e-12)
+    with pytest.raises(ValueError, match=r"reduce_toeplitz: tol = 1e-12 is not met by any rank up to \d+"):
+        reduce_toeplitz(t, 0.9, tol=1e-12)
 
 
 def test_taps_path_equals_the_mode_path():
     t = _smooth_taps(4, 120, seed=13, noise=1e-5)
-    lam_t, b_t, bound_t = et.toeplitz_to_ssm(t, 0.97, rank=3, length=100)
+    lam_t, b_t, bound_t = reduce_toeplitz(t, 0.97, 3, length=100)
     lam, b = et.reference.toeplitz_to_ssm(t, 0.97)  # complex128 ETSC modes of the float64 taps
     lam_m, b_m, bound_m = et.reduce_ssm(lam, b, 3, length=100)
     kernel = t[:, :100] * 0.97 ** torch.arange(100, dtype=torch.float64)
@@ -163,8 +190,8 @@ def test_taps_path_equals_the_mode_path():
 
 def test_reference_and_fast_path_agree_on_smooth_kernels():
     t = _smooth_taps(4, 301, seed=14, noise=1e-6)
-    _, _, fast = et.toeplitz_to_ssm(t, 0.98, rank=3)
-    _, _, ref = et.reference.toeplitz_to_ssm(t, 0.98, rank=3)
+    _, _, fast = reduce_toeplitz(t, 0.98, 3)
+    _, _, ref = reduce_reference.reduce_toeplitz(t, 0.98, 3)
     # the fast path sketches the subspace and refines; the reference decomposes densely and does not refine:
     # the fast path's refinement aims at the l1 error, the bound is the max error: measured fast / reference
     # 0.95 .. 1.41 here
@@ -207,18 +234,22 @@ BAD = [
     (lambda lam, b: et.toeplitz_to_ssm(lam.real, rank=1, real=False), ValueError, "need real=True"),
     (lambda lam, b: et.toeplitz_to_ssm(lam.real, rank=0), ValueError, "toeplitz_to_ssm: rank must be >= 1"),
     (lambda lam, b: et.toeplitz_to_ssm(lam.real, tol=-1.0), ValueError, "toeplitz_to_ssm: tol must be a positive"),
+    (lambda lam, b: reduce_toeplitz(lam.real, 1.0, 1, length=4), ValueError, r"reduce_toeplitz: length must lie in"),
+    (lambda lam, b: reduce_toeplitz(lam.real, 0.9), ValueError, "reduce_toeplitz: give exactly one of rank and tol"),
+    (lambda lam, b: reduce_toeplitz(lam.real, 1.5, 1), ValueError, r"reduce_toeplitz: gamma must lie in \(0, 1\]"),
+    (lambda lam, b: reduce_toeplitz(lam.real, torch.ones(3), 1), ValueError, "reduce_toeplitz: gamma must be broad"),
+    (lambda lam, b: reduce_toeplitz(lam, 0.9, 1), TypeError, "reduce_toeplitz: t must be a real floating tensor"),
+    (lambda lam, b: reduce_toeplitz(lam.real, 0.9, 1, backend="cuda"), ValueError, "backend must be one of"),
 ]
 
 
+@pytest.mark.filterwarnings("ignore:toeplitz_to_ssm:DeprecationWarning")
 @pytest.mark.parametrize("call, error, message", BAD, ids=[m[:40] for _, _, m in BAD])
 def test_bad_input_is_refused_with_a_clear_message(call, error, message):
     lam, b = _modes(2, 3, seed=17)
     lam, b = lam.to(torch.complex64), b.to(torch.complex64)
     with pytest.raises(error, match=message):
         call(lam, b)
-
-
-# ----------------------------------------------------------------------------------------------- nn layer
 
 
 def test_reduced_layer_prefill_and_step_run_the_reduced_ssm():
@@ -257,10 +288,11 @@ def test_convert_methods_and_options():
 
 def test_fit_pieces_fold_conjugate_pairs_and_real_poles():
     poles = torch.tensor([[0.5 + 0.2j, 0.5 - 0.2j, 0.3 + 0.0j, -0.4 + 0.0j]], dtype=torch.complex128)
-    lam, is_real, used, fits = fit.fold_poles(poles, 3)
+    folded, fits = fit.fold_poles(poles, 3)
+    lam, is_real, used = folded.lam, folded.is_real, folded.used
     assert bool(fits) and used.all()
     assert lam[0].tolist() == [0.5 + 0.2j, 0.3 + 0.0j, -0.4 + 0.0j] and is_real[0].tolist() == [False, True, True]
-    assert not bool(fit.fold_poles(poles, 2)[3])
+    assert not bool(fit.fold_poles(poles, 2)[1])
 
 
 def test_pruning_a_richer_pole_set_keeps_the_dominant_modes():
@@ -268,8 +300,9 @@ def test_pruning_a_richer_pole_set_keeps_the_dominant_modes():
     b[:, 3:] *= 1e-9  # two of the five modes carry next to nothing
     kernel = et.reference.ssm_kernel(lam, b, 120)
     subspace = fit.leading_subspace(kernel, 10)
-    (wide, wide_real, wide_used), _ = fit.select_poles(subspace, 5)
-    pruned, pruned_real, pruned_used = fit.prune_poles(kernel, wide, wide_real, wide_used, 3)
+    wide, _, _ = fit.select_poles(subspace, 5)
+    pruned_poles = fit.prune_poles(kernel, wide, 3)
+    pruned, pruned_real, pruned_used = pruned_poles.lam, pruned_poles.is_real, pruned_poles.used
     assert pruned.shape == (3, 3) and pruned_used.all() and not pruned_real.any()
     # each strong pole is found (the order within the slots is free)
     distance = (pruned[:, :, None] - lam[:, None, :3]).abs().amin(1)
@@ -284,9 +317,9 @@ def test_rounding_search_never_loses_and_helps_where_rounding_dominates():
     x = torch.arange(300, dtype=torch.float64) / 300
     coef = torch.randn(6, 4, generator=g, dtype=torch.float64)
     kernel = (coef[:, :, None] * x ** torch.arange(4, dtype=torch.float64)[:, None]).sum(1) * 0.99 ** (300 * x)
-    (lam, is_real, used), _ = fit.select_poles(fit.leading_subspace(kernel, 14), 3)
-    nearest = fit.max_error(kernel, *rounding.round_modes(kernel, lam, is_real, used))
-    searched = fit.max_error(kernel, *rounding.search_rounding(kernel, lam, is_real, used))
+    poles, _, _ = fit.select_poles(fit.leading_subspace(kernel, 14), 3)
+    nearest = modal.max_error(kernel, *rounding.round_modes(kernel, poles))
+    searched = modal.max_error(kernel, *rounding.search_rounding(kernel, poles))
     assert (searched <= nearest).all()
     assert (searched < 0.7 * nearest).any(), (searched / nearest).tolist()
 
@@ -294,17 +327,32 @@ def test_rounding_search_never_loses_and_helps_where_rounding_dominates():
 def test_refinement_stops_for_systems_that_stall(monkeypatch):
     lam, b = _modes(2, 2, seed=22)
     kernel = et.reference.ssm_kernel(lam, b, 80)  # exactly rank 2: the start is already optimal
-    start_lam = lam + 1e-12
     is_real, used = torch.zeros(2, 2, dtype=torch.bool), torch.ones(2, 2, dtype=torch.bool)
-    start_b = fit.fit_residues(kernel, start_lam, is_real, used)
+    start = modal.Poles(lam + 1e-12, is_real, used)
+    start_b = modal.fit_residues(kernel, start)
     calls = []
-    original = fit._weighted_lstsq
+    original = fit.weighted_lstsq
 
     def counting(columns, *args):
         calls.append(columns.shape[0])
         return original(columns, *args)
 
-    monkeypatch.setattr(fit, "_weighted_lstsq", counting)
-    fit.refine(kernel, start_lam, start_b, is_real, used, target="l1")
+    monkeypatch.setattr(fit, "weighted_lstsq", counting)
+    fit.refine(kernel, start, start_b, target="l1")
     # each stage stops once its systems stall: far fewer solves than the 26 scheduled steps
     assert len(calls) < fit.L2_STEPS + fit.REWEIGHTED_STEPS, calls
+
+
+def test_balanced_truncation_recovers_a_low_order_system_and_keeps_its_error_bound():
+    # real order 2 + 2 + 1 = 5, decayed to 1e-12 over the horizon: the FIR realisation is that system
+    lam, b = _modes(3, 3, seed=24, real_poles=1, radius=(0.5, 0.8))
+    length = 121
+    kernel = et.reference.ssm_kernel(lam, b, length)
+    lags = torch.arange(length)
+    padded = torch.cat([kernel, torch.zeros(3, length)], 1)
+    sigma = torch.linalg.svdvals(padded[:, lags[:, None] + lags[None, :]])  # the FIR realisation's Hankel values
+    exact, low = reduce_reference.balanced_truncation(kernel, [5, 2])
+    assert exact[0].shape == (3, 3)
+    assert (_error(kernel, *exact) <= 1e-10 * kernel.abs().amax(-1)).all()
+    # balanced truncation's error bound: |e_j| <= ||E||_inf <= 2 (sigma_3 + sigma_4 + ...)
+    assert (_error(kernel, *low) <= 2 * sigma[:, 2:].sum(-1)).all()

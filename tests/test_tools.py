@@ -16,18 +16,18 @@ import pytest
 
 from etsc_triton.ops.tiles import GPU_TILES, INTERPRETER_TILES
 from tools import sass, sm90
-from tools.cases import CASES, RUNNERS, label, points
+from tools.cases import BUILDERS, CASES, cases, points
 from tools.compile_report import compile_one, run_capture_subprocess
 
 REPO = Path(__file__).resolve().parent.parent
-MEMORY_CASE = "memory_layer tokens=64 dtype=fp32 det=False grads=none weighting=paper"
-CHUNKED_BACKWARD_CASE = "ssm_scan channels=5 modes=33 dtype=fp32 state=False tokens=12 batch=1 backward=True"
+MEMORY_CASE = "memory_layer tokens=64 dtype=fp32 det=False grads=none weighting=paper d_out=256"
+CHUNKED_CASE = "ssm_scan channels=5 modes=33 dtype=fp32 state=False tokens=12 batch=1"
 
 
 @pytest.fixture(scope="module")
 def captured(tmp_path_factory):
     path = tmp_path_factory.mktemp("capture") / "launches.json"
-    run_capture_subprocess(str(path), [MEMORY_CASE, CHUNKED_BACKWARD_CASE])
+    run_capture_subprocess(str(path), [MEMORY_CASE, CHUNKED_CASE])
     return json.loads(path.read_text())
 
 
@@ -35,16 +35,18 @@ def _constexprs(launch: dict) -> dict:
     return {name: launch["args"][name].get("value") for name in launch["constexprs"]}
 
 
-def test_case_table_points_fit_their_runners():
-    labels = []
+@pytest.mark.parametrize("quick", [False, True])
+def test_case_table_points_fit_their_builders(quick):
     for grid in CASES:
-        signature = inspect.signature(RUNNERS[grid.op])
-        for point in points(grid):
+        signature = inspect.signature(BUILDERS[grid.op])
+        assert set(grid.quick) <= set(grid.axes), "a quick size replaces an axis of the grid"
+        for point in points(grid, quick):
             signature.bind(**point)  # a misspelt axis raises TypeError here, not in the middle of a capture
-            labels.append(label(grid.op, point))
         dataclasses.replace(GPU_TILES, **grid.tiles)  # the row's tile changes name real policy fields
+    labels = [case.label for case in cases(quick)]
     assert len(labels) == len(set(labels)), "two cases share a label: --only and --case could not tell them apart"
-    assert set(RUNNERS) == {grid.op for grid in CASES}
+    assert set(BUILDERS) == {grid.op for grid in CASES}
+    assert len(cases(True)) == len(cases(False)) - 6  # the dry run keeps every case but the 6 extra kernel sizes
 
 
 def test_capture_uses_gpu_tiles(captured):
@@ -61,7 +63,7 @@ def test_capture_uses_gpu_tiles(captured):
     assert {"_chunk_local_state_kernel", "_chunk_carry_kernel", "_chunk_backward_local_kernel"} <= set(by_name)
     backward = by_name["_ssm_scan_backward_kernel"]
     assert {_constexprs(launch)["NUM_STAGES"] for launch in backward} == {GPU_TILES.scan_backward_stages}
-    assert all(launch["cases"] == [CHUNKED_BACKWARD_CASE] for launch in backward)
+    assert all(launch["cases"] == [CHUNKED_CASE] for launch in backward)
 
 
 def test_compile_step_builds_sm90_kernels(captured, tmp_path):

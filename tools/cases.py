@@ -1,10 +1,15 @@
-"""The op calls whose kernel launches the compile report captures: one table row per op and grid of options.
+"""The kernel cases: one table of op calls that reaches every launch configuration the launchers pick on a GPU.
+
+Two users share it. The compile report (:mod:`tools.compile_report`) runs every case in Triton's interpreter and
+compiles each recorded launch for sm_90; the GPU proof (:mod:`perf.proof_cases`) runs every case on the GPU
+against its float64 oracle. Both run a case the same way (:func:`evaluate`: the op, then the gradients of a
+fixed random weighting of its outputs) under the same tile policy (:func:`case_tiles`: 2 SMs assumed, plus the
+row's changes), so the launches the report compiles are the launches the proof checks.
 
 Each :class:`CaseGrid` names an op, the axes of its grid (every combination runs; a tuple of names takes its
-values together) and the tile policy fields it changes from ``GPU_TILES``. One short runner per op turns a point
-of the grid into small CPU inputs and calls the op with ``backend="triton"`` (through the backward too where
-the point asks for gradients). The sizes are small so the interpreter runs them quickly, yet chosen to reach
-every launch-shape decision: ``sm_count()`` is 2 for CPU tensors, so a few rows already split or chunk.
+values together), the tile-policy fields it changes and, in ``quick``, smaller values of the long axes for a
+dry run on a CPU. One builder per op turns a point of the grid into small CPU inputs. ``sm_count()`` is 2 for
+CPU tensors, so small shapes already take the split-K, chunked and 64-anchor paths.
 """
 
 from __future__ import annotations
@@ -12,75 +17,94 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import traceback
-from collections.abc import Callable, Iterable, Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 
 import torch
 
 import etsc_triton as et
-from etsc_triton.ops.tiles import GPU_TILES, use_tiles
+from etsc_triton.ops.tiles import GPU_TILES, TilePolicy, use_tiles
 
 from .sm90 import record_launches
 
 
 class CaseGrid(NamedTuple):
-    """``op``: a runner name of :data:`RUNNERS`; ``axes``: ``{name or (names...): values}``; ``tiles``: tile
-    policy fields changed from ``GPU_TILES``."""
+    """``op``: a builder name of :data:`BUILDERS`; ``axes``: ``{name or (names...): values}``; ``tiles``: tile
+    policy fields changed for the row; ``quick``: ``{axis: values}`` replacing long sizes in a dry run."""
 
     op: str
     axes: dict
     tiles: dict = {}
+    quick: dict = {}
+
+
+class Case(NamedTuple):
+    """One point of the table: ``label`` (``"op axis=value ..."``), the grid it comes from, its axis values and
+    its position in the table (the seed of its inputs)."""
+
+    label: str
+    grid: CaseGrid
+    point: dict
+    index: int
+
+
+class Call(NamedTuple):
+    """``et.<op>(*args, **kwargs)`` on CPU inputs; ``grads``: the positions of the args it differentiates."""
+
+    op: str
+    args: list
+    kwargs: dict
+    grads: tuple[int, ...] = ()
 
 
 FP = ("fp32", "bf16")
-SHORT_CHUNKS = {"scan_min_chunk_tokens": 4}  # chunks from 4 tokens on: the chunked scan on 12 tokens
+BOTH = (False, True)
+GAMMAS = (None, 0.99, "tensor")
+SCAN_SIZES = ((5, 33), (64, 16), (64, 64), (3, 600))  # N <= 512 and the split-modes path N > 512
+SCAN_SIZES_QUICK = ((5, 33), (8, 16), (8, 40), (3, 70))
+CHUNKS_FROM_4 = {"scan_min_chunk_tokens": 4}  # the chunked scan on 12 tokens
 
 CASES = [
     # 2048: aligned rows and a mode count divisible by 16 (the usual case); 2100 > the solve's 1024-node cap.
-    CaseGrid("toeplitz_to_ssm", {"n": (63, 2048, 2100), "real": (True, False), "compensate": (True, False),
-                                 "gamma": (None, 0.99, "tensor")}),
-    # short / long kernels, few / many modes; 64-anchor programs need rows >= 2 x the SMs (2 here).
+    CaseGrid("toeplitz_to_ssm", {"n": (63, 2048, 2100), "real": BOTH, "compensate": BOTH, "gamma": GAMMAS},
+             quick={"n": (63, 64, 70)}),
+    # short / long kernels, few / many modes; 64-anchor programs need rows >= 2 x the SMs.
     CaseGrid("ssm_kernel", {("length", "modes", "rows"): ((63, 16, 2), (63, 33, 2), (700, 16, 2), (700, 33, 2),
-                                                          (2048, 16, 2), (2048, 33, 2), (4096, 64, 4))}),
-    # the backward at every forward size (the GPU proof differentiates them all) and three more
-    CaseGrid("ssm_kernel", {("length", "modes", "rows"): ((63, 16, 2), (63, 33, 2), (700, 16, 2), (700, 33, 2),
-                                                          (2048, 16, 2), (2048, 33, 2), (4096, 64, 4), (200, 16, 2),
-                                                          (4096, 64, 2), (63, 40, 2)),
-                            "backward": (True,)}),
-    CaseGrid("vandermonde_solve", {"size": (33, 1030), "complex_rhs": (False, True)}),
-    # N <= 512 and the split-modes path N > 512; (64, 64) and (64, 16) are aligned, realistic shapes.
-    CaseGrid("ssm_scan", {("channels", "modes"): ((5, 33), (64, 16), (64, 64), (3, 600)), "dtype": FP,
-                          "state": (False, True)}),
-    CaseGrid("ssm_scan", {("channels", "modes"): ((5, 33), (64, 16), (64, 64), (3, 600)), "dtype": FP,
-                          "state": (False, True), "backward": (True,)}),
-    CaseGrid("ssm_scan", {("channels", "modes"): ((5, 33), (64, 64), (3, 600)), "dtype": FP,
-                          "state": (False, True), "tokens": (12,), "batch": (1,)}, SHORT_CHUNKS),
-    CaseGrid("ssm_scan", {("channels", "modes"): ((5, 33), (64, 64), (3, 600)), "dtype": FP,
-                          "state": (False, True), "tokens": (12,), "batch": (1,), "backward": (True,)},
-             SHORT_CHUNKS),
+                                                          (2048, 16, 2), (2048, 33, 2), (4096, 64, 4), (4096, 64, 2),
+                                                          (200, 16, 2), (63, 40, 2))},
+             quick={("length", "modes", "rows"): ((63, 16, 2), (63, 33, 2), (130, 16, 2), (130, 33, 2))}),
+    CaseGrid("vandermonde_solve", {"size": (33, 1030), "complex_rhs": BOTH}, quick={"size": (9, 20)}),
+    CaseGrid("ssm_scan", {("channels", "modes"): SCAN_SIZES, "dtype": FP, "state": BOTH},
+             quick={("channels", "modes"): SCAN_SIZES_QUICK}),
+    CaseGrid("ssm_scan", {("channels", "modes"): ((5, 33), (64, 64), (3, 600)), "dtype": FP, "state": BOTH,
+                          "tokens": (12,), "batch": (1,)}, CHUNKS_FROM_4,
+             quick={("channels", "modes"): ((5, 33), (8, 40), (3, 70))}),
     CaseGrid("ssm_step", {("channels", "modes"): ((5, 33), (64, 16), (64, 256), (3, 600)), "dtype": FP,
-                          "indexed": (False, True)}),
-    CaseGrid("ssm_prefill_state", {"dtype": FP, "gamma": (None, 0.99, "tensor")}),
+                          "indexed": BOTH}, quick={("channels", "modes"): SCAN_SIZES_QUICK}),
+    CaseGrid("ssm_prefill_state", {"dtype": FP, "gamma": GAMMAS, "channels": (64,)}, quick={"channels": (8,)}),
     CaseGrid("lsh_hash", {"tau": (3, 8, 16), "weighting": ("paper", "magnitude"), "dtype": FP}),
     # one token (the K-split path) and 64; int32 codes with a bias, int64 codes without.
-    CaseGrid("memory_gather", {"tokens": (1, 64), "dtype": FP, "det": (False, True),
-                               ("codes", "bias"): (("int32", True), ("int64", False))}),
+    CaseGrid("memory_gather", {"tokens": (1, 64), "dtype": FP, "det": BOTH,
+                               ("codes", "bias"): (("int32", True), ("int64", False)), "d_out": (256,)},
+             quick={"d_out": (32,)}),
     CaseGrid("memory_layer", {"tokens": (1, 64), "dtype": FP, "det": (False,), "grads": ("none",),
-                              "weighting": ("paper", "magnitude")}),
-    CaseGrid("memory_layer", {"tokens": (1, 64), "dtype": FP, "det": (False, True),
-                              "grads": ("x+tables", "x", "tables"), "weighting": ("paper", "magnitude")}),
+                              "weighting": ("paper", "magnitude"), "d_out": (256,)},
+             quick={"tokens": (1, 9), "d_out": (32,)}),
+    CaseGrid("memory_layer", {"tokens": (1, 64), "dtype": FP, "det": BOTH, "grads": ("x+tables+bias", "x", "tables"),
+                              "weighting": ("paper", "magnitude"), "d_out": (256,)},
+             quick={"tokens": (1, 9), "d_out": (32,)}),
     # a production-like tau (8, S=256) and a narrow d_out.
     CaseGrid("memory_layer", {"dtype": FP, "tau": (8,), "d_out": (48,), "tokens": (16,), "grads": ("x+tables",),
-                              "bias": (False,)}),
+                              "bias": (False,)}, quick={"tokens": (5,)}),
 ]
 
 
-def points(grid: CaseGrid) -> Iterator[dict]:
-    """Every combination of ``grid.axes`` as ``{name: value}``."""
-    names = list(grid.axes)
-    for values in itertools.product(*grid.axes.values()):
-        point = {}
-        for name, value in zip(names, values):
+def points(grid: CaseGrid, quick: bool = False) -> Iterable[dict]:
+    """Every combination of ``grid.axes`` (with ``grid.quick`` in place when ``quick``) as ``{name: value}``."""
+    axes = {**grid.axes, **grid.quick} if quick else grid.axes
+    for values in itertools.product(*axes.values()):
+        point: dict = {}
+        for name, value in zip(axes, values):
             point.update(zip(name, value) if isinstance(name, tuple) else [(name, value)])
         yield point
 
@@ -90,20 +114,67 @@ def label(op: str, point: dict) -> str:
     return " ".join([op, *(f"{name}={value}" for name, value in point.items())])
 
 
-# ----------------------------------------------------------------------------------------------- runners
+def cases(quick: bool = False, grids: Iterable[CaseGrid] = CASES) -> list[Case]:
+    """Every case of the table, in table order."""
+    table = [(grid, point) for grid in grids for point in points(grid, quick)]
+    return [Case(label(grid.op, point), grid, point, index) for index, (grid, point) in enumerate(table)]
 
-TRITON = {"backend": "triton"}
+
+def case_tiles(case: Case, base: TilePolicy) -> TilePolicy:
+    """The tile policy a case runs under: ``base`` with 2 SMs assumed (small shapes then reach the large-device
+    branches on a GPU too, as they do on CPU tensors) and the row's changes."""
+    return dataclasses.replace(base, assumed_sms=2, **case.grid.tiles)
+
+
+def build(case: Case) -> Call:
+    """The case's op call on fresh CPU inputs, seeded by the case's position in the table."""
+    torch.manual_seed(case.index)
+    return BUILDERS[case.grid.op](**case.point)
+
+
+def evaluate(call: Call, fn: Callable[..., Any],
+             convert: Callable[[torch.Tensor], torch.Tensor]) -> tuple[list, Any, tuple]:
+    """Run ``fn(*args, **kwargs)`` on ``convert``-ed copies of the call's tensors and differentiate it.
+
+    Returns:
+        ``(args, result, grads)``: the converted args (an in-place op has updated them), the op's result and,
+        for ``call.grads``, the gradients of ``sum_i <w_i, output_i>`` over the outputs that require grad
+        (complex ones as their real view; ``w_i`` fixed random weights, the same for any ``convert``), one per
+        differentiated arg (None where it is unused).
+    """
+    args = [convert(a) if isinstance(a, torch.Tensor) else a for a in call.args]
+    kwargs = {k: convert(v) if isinstance(v, torch.Tensor) else v for k, v in call.kwargs.items()}
+    for i in call.grads:
+        args[i] = args[i].detach().requires_grad_()
+    with torch.set_grad_enabled(bool(call.grads)):
+        result = fn(*args, **kwargs)
+    if not call.grads:
+        return args, result, ()
+    gen = torch.Generator().manual_seed(1)
+    terms = []
+    for out in result if isinstance(result, tuple) else (result,):
+        if out.requires_grad:
+            real = torch.view_as_real(out) if out.is_complex() else out
+            wide = torch.float64 if real.dtype == torch.float64 else torch.float32
+            weight = torch.randn(real.shape, generator=gen, dtype=torch.float64).to(real.device, wide)
+            terms.append((real.to(wide) * weight).sum())
+    return args, result, torch.autograd.grad(sum(terms), [args[i] for i in call.grads], allow_unused=True)
+
+
+def triton_op(op: str) -> Callable[..., Any]:
+    """``et.<op>`` with ``backend="triton"``."""
+    return lambda *args, **kwargs: getattr(et, op)(*args, **kwargs, backend="triton")
 
 
 def _dtype(name: str) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "int32": torch.int32, "int64": torch.int64}[name]
 
 
-def _randc(*shape):
+def _randc(*shape: int) -> torch.Tensor:
     return torch.randn(*shape, dtype=torch.complex64)
 
 
-def _nodes(rows: int, modes: int, radius: float = 0.95):
+def _nodes(rows: int, modes: int, radius: float = 0.95) -> torch.Tensor:
     return (radius * torch.exp(2j * torch.pi * torch.rand(rows, modes))).to(torch.complex64)
 
 
@@ -111,111 +182,93 @@ def _gamma(gamma, rows: int):
     return torch.full((rows,), 0.98) if gamma == "tensor" else gamma
 
 
-def run_toeplitz_to_ssm(n: int, real: bool, compensate: bool, gamma, rows: int = 3) -> None:
-    et.toeplitz_to_ssm(torch.randn(rows, n), _gamma(gamma, rows), real=real, compensate=compensate, **TRITON)
+def toeplitz_to_ssm(n: int, real: bool, compensate: bool, gamma, rows: int = 3) -> Call:
+    return Call("toeplitz_to_ssm", [torch.randn(rows, n), _gamma(gamma, rows)], dict(real=real, compensate=compensate))
 
 
-def run_ssm_kernel(length: int, modes: int, rows: int, backward: bool = False) -> None:
-    lam, b = _nodes(rows, modes).requires_grad_(backward), _randc(rows, modes).requires_grad_(backward)
-    k = et.ssm_kernel(lam, b, length, **TRITON)
-    if backward:
-        k.sum().backward()
+def ssm_kernel(length: int, modes: int, rows: int) -> Call:
+    return Call("ssm_kernel", [_nodes(rows, modes), _randc(rows, modes), length], {}, (0, 1))
 
 
-def run_vandermonde_solve(size: int, complex_rhs: bool) -> None:
+def vandermonde_solve(size: int, complex_rhs: bool) -> Call:
     lam = torch.exp(-2j * torch.pi * torch.arange(1, size + 1) / (size + 1)).to(torch.complex64)
-    t = _randc(size) if complex_rhs else torch.randn(size)
-    et.vandermonde_solve(lam[None], t[None], **TRITON)
+    return Call("vandermonde_solve", [lam[None], _randc(1, size) if complex_rhs else torch.randn(1, size)], {})
 
 
-def run_ssm_scan(channels: int, modes: int, dtype: str, state: bool, tokens: int = 7, batch: int = 2,
-                 backward: bool = False) -> None:
-    x = torch.randn(batch, tokens, channels).to(_dtype(dtype)).requires_grad_(backward)
-    lam = _nodes(channels, modes).requires_grad_(backward)
-    h0 = _randc(batch, channels, modes).requires_grad_(backward) if state else None
-    y, final = et.ssm_scan(x, lam, _randc(channels, modes), h0, **TRITON)
-    if backward:
-        (y.float().sum() + final.abs().sum()).backward()
+def ssm_scan(channels: int, modes: int, dtype: str, state: bool, tokens: int = 7, batch: int = 2) -> Call:
+    x = torch.randn(batch, tokens, channels).to(_dtype(dtype))
+    h0 = _randc(batch, channels, modes) if state else None
+    return Call("ssm_scan", [x, _nodes(channels, modes), _randc(channels, modes), h0], {},
+                (0, 1, 2, 3) if state else (0, 1, 2))
 
 
-def run_ssm_step(channels: int, modes: int, dtype: str, indexed: bool) -> None:
-    x = torch.randn(2, channels).to(_dtype(dtype))
+def ssm_step(channels: int, modes: int, dtype: str, indexed: bool) -> Call:
     pool = _randc(3 if indexed else 2, channels, modes)
     indices = torch.tensor([2, -1], dtype=torch.int32) if indexed else None
-    et.ssm_step(x, _nodes(channels, modes), _randc(channels, modes), pool, state_indices=indices, **TRITON)
+    x = torch.randn(2, channels).to(_dtype(dtype))
+    return Call("ssm_step", [x, _nodes(channels, modes), _randc(channels, modes), pool], dict(state_indices=indices))
 
 
-def run_ssm_prefill_state(dtype: str, gamma, n: int = 31, channels: int = 64) -> None:
-    _, b = et.toeplitz_to_ssm(torch.randn(channels, n), backend="torch")
+def ssm_prefill_state(dtype: str, gamma, channels: int, n: int = 31) -> Call:
     prompt = torch.randn(2, 40, channels).to(_dtype(dtype))
-    et.ssm_prefill_state(prompt, b, n, _gamma(gamma, channels), **TRITON)
+    return Call("ssm_prefill_state", [prompt, _randc(channels, (n + 1) // 2), n, _gamma(gamma, channels)], {})
 
 
-def run_lsh_hash(tau: int, weighting: str, dtype: str) -> None:
-    z = torch.randn(2, 5, 3, tau).to(_dtype(dtype)).requires_grad_(True)
-    _, scores = et.lsh_hash(z, temperature=0.7, weighting=weighting, **TRITON)
-    scores.sum().backward()
+def lsh_hash(tau: int, weighting: str, dtype: str) -> Call:
+    z = torch.randn(2, 5, 3, tau).to(_dtype(dtype))
+    return Call("lsh_hash", [z], dict(temperature=0.7, weighting=weighting), (0,))
 
 
-def run_memory_gather(tokens: int, dtype: str, det: bool, codes: str, bias: bool, tables: int = 2, tau: int = 4,
-                      d_out: int = 256) -> None:
-    rows = 2 ** tau
+def memory_gather(tokens: int, dtype: str, det: bool, codes: str, bias: bool, d_out: int, tables: int = 2,
+                  tau: int = 4) -> Call:
+    rows = 2**tau
     code_values = torch.randint(0, rows, (tokens, tables), dtype=_dtype(codes))
-    scores = torch.rand(tokens, tables, requires_grad=True)
-    table_values = (0.1 * torch.randn(tables, rows, d_out)).to(_dtype(dtype)).requires_grad_(True)
-    bias_values = torch.randn(d_out).to(_dtype(dtype)).requires_grad_(True) if bias else None
-    y = et.memory_gather(code_values, scores, table_values, bias_values, deterministic=det, **TRITON)
-    y.float().sum().backward()
-
-
-def run_memory_layer(tokens: int, dtype: str, grads: str, weighting: str = "paper", det: bool = False,
-                     bias: bool = True, tables: int = 2, tau: int = 4, d_out: int = 256) -> None:
-    x = torch.randn(tokens, tables * tau).to(_dtype(dtype)).requires_grad_("x" in grads)
-    table_values = (0.1 * torch.randn(tables, 2 ** tau, d_out)).to(_dtype(dtype)).requires_grad_("tables" in grads)
+    table_values = (0.1 * torch.randn(tables, rows, d_out)).to(_dtype(dtype))
     bias_values = torch.randn(d_out).to(_dtype(dtype)) if bias else None
-    y = et.memory_layer(x, table_values, bias_values, temperature=0.8, weighting=weighting, deterministic=det, **TRITON)
-    if grads != "none":
-        y.float().sum().backward()
+    return Call("memory_gather", [code_values, torch.rand(tokens, tables), table_values, bias_values],
+                dict(deterministic=det), (1, 2, 3) if bias else (1, 2))
 
 
-RUNNERS: dict[str, Callable[..., None]] = {
-    "toeplitz_to_ssm": run_toeplitz_to_ssm,
-    "ssm_kernel": run_ssm_kernel,
-    "vandermonde_solve": run_vandermonde_solve,
-    "ssm_scan": run_ssm_scan,
-    "ssm_step": run_ssm_step,
-    "ssm_prefill_state": run_ssm_prefill_state,
-    "lsh_hash": run_lsh_hash,
-    "memory_gather": run_memory_gather,
-    "memory_layer": run_memory_layer,
+def memory_layer(tokens: int, dtype: str, grads: str, d_out: int, weighting: str = "paper", det: bool = False,
+                 bias: bool = True, tables: int = 2, tau: int = 4) -> Call:
+    x = torch.randn(tokens, tables * tau).to(_dtype(dtype))
+    table_values = (0.1 * torch.randn(tables, 2**tau, d_out)).to(_dtype(dtype))
+    bias_values = torch.randn(d_out).to(_dtype(dtype)) if bias else None
+    differentiated = tuple(i for i, name in enumerate(("x", "tables", "bias")) if name in grads.split("+"))
+    return Call("memory_layer", [x, table_values, bias_values],
+                dict(temperature=0.8, weighting=weighting, deterministic=det), differentiated)
+
+
+BUILDERS: dict[str, Callable[..., Call]] = {
+    "toeplitz_to_ssm": toeplitz_to_ssm,
+    "ssm_kernel": ssm_kernel,
+    "vandermonde_solve": vandermonde_solve,
+    "ssm_scan": ssm_scan,
+    "ssm_step": ssm_step,
+    "ssm_prefill_state": ssm_prefill_state,
+    "lsh_hash": lsh_hash,
+    "memory_gather": memory_gather,
+    "memory_layer": memory_layer,
 }
 
 
-# ----------------------------------------------------------------------------------------------- capture
-
-
-def capture(grids: Iterable[CaseGrid] = CASES, only: Iterable[str] = ()) -> dict:
+def capture(only: Iterable[str] = ()) -> dict:
     """Run every case (or those whose label contains one of ``only``) at GPU tiles in the interpreter.
 
     Returns:
         ``{"launches": [...], "capture_failures": [...], "cases": n}``: the unique recorded launches (see
         :mod:`tools.sm90`) and the cases that raised (one failing case does not hide the others).
     """
-    torch.manual_seed(0)
     only = list(only)
-    failures, count = [], 0
+    selected = [case for case in cases() if not only or any(part in case.label for part in only)]
+    failures = []
     with record_launches() as recorder:
-        for grid in grids:
-            policy = dataclasses.replace(GPU_TILES, **grid.tiles)
-            for point in points(grid):
-                recorder.case = label(grid.op, point)
-                if only and not any(part in recorder.case for part in only):
-                    continue
-                count += 1
-                try:
-                    with use_tiles(policy):
-                        RUNNERS[grid.op](**point)
-                except Exception as exc:
-                    failures.append({"case": recorder.case, "traceback": traceback.format_exc(),
-                                     "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]})
-    return {"launches": recorder.launches, "capture_failures": failures, "cases": count}
+        for case in selected:
+            recorder.case = case.label
+            try:
+                with use_tiles(case_tiles(case, GPU_TILES)):
+                    evaluate(build(case), triton_op(case.grid.op), torch.clone)
+            except Exception as exc:
+                failures.append({"case": case.label, "traceback": traceback.format_exc(),
+                                 "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]})
+    return {"launches": recorder.launches, "capture_failures": failures, "cases": len(selected)}

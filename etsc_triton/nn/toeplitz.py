@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..ops import realised_kernel64, ssm_kernel, ssm_prefill_state, ssm_scan, ssm_step, toeplitz_to_ssm
+from ..ops.reduce import reduce_toeplitz
 
 TAILS = ("ssm", "zero")
 CONVERSIONS = ("truncate", "reduce")
@@ -197,7 +198,8 @@ class ToeplitzSSM(nn.Module):
             rank: ``method="truncate"``: keep, per channel, the ``rank`` DFT modes with the largest ``|b|``
                 (``None``: keep all). ``method="reduce"``: the folded modes of the reduced system.
             method: ``"truncate"`` (the ETSC modes, optionally truncated) or ``"reduce"`` (order reduction of
-                the taps with a certified error, :func:`etsc_triton.reduce_ssm`; give ``rank`` or ``tol``).
+                the taps with a certified error, :func:`etsc_triton.ops.reduce.reduce_toeplitz`; give ``rank`` or
+                ``tol``).
             tol: ``method="reduce"`` only: the smallest rank whose certified bound is ``<= tol * max|K|`` in every
                 channel.
             length: ``method="reduce"`` only: the horizon the reduced kernel is fitted and certified over
@@ -243,9 +245,7 @@ class ToeplitzSSM(nn.Module):
         """``convert(method="reduce")``: the reduced modes become ``lam``, ``b``; ``modes`` is None."""
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
             raise ValueError(f"ToeplitzSSM.convert: rank must be a positive int or None, got {rank!r}")
-        lam, b, bound = toeplitz_to_ssm(
-            self.t, self.gamma, rank=rank, tol=tol, length=length, backend=self.backend
-        )
+        lam, b, bound = reduce_toeplitz(self.t, self.gamma, rank, tol=tol, length=length, backend=self.backend)
         horizon = self.n if length is None else length
         realised = ssm_kernel(lam, b, horizon, backend=self.backend)
         exact = self.kernel(horizon, tail="ssm", dtype=torch.float64)

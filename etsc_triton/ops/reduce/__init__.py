@@ -1,5 +1,6 @@
-"""Order reduction of diagonal SSMs with a certified kernel error."""
+"""Order reduction of diagonal SSMs and Toeplitz taps with a certified kernel error."""
 
-from .reduce import reduce_ssm
+from .contract import Reduction
+from .reduce import reduce_ssm, reduce_toeplitz
 
-__all__ = ["reduce_ssm"]
+__all__ = ["reduce_ssm", "reduce_toeplitz", "Reduction"]

@@ -1,18 +1,38 @@
-"""The contract of ``reduce_ssm`` and of ``toeplitz_to_ssm(..., rank=|tol=, length=)``: accepted inputs and
-the checks both paths run (the fast path and the reference refuse bad input with the same message)."""
+"""The contract of ``reduce_ssm`` and ``reduce_toeplitz``: the result record, the accepted inputs and the checks
+both paths run (the fast path and the reference refuse bad input with the same message)."""
 
 from __future__ import annotations
 
 import math
+import warnings
+from typing import NamedTuple
+
+import torch
 
 from ..checks import check_int, check_same_device, check_shape, check_tensor
+from ..dispatch import BACKENDS
 
 FN_NAME = "reduce_ssm"
-
+TAPS_FN_NAME = "reduce_toeplitz"
 
 # The most folded modes a reduction returns: the fit costs O(length * rank^2) per channel and beyond a few
 # dozen modes the exact ETSC conversion (or the input itself) is the better system.
 MAX_RANK = 64
+
+
+class Reduction(NamedTuple):
+    """A reduced system and its certificate.
+
+    Attributes:
+        lam: complex64 `[..., rank]` poles, ``|lam| <= 1``; a complex mode stands for a conjugate pair, a real
+            pole has ``Im lam = Im b = 0``, an unused slot ``lam = b = 0``.
+        b: complex64 `[..., rank]` residues.
+        bound: float32 `[...]`, ``bound >= max_(j < length) |K_j - K^r_j|``.
+    """
+
+    lam: torch.Tensor
+    b: torch.Tensor
+    bound: torch.Tensor
 
 
 def check_rank_tol(fn_name: str, rank: object, tol: object) -> tuple[int | None, float | None]:
@@ -35,12 +55,65 @@ def check_rank_tol(fn_name: str, rank: object, tol: object) -> tuple[int | None,
     return None, tol
 
 
-def check_reduce_args(lam: object, b: object, rank: object, length: object, tol: object):
+def check_backend(fn_name: str, backend: object) -> None:
+    """The backend name is validated like every op's; all backends run the same torch pipeline (no Triton
+    kernel to choose), so nothing else about it is checked."""
+    if backend not in BACKENDS:
+        raise ValueError(f"{fn_name}: backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def check_reduce_args(lam: object, b: object, rank: object, length: object,
+                      tol: object) -> tuple[int | None, int, float | None]:
     """Validate ``reduce_ssm`` arguments; return ``(rank, length, tol)``."""
-    check_tensor(FN_NAME, "lam", lam, kind="complex", min_ndim=1)
-    check_tensor(FN_NAME, "b", b, kind="complex", min_ndim=1)
+    lam = check_tensor(FN_NAME, "lam", lam, kind="complex", min_ndim=1)
+    b = check_tensor(FN_NAME, "b", b, kind="complex", min_ndim=1)
     check_shape(FN_NAME, "b", b, lam.shape)
     check_same_device(FN_NAME, lam=lam, b=b)
     length = check_int(FN_NAME, "length", length, minimum=1)
     rank, tol = check_rank_tol(FN_NAME, rank, tol)
     return rank, length, tol
+
+
+def check_taps_args(fn_name: str, t: object, gamma: object, rank: object, tol: object,
+                    length: object) -> tuple[torch.Tensor, int | None, int, float | None]:
+    """Validate ``reduce_toeplitz`` arguments; return ``(gamma, rank, length, tol)`` with gamma a float64 tensor of
+    ``t.shape[:-1]`` and length defaulting to n."""
+    t = check_tensor(fn_name, "t", t, kind="real", min_ndim=1, nonempty={-1: "lag"})
+    batch = tuple(t.shape[:-1])
+    if isinstance(gamma, torch.Tensor):
+        check_tensor(fn_name, "gamma", gamma, kind="real", allow_empty=True)
+        check_same_device(fn_name, t=t, gamma=gamma)
+    elif gamma is not None and (isinstance(gamma, bool) or not isinstance(gamma, (int, float))):
+        raise TypeError(f"{fn_name}: gamma must be None, a float or a tensor, got {type(gamma).__name__}")
+    gamma64 = torch.as_tensor(1.0 if gamma is None else gamma, dtype=torch.float64, device=t.device)
+    try:
+        gamma64 = gamma64.expand(batch)
+    except RuntimeError:
+        raise ValueError(f"{fn_name}: gamma must be broadcastable to t.shape[:-1] = {batch}, "
+                         f"got shape {tuple(gamma64.shape)}") from None
+    outside = ~((gamma64 > 0) & (gamma64 <= 1))
+    if bool(outside.any()):
+        raise ValueError(f"{fn_name}: gamma must lie in (0, 1], got {gamma64[outside].flatten()[0].item()}")
+    rank, tol = check_rank_tol(fn_name, rank, tol)
+    n = t.shape[-1]
+    if length is None:
+        length = n
+    if isinstance(length, bool) or not isinstance(length, int):
+        raise TypeError(f"{fn_name}: length must be an int, got {type(length).__name__}")
+    if not 1 <= length <= n:
+        raise ValueError(
+            f"{fn_name}: length must lie in [1, n] = [1, {n}] (the taps define lags < n), got {length}"
+        )
+    return gamma64, rank, length, tol
+
+
+def check_deprecated_taps_args(fn_name: str, real: object, rank: object, tol: object) -> None:
+    """``toeplitz_to_ssm(t, gamma, rank=|tol=, length=)``, the reduction's former entry point: it returns three
+    tensors where the conversion returns two, so it is deprecated for :func:`reduce_toeplitz` (one result form
+    per function). Refuses what only that path can get wrong, then warns."""
+    if not real:
+        raise ValueError(f"{fn_name}: rank / tol / length need real=True (the reduction returns folded modes)")
+    if rank is None and tol is None:
+        raise ValueError(f"{fn_name}: length is the horizon of a reduction: give rank or tol with it")
+    warnings.warn(f"{fn_name}(..., rank=|tol=, length=) is deprecated: use etsc_triton.ops.reduce.reduce_toeplitz "
+                  "(same arguments and result)", DeprecationWarning, stacklevel=3)

@@ -1,4 +1,4 @@
-"""The reduction driver: ranks (given, or walked upwards under a tolerance), channel chunks, the fit of each rank
+"""The reduction driver: ranks (given, or walked upwards under a tolerance), channel chunks, and per rank the fit
 (``fit.py``), its rounding (``rounding.py``) and the certified bound (``certificate.py``)."""
 
 from __future__ import annotations
@@ -7,23 +7,23 @@ import math
 
 import torch
 
-from .certificate import certify, evaluation_margin, hankel_size
-from .contract import MAX_RANK
-from .fit import (
-    PRUNE_EXTRA,
-    RESOLUTION,
-    _ls_error,
-    _refine_best,
-    _stabilise,
-    fit_residues,
-    leading_subspace,
-    max_error,
-    select_poles,
-)
+from .certificate import certified_bound, evaluation_margin
+from .contract import MAX_RANK, Reduction
+from .fit import PRUNE_EXTRA, fit_poles, leading_subspace
+from .modal import hankel_size
 from .rounding import round_modes, round_poles, search_rounding
 
 CHUNK_BYTES = 1 << 28  # working set per channel chunk (complex128 powers and the Jacobian)
 REFINE_REACH = 100.0  # under tol, the later passes run at a rank only if every system is within this factor
+
+# Under a tolerance, the passes a system goes through until it meets it: the plain ERA + least-squares fit, the
+# same rounded by the lattice search, then the fit refined towards the max error (the certified quantity), rounded
+# by the search where the rounding dominates.
+TOL_PASSES: tuple[dict, ...] = (
+    {"refine_target": None},
+    {"refine_target": None, "rounding": "search"},
+    {"refine_target": "max", "rounding": "search"},
+)
 
 
 def _chunks(channels: int, length: int, rank: int):
@@ -33,68 +33,29 @@ def _chunks(channels: int, length: int, rank: int):
         yield slice(start, min(channels, start + size))
 
 
-def fit_rank(kernel, subspace, rank, *, refine_target, rounding: str = "nearest", threshold=None):
-    """Fit ``rank`` folded modes to every kernel: complex64 ``(lam, b)`` `[C, rank]`. ``rounding="search"``
-    rounds by :func:`search_rounding` (for the few systems a tolerance ``threshold [C]`` is still missing)."""
-    (lam, is_real, used), (alt_lam, alt_real, alt_used, has_alt) = select_poles(subspace, rank)
-    if bool(has_alt.any()):  # keep, per system, the candidate with the smaller least-squares error
-        rows = has_alt.nonzero()[:, 0]
-        err = _ls_error(kernel[rows], lam[rows], is_real[rows], used[rows])
-        err_alt = _ls_error(kernel[rows], alt_lam[rows], alt_real[rows], alt_used[rows])
-        pick = (err_alt < err)[:, None]
-        lam[rows] = torch.where(pick, alt_lam[rows], lam[rows])
-        is_real[rows] = torch.where(pick, alt_real[rows], is_real[rows])
-        used[rows] = torch.where(pick, alt_used[rows], used[rows])
-    refined = None
-    if refine_target is not None:
-        # a fit already below the complex64 resolution of the kernel gains nothing from moving the poles
-        b = fit_residues(kernel, lam, is_real, used)
-        rows = (max_error(kernel, lam, b) > RESOLUTION * kernel.abs().amax(-1)).nonzero()[:, 0]
-        if rows.numel() > 0:
-            lam[rows], b[rows], is_real[rows], used[rows] = _refine_best(
-                kernel[rows], subspace[rows], rank, (lam[rows], is_real[rows], used[rows]), b[rows], refine_target
-            )
-        refined = (b, refine_target)
-    if rounding == "search":
-        return search_rounding(kernel, lam, is_real, used, threshold, refined=refined)
-    return round_modes(kernel, lam, is_real, used, refined=refined)
-
-
-def certified_bound(kernel, kernel_margin, lam32, b32) -> tuple[torch.Tensor, torch.Tensor]:
-    """float64 ``max_j |K_j - K^r_j|`` of the returned complex64 modes and its float32 certified bound."""
-    error = max_error(kernel, lam32, b32)
-    margin = kernel_margin + evaluation_margin(b32.to(torch.complex128).abs().sum(-1), kernel.shape[-1])
-    return error, certify(error, margin)
-
-
-# ----------------------------------------------------------------------------------------------- driver
-
-
-def reduce_kernel(
-    kernel, rank, tol, *, b_total, exact=None, subspace="columns", refine=True, target="l1", fn_name="reduce_ssm"
-):
-    """Reduce float64 kernels ``[..., L]`` to ``rank`` folded modes (or the smallest rank meeting ``tol``).
+def reduce_kernel(kernel: torch.Tensor, rank: int | None, tol: float | None, *, scale_terms: torch.Tensor,
+                  terms: int, exact: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  fn_name: str = "reduce_ssm") -> Reduction:
+    """Reduce float64 kernels `[..., L]` to ``rank`` folded modes (or the smallest rank meeting ``tol``).
 
     Args:
         kernel: `[..., L]` float64, the kernel to approximate over lags ``0 .. L-1``.
         rank: folded modes, or None with ``tol``.
         tol: relative tolerance ``bound <= tol * max_j |K_j|`` in every system, or None.
-        b_total: `[...]` float64 scale of the kernel's own float64 evaluation error (``sum |b|`` of the original
-            modes, or ``max |K|`` for taps), for the certificate's margin.
+        scale_terms: `[...]` float64 sum of the magnitudes of the terms the kernel's own float64 evaluation added
+            (``sum |b|`` of the original modes, ``max |t|`` for taps), and ``terms`` their number: the
+            certificate's margin for the kernel.
         exact: ``(lam, b)`` complex128 `[..., N]` of the original system (used as is when ``rank >= N``).
-        subspace: ``"random"`` (range finder, FFT products) or ``"dense"`` (reference).
-        refine: run the Levenberg-Marquardt refinement.
-        target: the norm the reweighted refinement aims at, ``"l1"`` or ``"max"``.
         fn_name: the public function named in errors.
 
     Returns:
-        ``(lam_r, b_r, bound)``: complex64 `[..., rank]` (twice), float32 `[...]`.
+        :class:`Reduction`: complex64 `[..., rank]` (twice), float32 `[...]`.
     """
     batch = kernel.shape[:-1]
     length = kernel.shape[-1]
     flat = kernel.reshape(-1, length)
     channels = flat.shape[0]
-    margin = evaluation_margin(b_total.reshape(-1).to(torch.float64), length)
+    margin = evaluation_margin(scale_terms.reshape(-1).to(torch.float64), length, terms)
     n_exact = exact[0].shape[-1] if exact is not None else None
     exact_flat = None if exact is None else (exact[0].reshape(channels, -1), exact[1].reshape(channels, -1))
     if rank is not None:
@@ -108,10 +69,8 @@ def reduce_kernel(
     rank_out = torch.zeros(channels, dtype=torch.int64, device=flat.device)
     for part in _chunks(channels, length, ranks[-1] if rank is not None else 8):
         kernel_part = flat[part]
-        scale = kernel_part.abs().amax(-1)
         exact_part = None if exact_flat is None else (exact_flat[0][part], exact_flat[1][part])
-        best = _reduce_chunk(kernel_part, margin[part], exact_part, ranks, cap, tol, scale, subspace,
-                             target if refine else None)
+        best = _reduce_chunk(kernel_part, margin[part], exact_part, ranks, cap, tol)
         lam_out[part], b_out[part], bound_out[part], rank_out[part] = best
     if tol is not None:
         scale = flat.abs().amax(-1)
@@ -122,47 +81,41 @@ def reduce_kernel(
                 f"{fn_name}: tol = {tol:g} is not met by any rank up to {cap} in every system "
                 f"(best relative bound {worst:.3g}); raise tol or use the exact conversion"
             )
-    final = rank if tol is None else int(rank_out.max())
-    lam_r = lam_out[:, :final].reshape(*batch, final)
-    b_r = b_out[:, :final].reshape(*batch, final)
-    return lam_r, b_r, bound_out.reshape(batch)
+    final = cap if tol is None else int(rank_out.max())
+    return Reduction(lam_out[:, :final].reshape(*batch, final), b_out[:, :final].reshape(*batch, final),
+                     bound_out.reshape(batch))
 
 
-def _exact_modes(lam64, b64):
-    """The original modes in complex64, poles kept inside the unit disc."""
-    return round_poles(_stabilise(lam64)), b64.to(torch.complex64)
+def _fit_rank(kernel, subspace, rank, *, refine_target, rounding: str = "nearest", threshold=None):
+    """Fit ``rank`` folded modes to every kernel and round them: complex64 ``(lam, b)`` `[C, rank]`.
+    ``rounding="search"`` rounds by :func:`search_rounding` (for the few systems a tolerance ``threshold [C]`` is
+    still missing)."""
+    poles, b = fit_poles(kernel, subspace, rank, refine_target)
+    refined = None if refine_target is None else (b, refine_target)
+    if rounding == "search":
+        return search_rounding(kernel, poles, threshold, refined=refined)
+    return round_modes(kernel, poles, refined=refined)
 
 
-# Under a tolerance, the passes a system goes through until it meets it: the plain ERA + least-squares fit, the
-# same rounded by the lattice search, then the fit refined towards the max error (the certified quantity), rounded
-# by the search where the rounding dominates.
-TOL_PASSES = (
-    {"refine_target": None},
-    {"refine_target": None, "rounding": "search"},
-    {"refine_target": "max", "rounding": "search"},
-)
-
-
-def _fit_and_certify(kernel, margin, subspace, rank, refine_target, threshold):
+def _fit_and_certify(kernel, margin, subspace, rank, threshold):
     """Fit and certify ``rank`` modes. Under a tolerance (``threshold [C]``) the systems go through
     ``TOL_PASSES``, each pass fitting only those still above the threshold and keeping its fit where it lowers
     the bound, while every system is within ``REFINE_REACH`` of it; otherwise every system is refined towards
-    ``refine_target``."""
+    the l1 error."""
     if threshold is None:
-        lam32, b32 = fit_rank(kernel, subspace, rank, refine_target=refine_target)
-        return lam32, b32, certified_bound(kernel, margin, lam32, b32)[1]
-    passes = TOL_PASSES if refine_target is not None else TOL_PASSES[:1]
-    lam32, b32 = fit_rank(kernel, subspace, rank, **passes[0])
-    bound = certified_bound(kernel, margin, lam32, b32)[1]
-    for options in passes[1:]:
+        lam32, b32 = _fit_rank(kernel, subspace, rank, refine_target="l1")
+        return lam32, b32, certified_bound(kernel, margin, lam32, b32)
+    lam32, b32 = _fit_rank(kernel, subspace, rank, **TOL_PASSES[0])
+    bound = certified_bound(kernel, margin, lam32, b32)
+    for options in TOL_PASSES[1:]:
         # the result's rank is the largest any system needs, and a refinement or a rounding search gains a small
         # factor: with a system far above the threshold this rank is lost, and every missed system moves on
         over = bound.to(torch.float64) / threshold
         missed = (over > 1).nonzero()[:, 0]
         if missed.numel() == 0 or bool((over > REFINE_REACH).any()):
             break
-        lam_new, b_new = fit_rank(kernel[missed], subspace[missed], rank, threshold=threshold[missed], **options)
-        bound_new = certified_bound(kernel[missed], margin[missed], lam_new, b_new)[1]
+        lam_new, b_new = _fit_rank(kernel[missed], subspace[missed], rank, threshold=threshold[missed], **options)
+        bound_new = certified_bound(kernel[missed], margin[missed], lam_new, b_new)
         better = bound_new < bound[missed]
         lam32[missed] = torch.where(better[:, None], lam_new, lam32[missed])
         b32[missed] = torch.where(better[:, None], b_new, b32[missed])
@@ -170,11 +123,12 @@ def _fit_and_certify(kernel, margin, subspace, rank, refine_target, threshold):
     return lam32, b32, bound
 
 
-def _reduce_chunk(kernel, margin, exact, ranks, cap, tol, scale, subspace_kind, refine_target):
+def _reduce_chunk(kernel, margin, exact, ranks, cap, tol):
     """One chunk of systems: for ``tol``, ranks ascend and only the systems that missed it are refitted; a system
     keeps the first fit that meets it (its unused slots stay zero: lam = b = 0)."""
     channels = kernel.shape[0]
     device = kernel.device
+    scale = kernel.abs().amax(-1)
     lam_best = torch.zeros(channels, cap, dtype=torch.complex64, device=device)
     b_best = torch.zeros_like(lam_best)
     bound_best = torch.full((channels,), math.inf, dtype=torch.float32, device=device)
@@ -186,14 +140,14 @@ def _reduce_chunk(kernel, margin, exact, ranks, cap, tol, scale, subspace_kind, 
         if rows.numel() == 0:
             break
         if exact is not None and r >= exact[0].shape[-1]:
-            lam32, b32 = _exact_modes(exact[0][rows], exact[1][rows])
-            bound = certified_bound(kernel[rows], margin[rows], lam32, b32)[1]
+            lam32, b32 = round_poles(exact[0][rows]), exact[1][rows].to(torch.complex64)
+            bound = certified_bound(kernel[rows], margin[rows], lam32, b32)
         else:
             if 2 * r > width:  # under tol the sketch widens in powers of two, so ascending ranks share it
                 width = 2 * (r + PRUNE_EXTRA)
                 width = width if tol is None else 1 << (width - 1).bit_length()
-                subspace = leading_subspace(kernel, width, method=subspace_kind)
-            lam32, b32, bound = _fit_and_certify(kernel[rows], margin[rows], subspace[rows], r, refine_target,
+                subspace = leading_subspace(kernel, width)
+            lam32, b32, bound = _fit_and_certify(kernel[rows], margin[rows], subspace[rows], r,
                                                  None if tol is None else tol * scale[rows])
         better = bound < bound_best[rows] if tol is not None else torch.ones_like(bound, dtype=torch.bool)
         fitted = lam32.shape[1]

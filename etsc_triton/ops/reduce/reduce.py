@@ -1,6 +1,6 @@
-"""Order reduction of diagonal SSMs with a certified kernel error (public entry points).
+"""Order reduction of diagonal SSMs and of Toeplitz taps with a certified kernel error (public entry points).
 
-The pipeline (``fit.py``) is torch on float64, batched over systems: it runs on the device of its inputs
+The pipeline (``pipeline.py``) is torch on float64, batched over systems: it runs on the device of its inputs
 (a GPU when they live on one). No Triton kernel: its heavy parts are batched FFTs, QR factorisations and small
 eigenproblems that cuFFT / cuSOLVER already do well (README).
 """
@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ..dispatch import resolve_backend
-from .certificate import modal_kernel
-from .contract import FN_NAME, check_rank_tol, check_reduce_args
+from ..complex import polar_kernel64
+from .contract import FN_NAME, TAPS_FN_NAME, Reduction, check_backend, check_reduce_args, check_taps_args
 from .pipeline import reduce_kernel
 
 
@@ -23,7 +22,7 @@ def reduce_ssm(
     length: int,
     tol: float | None = None,
     backend: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> Reduction:
     """Reduce diagonal SSMs to ``rank`` folded modes, with a certified bound on the kernel error.
 
     The input realises ``K_j = Re sum_s b_s lam_s^j`` (conjugate-folded convention: the output of
@@ -39,13 +38,13 @@ def reduce_ssm(
         tol: instead of ``rank``: the smallest rank whose bound is ``<= tol * max_j |K_j|`` in every system
             (systems that meet it at a lower rank keep that fit, padded with unused modes). Raises
             ``ValueError`` when no rank up to 64 (or N) meets it.
-        backend: ``"auto"``, ``"triton"`` or ``"torch"``: validated like every op; all run the same torch
-            pipeline on the inputs' device.
+        backend: ``"auto"``, ``"triton"`` or ``"torch"``: validated like every op's; all three run the same
+            torch pipeline on the inputs' device (there is no Triton kernel to pick).
 
     Returns:
-        ``(lam_r, b_r, bound)``: complex64 `[..., rank]` with ``|lam_r| <= 1``, and float32 `[...]`
-        ``bound >= max_(j < length) |K_j - K^r_j|``, the error of the returned complex64 modes evaluated in
-        float64 and rounded up by a margin covering that evaluation's own rounding.
+        :class:`~etsc_triton.ops.reduce.contract.Reduction` ``(lam, b, bound)``: complex64 `[..., rank]` with
+        ``|lam| <= 1``, and float32 `[...]` ``bound >= max_(j < length) |K_j - K^r_j|``, the error of the returned
+        complex64 modes evaluated in float64 and rounded up by a margin covering that evaluation's own rounding.
 
     Example:
         >>> import torch, etsc_triton as et
@@ -56,39 +55,54 @@ def reduce_ssm(
         (torch.Size([1, 2]), True)
     """
     rank, length, tol = check_reduce_args(lam, b, rank, length, tol)
-    resolve_backend(FN_NAME, backend, lam, b)
+    check_backend(FN_NAME, backend)
     lam64, b64 = lam.detach().to(torch.complex128), b.detach().to(torch.complex128)
-    kernel = modal_kernel(lam64, b64, length)
-    return reduce_kernel(kernel, rank, tol, b_total=b64.abs().sum(-1), exact=(lam64, b64))
+    kernel = polar_kernel64(lam64, b64, length)
+    return reduce_kernel(kernel, rank, tol, scale_terms=b64.abs().sum(-1), terms=lam.shape[-1], exact=(lam64, b64))
 
 
-def taps_kernel(t: torch.Tensor, gamma, length: int) -> torch.Tensor:
-    """``gamma^j t_j`` for ``j < length`` in float64 `[..., length]` (gamma a float or a tensor of
-    ``t.shape[:-1]``)."""
-    t64 = t.detach().to(torch.float64)[..., :length]
+def reduce_toeplitz(
+    t: torch.Tensor,
+    gamma: float | torch.Tensor | None = None,
+    rank: int | None = None,
+    *,
+    length: int | None = None,
+    tol: float | None = None,
+    backend: str = "auto",
+) -> Reduction:
+    """Reduce causal Toeplitz kernels ``K_j = gamma^j t_j`` to ``rank`` folded modes with a certified error: the
+    order reduction of :func:`reduce_ssm` fitted straight to the taps (no ETSC modes are formed).
+
+    Args:
+        t: `[..., n]` real floating taps, lag last.
+        gamma: decay in (0, 1]: None (1), a float, or a real tensor broadcastable to `t.shape[:-1]`.
+        rank: folded modes to keep (1 .. 64), or None with ``tol``.
+        length: the horizon, lags ``0 .. length-1`` (default and at most n).
+        tol: instead of ``rank``: the smallest rank with ``bound <= tol * max_j |gamma^j t_j|`` in every row.
+        backend: as in :func:`reduce_ssm`.
+
+    Returns:
+        :class:`~etsc_triton.ops.reduce.contract.Reduction` ``(lam, b, bound)`` as in :func:`reduce_ssm`, the bound
+        on ``max_(j < length) |K^r_j - gamma^j t_j|`` (not differentiable).
+
+    Example:
+        >>> import torch
+        >>> from etsc_triton.ops.reduce import reduce_toeplitz
+        >>> lags = torch.arange(200.0)
+        >>> t = torch.exp(-((lags - 30.0) / 40.0) ** 2)[None]
+        >>> lam, b, bound = reduce_toeplitz(t, 0.98, 3)
+        >>> lam.shape, bool(bound < 1e-3)
+        (torch.Size([1, 3]), True)
+    """
+    return reduce_taps(TAPS_FN_NAME, t, gamma, rank, tol, length, backend)
+
+
+def reduce_taps(fn_name: str, t: torch.Tensor, gamma: object, rank: object, tol: object, length: object,
+                backend: str) -> Reduction:
+    """:func:`reduce_toeplitz` with its errors naming ``fn_name``."""
+    gamma64, rank, length, tol = check_taps_args(fn_name, t, gamma, rank, tol, length)
+    check_backend(fn_name, backend)
+    taps = t.detach().to(torch.float64)[..., :length]
     lags = torch.arange(length, dtype=torch.float64, device=t.device)
-    gamma64 = torch.as_tensor(gamma, dtype=torch.float64, device=t.device)
-    return t64 * gamma64[..., None] ** lags
-
-
-def reduce_taps(fn_name, t, gamma, real, rank, tol, length, *, subspace="columns", refine=True):
-    """The reduction of ``toeplitz_to_ssm(t, gamma, rank=|tol=, length=)``: fitted straight to the taps'
-    kernel ``gamma^j t_j``, no ETSC modes formed. ``t`` and ``gamma`` already checked (gamma a float or a tensor
-    of ``t.shape[:-1]``)."""
-    if not real:
-        raise ValueError(f"{fn_name}: rank / tol / length need real=True (the reduction returns folded modes)")
-    if rank is None and tol is None:
-        raise ValueError(f"{fn_name}: length is the horizon of a reduction: give rank or tol with it")
-    rank, tol = check_rank_tol(fn_name, rank, tol)
-    n = t.shape[-1]
-    if length is None:
-        length = n
-    if isinstance(length, bool) or not isinstance(length, int):
-        raise TypeError(f"{fn_name}: length must be an int, got {type(length).__name__}")
-    if not 1 <= length <= n:
-        raise ValueError(
-            f"{fn_name}: length must lie in [1, n] = [1, {n}] (the taps define lags < n), got {length}"
-        )
-    kernel = taps_kernel(t, gamma, length)
-    scale = t.detach().to(torch.float64)[..., :length].abs().amax(-1)
-    return reduce_kernel(kernel, rank, tol, b_total=scale, subspace=subspace, refine=refine, fn_name=fn_name)
+    kernel = taps * gamma64[..., None] ** lags
+    return reduce_kernel(kernel, rank, tol, scale_terms=taps.abs().amax(-1), terms=1, fn_name=fn_name)

@@ -30,6 +30,7 @@ from torch.library import wrap_triton
 
 from ..complex import load_complex, store_complex
 from ..dispatch import registered_launcher, resolve_backend, with_reference_gradient
+from ..reduce.contract import check_deprecated_taps_args
 from ..reduce.reduce import reduce_taps
 from ..tiles import cdiv, next_power_of_2
 from . import naive
@@ -260,17 +261,14 @@ def toeplitz_to_ssm(
         compensate: correct b, to first order, for the complex64 rounding of lam (default). Without it the
             realised kernel's relative error grows like ~1.7e-8 n (2.9e-4 at n = 16384); with it it stays
             below ~1e-6 up to n = 65536, for about three times the memory traffic (see the op README).
-        rank: instead of the exact conversion, the order reduction of the taps to ``rank`` folded modes
-            (:func:`etsc_triton.reduce_ssm`, fitted straight to ``gamma^j t_j``: no ETSC modes are formed).
-        tol: instead of ``rank``: the smallest rank with ``bound <= tol * max_j |gamma^j t_j|`` in every row.
-        length: the reduction's horizon, lags ``0 .. length-1`` (default and at most n).
+        rank, tol, length: deprecated (a ``DeprecationWarning``): the order reduction of the taps, now
+            :func:`etsc_triton.ops.reduce.reduce_toeplitz` with the same arguments and result.
         backend: ``"auto"`` (Triton on CUDA, else Torch), ``"triton"`` or ``"torch"``.
 
     Returns:
         ``(lam, b)``: complex64 `[..., N]` nodes and weights, modes ordered k = 1, 2, ...; differentiable in t and
-        a tensor gamma (the backward differentiates the Torch reference of the same conversion). With ``rank``
-        or ``tol``: ``(lam, b, bound)``, complex64 `[..., rank]` and the float32 `[...]` certified bound on
-        ``max_(j < length) |K_j - gamma^j t_j|`` (not differentiable; ``real`` must be True).
+        a tensor gamma (the backward differentiates the Torch reference of the same conversion). With the
+        deprecated ``rank`` / ``tol`` / ``length``: the ``(lam, b, bound)`` of ``reduce_toeplitz``.
 
     Example:
         >>> import torch, etsc_triton as et
@@ -281,7 +279,8 @@ def toeplitz_to_ssm(
     """
     gamma_checked = check_toeplitz_args(t, gamma, real, compensate)
     if rank is not None or tol is not None or length is not None:
-        return reduce_taps("toeplitz_to_ssm", t, gamma_checked, real, rank, tol, length)
+        check_deprecated_taps_args("toeplitz_to_ssm", real, rank, tol)
+        return reduce_taps("toeplitz_to_ssm", t, gamma_checked, rank, tol, length, backend)
     which = resolve_backend("toeplitz_to_ssm", backend, t, empty=t.numel() == 0)
     if which == "torch":
         lam, b = naive.toeplitz_to_ssm(t.to(torch.float32), gamma, real=real, compensate=compensate)

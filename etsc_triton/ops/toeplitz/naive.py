@@ -13,7 +13,8 @@ import math
 import torch
 
 from ..complex import vandermonde_kernel64
-from ..reduce.reduce import reduce_taps
+from ..reduce.contract import check_deprecated_taps_args
+from ..reduce.naive import reduce_taps
 from .contract import check_kernel_args, check_solve_args, check_toeplitz_args, etsc_mode_count
 
 # ----------------------------------------------------------------------------------------------- validation
@@ -106,8 +107,8 @@ def toeplitz_to_ssm(
     """ETSC conversion by the definition (op README): full DFT of the zero-sum extended vector, taken in
     float64 and rounded once (a float32 DFT of the extended vector loses ~eps * |sum t| in every mode).
 
-    With ``rank`` or ``tol`` (and optionally ``length``): the order reduction of the taps instead, by the dense
-    reference of :func:`etsc_triton.reference.reduce_ssm`; returns ``(lam, b, bound)``.
+    With the deprecated ``rank`` or ``tol`` (and optionally ``length``): the dense reference of
+    :func:`etsc_triton.ops.reduce.reduce_toeplitz` instead; returns its ``(lam, b, bound)``.
 
     Args:
         t: `[..., n]` real kernel coefficients, lag last.
@@ -122,7 +123,8 @@ def toeplitz_to_ssm(
     """
     gamma = check_toeplitz_args(t, gamma, real, compensate)
     if rank is not None or tol is not None or length is not None:
-        return reduce_taps("toeplitz_to_ssm", t, gamma, real, rank, tol, length, subspace="dense", refine=False)
+        check_deprecated_taps_args("toeplitz_to_ssm", real, rank, tol)
+        return reduce_taps("toeplitz_to_ssm", t, gamma, rank, tol, length)
     cdtype = _complex_dtype_for(t)
     n = t.shape[-1]
     m = n + 1

@@ -470,12 +470,7 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_xlabel("decode state per sequence of n tokens (bytes)")
     ax.set_ylabel("bits per byte (test split)")
     ax.set_title(f"trained TNN, n={results['n']}: accuracy against decode state", fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    first = out_dir / "bits_per_byte_vs_state.png"
-    fig.savefig(first, dpi=120)
-    plt.close(fig)
+    first = _save(fig, ax, out_dir / "bits_per_byte_vs_state.png")
 
     decode = results["decode"]
     fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -490,10 +485,16 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_ylabel("ms / token (median, p20-p80)")
     ax.set_title(f"decode latency at batch 1 on {results['device']}, {decode['threads']} thread"
                  + (" (noisy machine)" if decode["noisy"] else ""), fontsize=10)
+    return [first, _save(fig, ax, out_dir / "decode_latency.png")]
+
+
+def _save(fig: Any, ax: Any, path: Path) -> Path:
+    """Grid, legend, layout; write ``path`` and close the figure."""
+    import matplotlib.pyplot as plt
+
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    second = out_dir / "decode_latency.png"
-    fig.savefig(second, dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    return [first, second]
+    return path

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu = harness.device_slug(device)
     results_dir = args.out or REPO / "perf" / "results" / gpu
     plots_dir = args.out or REPO / "plots" / gpu
-    floors = harness.measure_floors(device, args.quick)
+    floors = harness.measure_floors(device)
     deadline = None if args.budget is None else time.monotonic() + args.budget
     ctx = harness.Context(device=device, quick=args.quick, floors=floors,
                           progress=harness.progress_printer(args.budget), deadline=deadline)

@@ -33,7 +33,8 @@ COLUMNS = [
 ]
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
+    """The short hash of the checkout's HEAD, or ``"unknown"`` outside a git checkout."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -89,11 +90,15 @@ def measure_l2_copy_gbps(device: str) -> float:
     return statistics.median(samples)
 
 
-def measure_floors(device: str, quick: bool) -> Floors:
+def measure_floors(device: str) -> Floors:
     """Measure copy bandwidth with a large device-to-device copy, the fp32 rate with a large SGEMM and the L2
-    bandwidth with a small repeated copy."""
+    bandwidth with a small repeated copy. On a CPU: a 16 MB ``copy_`` and a 256^3 matmul by wall clock, stand-ins
+    from which the pipeline computes fractions the same way (they are not claims about anything)."""
     if device != "cuda":
-        return Floors(copy_gbps=float("nan"), fp32_tflops=float("nan"))
+        src, a = torch.randn(4 << 20), torch.randn(256, 256)
+        dst = torch.empty_like(src)
+        copy_ms, matmul_ms = (min(_cpu_time(fn, reps=5)) for fn in (lambda: dst.copy_(src), lambda: a @ a))
+        return Floors(copy_gbps=2 * src.numel() * 4 / copy_ms / 1e6, fp32_tflops=2 * 256**3 / matmul_ms / 1e9)
     import triton.testing
 
     n_bytes = 1 << 30
@@ -193,7 +198,7 @@ class Context:
             "gpu": device_slug(self.device),
             "torch": torch.__version__,
             "triton": __import__("triton").__version__,
-            "commit": _git_commit(),
+            "commit": git_commit(),
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
 

@@ -381,23 +381,15 @@ def stage_headline(proof: Proof, deadline: float) -> str:
                           progress=harness.progress_printer(deadline - time.monotonic()))
     notes = []
     for family, points in POINTS:
-        ctx.family = family
-        try:
-            for row in points(ctx, proof.dry_run):
-                proof.rows.append(row)
-        except harness.BudgetExhausted as stop:
-            notes.append(f"cut at the cap: {stop}")
+        note = harness.run_family(ctx, family, lambda ctx, points=points: proof.rows.extend(points(ctx, proof.dry_run)))
+        harness.write_results(ctx.rows, proof.work / "headline.csv")
+        proof.write_summary()
+        proof.log(f"headline {family}: {note or 'done'}")
+        if note.startswith("cut"):
+            notes.append(note)
             break
-        except Exception as error:  # noqa: BLE001 - the next family still runs (unless the context is gone)
-            if harness.is_fatal(error):
-                raise
-            proof.add("headline", family, ours="failed", met="failed",
-                      detail=f"{type(error).__name__}: {str(error).strip()[:200]}")
-            proof.log(f"headline {family} failed: {type(error).__name__}: {str(error).strip()[:300]}")
-        finally:
-            harness.write_results(ctx.rows, proof.work / "headline.csv")
-            proof.write_summary()
-        proof.log(f"headline {family}: done")
+        if note:
+            proof.add("headline", family, ours="failed", met="failed", detail=note)
     for line in ctx.failures:
         proof.log(f"failed point: {line}")
         notes.append(f"failed point: {line[:120]}")

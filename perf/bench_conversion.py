@@ -29,7 +29,7 @@ import torch
 import etsc_triton as et
 from etsc_triton.reference import realised_kernel64
 
-from .harness import random_ssm
+from .harness import random_ssm, rel_err
 from .plots import plt, save_loglog
 
 FAMILY = "conversion"
@@ -50,10 +50,6 @@ def original_conversion(t: torch.Tensor, gamma: float = 1.0):
     keep = (n + 1) // 2
     b = b[..., :keep] * torch.where(2 * k[:keep] == m, 1.0, 2.0)
     return lam[:keep].expand_as(b), b
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return (torch.linalg.vector_norm(actual - expected) / torch.linalg.vector_norm(expected)).item()
 
 
 def conversion_error(lam, b, t) -> float:

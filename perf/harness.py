@@ -111,6 +111,19 @@ def measure_floors(device: str) -> Floors:
                   l2_gbps=measure_l2_copy_gbps(device))
 
 
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """``||actual - expected|| / ||expected||`` in float64 on the CPU; inf for a shape mismatch or a NaN that
+    ``expected`` has not (an overflow, an unwritten output); integer tensors: 0 when equal, inf otherwise."""
+    if not (expected.is_floating_point() or expected.is_complex()):
+        return 0.0 if torch.equal(actual.cpu().to(expected.dtype), expected) else math.inf
+    wide = torch.complex128 if expected.is_complex() or actual.is_complex() else torch.float64
+    a, e = actual.detach().to("cpu", wide), expected.detach().to("cpu", wide)
+    if a.shape != e.shape or (torch.isnan(a).any() and not torch.isnan(e).any()):
+        return math.inf
+    denom = torch.linalg.vector_norm(e).item()
+    return torch.linalg.vector_norm(a - e).item() / (denom if denom > 0 else 1.0)
+
+
 def random_ssm(channels: int, modes: int, device: str, *, min_radius: float = 0.5, seed: int = 0):
     """Stable random diagonal SSM parameters ``(lam, b)``, complex64 ``[D, N]``: ``min_radius <= |lam| < 1``,
     uniform phases, ``b ~ CN(0, 1/N)``. Their values do not change the timings, only the accuracy figures."""

@@ -118,7 +118,7 @@ def _ssm_scan_kernel(
     y (or partial y); the sequence's last chunk writes the final state (into its pool row when POOLED)."""
     pid_b, pid_n, chunk, first, channel_ok, row_mask, channels64, lam_re, lam_im, b_re, b_im = scan_program(
         lam_ptr, b_ptr, n_channels, n_modes, n_mode_blocks, BLOCK_D, BLOCK_N)
-    # Dense rows take no branch that packed sequences need (constexpr True): the dense loop compiles as before.
+    # Dense rows skip the branches packed sequences need (constexpr True): their token loop compiles without them.
     if VARLEN:
         bos, length, seq_chunks = sequence_span(cu_ptr, pid_b, seq_len, chunk_len)
         out_row = bos

@@ -9,32 +9,9 @@ from . import compat
 compat.check_installed()  # before the ops import torch.library.triton_op: a one-line fix, not a deep ImportError
 
 from . import nn, reference  # noqa: E402
-from .ops import (  # noqa: E402
-    lsh_hash,
-    memory_gather,
-    memory_layer,
-    reduce_ssm,
-    ssm_kernel,
-    ssm_prefill_state,
-    ssm_scan,
-    ssm_step,
-    toeplitz_to_ssm,
-    vandermonde_solve,
-)
+from .ops import api as _api  # noqa: E402
+from .ops.api import *  # noqa: E402, F403 - the public ops: their one list is ops/api.py
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "toeplitz_to_ssm",
-    "ssm_kernel",
-    "vandermonde_solve",
-    "reduce_ssm",
-    "ssm_scan",
-    "ssm_step",
-    "ssm_prefill_state",
-    "lsh_hash",
-    "memory_gather",
-    "memory_layer",
-    "nn",
-    "reference",
-]
+__all__ = [*_api.__all__, "nn", "reference"]

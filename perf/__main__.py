@@ -17,7 +17,6 @@ import importlib
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu = harness.device_slug(device)
     results_dir = args.out or REPO / "perf" / "results" / gpu
     plots_dir = args.out or REPO / "plots" / gpu
-    floors = harness.measure_floors(device, args.quick)
+    floors = harness.measure_floors(device)
     deadline = None if args.budget is None else time.monotonic() + args.budget
     ctx = harness.Context(device=device, quick=args.quick, floors=floors,
                           progress=harness.progress_printer(args.budget), deadline=deadline)
@@ -80,18 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     for family in families:
         module = importlib.import_module(FAMILIES[family])
         modules.append(module)
-        ctx.family = family
-        first_row = len(ctx.rows)
-        started = time.monotonic()
-        try:
-            module.run(ctx)
-        except harness.BudgetExhausted as stop:
-            cut_short.append(f"cut short by --budget: {stop}")
-        except Exception as error:  # noqa: BLE001 - the other families still run; reported below
-            if harness.is_fatal(error):
-                raise
-            traceback.print_exc()
-            cut_short.append(f"{family} stopped by {type(error).__name__}: {str(error).strip()[:300]}")
+        first_row, started = len(ctx.rows), time.monotonic()
+        cut_short.append(harness.run_family(ctx, family, module.run))
         results = results_dir / (f"{family}_quick.csv" if args.quick else f"{family}.csv")
         harness.write_results(ctx.rows[first_row:], results)  # now: a killed run keeps what it measured
         written.append(f"{family}: {len(ctx.rows) - first_row} rows in {time.monotonic() - started:.0f} s -> "
@@ -104,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(paths)} plots -> {plots_dir}")
     for line in ctx.failures:
         print(f"failed point: {line}")
-    for line in cut_short:
+    for line in filter(None, cut_short):
         print(line)
     return 0
 

@@ -21,6 +21,7 @@ returned complex64 (lam, b), against the target, relative 2-norm.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -28,12 +29,13 @@ import torch
 import etsc_triton as et
 from etsc_triton.reference import realised_kernel64
 
-from .harness import random_ssm
+from .harness import random_ssm, rel_err
 from .plots import plt, save_loglog
 
 FAMILY = "conversion"
 
 ERROR_ROWS = 2  # rows of the batch whose realised kernel is evaluated in float64
+CONVERSION_PROVIDERS = ("triton", "original", "torch", "triton_uncompensated", "compile")
 MATERIALISED_LIMIT = 8 << 30  # bytes: skip the materialised Vandermonde providers beyond this
 
 
@@ -50,38 +52,39 @@ def original_conversion(t: torch.Tensor, gamma: float = 1.0):
     return lam[:keep].expand_as(b), b
 
 
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return (torch.linalg.vector_norm(actual - expected) / torch.linalg.vector_norm(expected)).item()
-
-
 def conversion_error(lam, b, t) -> float:
     n = t.shape[-1]
     realised = realised_kernel64(lam[:ERROR_ROWS], b[:ERROR_ROWS], n)
     return rel_err(realised, t[:ERROR_ROWS].double())
 
 
-def bench_toeplitz_to_ssm(ctx) -> None:
-    compiled = torch.compile(et.reference.toeplitz_to_ssm) if ctx.on_gpu else None
-    for n in ctx.sizes(quick=[15, 64], full=[64, 256, 1024, 4096, 16384, 65536]):
-        for d in ctx.sizes(quick=[4], full=[64, 512, 4096]):
-            modes = (n + 1) // 2
-            nbytes = 4 * d * n + 2 * 8 * d * modes
-            inputs = [(torch.randn(d, n, device=ctx.device),) for _ in range(ctx.copies(nbytes))]
-            t = inputs[0][0]
-            config = {"d": d}
-            providers = {
-                "triton": lambda t: et.toeplitz_to_ssm(t, backend="triton"),
-                "original": original_conversion,
-                "torch": lambda t: et.toeplitz_to_ssm(t, backend="torch"),
-                "triton_uncompensated": lambda t: et.toeplitz_to_ssm(t, compensate=False, backend="triton"),
-            }
-            if compiled is not None:
-                providers["compile"] = compiled
-            for provider, fn in providers.items():
-                point = dict(op="toeplitz_to_ssm", provider=provider, x_name="n", x_value=n, config=config)
-                if math.isfinite(ctx.time(**point, fn=fn, args=inputs, bytes=nbytes)):
-                    lam, b = fn(t)
-                    ctx.value(**point, metric="rel_err", value=conversion_error(lam, b, t))
+def conversion_bytes(n: int, d: int) -> int:
+    """Bytes of one conversion of ``t [d, n]``: t read, the complex64 ``(lam, b) [d, ceil(n/2)]`` written."""
+    return 4 * d * n + 2 * 8 * d * ((n + 1) // 2)
+
+
+def conversion_point(ctx, n: int, d: int, providers: Sequence[str] = CONVERSION_PROVIDERS
+                     ) -> tuple[dict[str, float], dict[str, float]]:
+    """Time ``toeplitz_to_ssm`` of ``t [d, n]`` (inputs rotated out of L2) and record each provider's realised
+    kernel error; ``compile`` runs on a GPU only. Returns ``({provider: median ms}, {provider: rel err})``."""
+    nbytes = conversion_bytes(n, d)
+    inputs = [(torch.randn(d, n, device=ctx.device),) for _ in range(ctx.copies(nbytes))]
+    calls = {
+        "triton": lambda t: et.toeplitz_to_ssm(t, backend="triton"),
+        "original": original_conversion,
+        "torch": lambda t: et.toeplitz_to_ssm(t, backend="torch"),
+        "triton_uncompensated": lambda t: et.toeplitz_to_ssm(t, compensate=False, backend="triton"),
+    }
+    if ctx.on_gpu:
+        calls["compile"] = torch.compile(et.reference.toeplitz_to_ssm)
+    times, errors = {}, {}
+    for provider in [p for p in providers if p in calls]:
+        point = dict(op="toeplitz_to_ssm", provider=provider, x_name="n", x_value=n, config={"d": d})
+        times[provider] = ctx.time(**point, fn=calls[provider], args=inputs, bytes=nbytes)
+        if math.isfinite(times[provider]):
+            errors[provider] = conversion_error(*calls[provider](inputs[0][0]), inputs[0][0])
+            ctx.value(**point, metric="rel_err", value=errors[provider])
+    return times, errors
 
 
 def materialised_kernel_c64(lam: torch.Tensor, b: torch.Tensor, length: int) -> torch.Tensor:
@@ -96,48 +99,42 @@ def kernel_gradients(kernel_fn, lam, b, dk):
     return torch.autograd.grad(kernel_fn(*leaves), leaves, dk)
 
 
-def bench_ssm_kernel(ctx) -> None:
-    compiled = torch.compile(materialised_kernel_c64) if ctx.on_gpu else None
-    channels = ctx.sizes(quick=[4], full=[1024])[0]
-    sweeps = [
-        ("L", length, ctx.sizes(quick=[8], full=[64])[0])
-        for length in ctx.sizes(quick=[63, 130], full=[256, 1024, 4096, 16384])
-    ]
-    sweeps += [
-        ("N", ctx.sizes(quick=[63], full=[4096])[0], modes)
-        for modes in ctx.sizes(quick=[8, 33], full=[16, 64, 256, 1024])
-    ]
-    for x_name, length, modes in sweeps:
-        lam, b = random_ssm(channels, modes, ctx.device, min_radius=0.9, seed=modes)
-        x_value = length if x_name == "L" else modes
-        config = {"D": channels, "N": modes} if x_name == "L" else {"D": channels, "L": length}
-        providers = {
-            "triton": lambda lam=lam, b=b, length=length: et.ssm_kernel(lam, b, length, backend="triton")
-        }
-        if channels * modes * length * 8 <= MATERIALISED_LIMIT:
-            providers["materialised"] = lambda lam=lam, b=b, length=length: materialised_kernel_c64(lam, b, length)
-            providers["torch"] = lambda lam=lam, b=b, length=length: et.ssm_kernel(
-                lam, b, length, backend="torch"
-            )
-            if compiled is not None:
-                providers["compile"] = lambda lam=lam, b=b, length=length: compiled(lam, b, length)
-        expected = realised_kernel64(lam[:ERROR_ROWS], b[:ERROR_ROWS], length)
-        for provider, fn in providers.items():
-            point = dict(op="ssm_kernel", provider=provider, x_name=x_name, x_value=x_value, config=config)
-            ms = ctx.time(**point, fn=fn, bytes=4 * channels * length + 16 * channels * modes,
-                          flops=8 * channels * modes * length)
-            if math.isfinite(ms):
-                ctx.value(**point, metric="rel_err", value=rel_err(fn()[:ERROR_ROWS].double(), expected))
-        # Forward + backward (S4D-style training through the kernel): ours against autograd through the
-        # materialised complex64 evaluation; the backward does twice the forward's products (P and Q).
-        dk = torch.randn(channels, length, device=ctx.device)
-        backward_providers = {"triton": lambda lam, b, length=length: et.ssm_kernel(lam, b, length, backend="triton")}
-        if "materialised" in providers:
-            backward_providers["materialised"] = lambda lam, b, length=length: materialised_kernel_c64(lam, b, length)
-        for provider, kernel_fn in backward_providers.items():
-            ctx.time(op="ssm_kernel", provider=provider, mode="fwd_bwd", x_name=x_name, x_value=x_value,
-                     config=config, fn=lambda f=kernel_fn, lam=lam, b=b, dk=dk: kernel_gradients(f, lam, b, dk),
-                     bytes=8 * channels * length + 32 * channels * modes, flops=24 * channels * modes * length)
+def kernel_bytes_flops(channels: int, modes: int, length: int) -> tuple[int, int]:
+    """``(bytes, flops)`` of ``ssm_kernel``: K written, (lam, b) read; 8 flops per mode and lag."""
+    return 4 * channels * length + 16 * channels * modes, 8 * channels * modes * length
+
+
+def kernel_point(ctx, channels: int, modes: int, length: int, x_name: str = "L", *, backward: bool = True,
+                 providers: Sequence[str] = ("triton", "materialised", "torch", "compile")) -> dict[str, float]:
+    """Time ``ssm_kernel`` of ``[D, N]`` modes over ``length`` lags (the materialised providers only below
+    ``MATERIALISED_LIMIT`` bytes, ``compile`` on a GPU only), record each provider's error, and with ``backward``
+    the forward + backward of ours and of the materialised evaluation. Returns ``{provider: forward ms}``."""
+    lam, b = random_ssm(channels, modes, ctx.device, min_radius=0.9, seed=modes)
+    x_value = length if x_name == "L" else modes
+    config = {"D": channels, "N": modes} if x_name == "L" else {"D": channels, "L": length}
+    calls = {"triton": lambda lam, b: et.ssm_kernel(lam, b, length, backend="triton")}
+    if channels * modes * length * 8 <= MATERIALISED_LIMIT:
+        calls["materialised"] = lambda lam, b: materialised_kernel_c64(lam, b, length)
+        calls["torch"] = lambda lam, b: et.ssm_kernel(lam, b, length, backend="torch")
+        if ctx.on_gpu:
+            compiled = torch.compile(materialised_kernel_c64)
+            calls["compile"] = lambda lam, b: compiled(lam, b, length)
+    expected = realised_kernel64(lam[:ERROR_ROWS], b[:ERROR_ROWS], length)
+    nbytes, flops = kernel_bytes_flops(channels, modes, length)
+    times = {}
+    for provider in [p for p in providers if p in calls]:
+        point = dict(op="ssm_kernel", provider=provider, x_name=x_name, x_value=x_value, config=config)
+        fn = calls[provider]
+        times[provider] = ctx.time(**point, fn=lambda fn=fn: fn(lam, b), bytes=nbytes, flops=flops)
+        if math.isfinite(times[provider]):
+            ctx.value(**point, metric="rel_err", value=rel_err(fn(lam, b)[:ERROR_ROWS].double(), expected))
+    # Forward + backward (S4D-style training through the kernel): ours against autograd through the
+    # materialised complex64 evaluation; the backward does twice the forward's products (P and Q).
+    dk = torch.randn(channels, length, device=ctx.device)
+    for provider in [p for p in ("triton", "materialised") if backward and p in calls]:
+        ctx.time(op="ssm_kernel", provider=provider, mode="fwd_bwd", x_name=x_name, x_value=x_value, config=config,
+                 fn=lambda fn=calls[provider]: kernel_gradients(fn, lam, b, dk), bytes=2 * nbytes, flops=3 * flops)
+    return times
 
 
 def spread_unit_nodes(systems: int, size: int, device: str) -> torch.Tensor:
@@ -225,8 +222,14 @@ def bench_stability(ctx) -> None:
 
 
 def run(ctx) -> None:
-    bench_toeplitz_to_ssm(ctx)
-    bench_ssm_kernel(ctx)
+    for n in ctx.sizes(quick=[15, 64], full=[64, 256, 1024, 4096, 16384, 65536]):
+        for d in ctx.sizes(quick=[4], full=[64, 512, 4096]):
+            conversion_point(ctx, n, d)
+    channels = ctx.sizes(quick=[4], full=[1024])[0]
+    for length in ctx.sizes(quick=[63, 130], full=[256, 1024, 4096, 16384]):
+        kernel_point(ctx, channels, ctx.sizes(quick=[8], full=[64])[0], length)
+    for modes in ctx.sizes(quick=[8, 33], full=[16, 64, 256, 1024]):
+        kernel_point(ctx, channels, modes, ctx.sizes(quick=[63], full=[4096])[0], "N")
     bench_vandermonde_solve(ctx)
     bench_stability(ctx)
 

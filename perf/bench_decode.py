@@ -63,37 +63,40 @@ class OriginalETSCDecoder:
         return self.model.logits(x)
 
 
-def _decode_sweep(ctx, model: TNNLanguageModel, batches, lengths, backend: str) -> None:
+def decode_sweep(ctx, model: TNNLanguageModel, batch: int, lengths, backend: str) -> dict[str, dict[int, float]]:
+    """Time one greedy token of ``model`` after prompts of ``lengths`` tokens (``batch`` sequences): the SSM
+    decoder (``triton``), the TNN cache, the FFT recompute and the original ETSC decode. Returns ``{provider:
+    {length: median ms}}``."""
     config = model.config
-    for batch in batches:
-        cfg = {"batch": batch, "d": config.d_model, "layers": config.n_layers, "n": config.n}
-        gen = torch.Generator().manual_seed(batch)
-        for length in lengths:
-            prompt = torch.randint(0, config.vocab_size, (batch, length), generator=gen).to(ctx.device)
-            token = prompt[:, -1].clone()
-            for provider in ("triton", "tnn_cache", "fft"):
-                name = "ssm" if provider == "triton" else provider
-                kwargs = {"backend": backend} if name == "ssm" else {}
-                decoder = make_decoder(model, name, length + 2, **kwargs)
+    cfg = {"batch": batch, "d": config.d_model, "layers": config.n_layers, "n": config.n}
+    gen = torch.Generator().manual_seed(batch)
+    times: dict[str, dict[int, float]] = {}
+    for length in lengths:
+        prompt = torch.randint(0, config.vocab_size, (batch, length), generator=gen).to(ctx.device)
+        token = prompt[:, -1].clone()
+        for provider in ("triton", "tnn_cache", "fft"):
+            name = "ssm" if provider == "triton" else provider
+            decoder = make_decoder(model, name, length + 2, **({"backend": backend} if name == "ssm" else {}))
+            with torch.no_grad():
+                decoder.prefill(prompt)
+
+            def one_token(decoder=decoder, length=length, token=token):
                 with torch.no_grad():
-                    decoder.prefill(prompt)
+                    decoder.length = length
+                    return decoder.step(token)
 
-                def one_token(decoder=decoder, length=length, token=token):
-                    with torch.no_grad():
-                        decoder.length = length
-                        return decoder.step(token)
+            times.setdefault(provider, {})[length] = ctx.time(
+                op="decode_token", provider=provider, x_name="length", x_value=length, config=cfg, fn=one_token)
+            del decoder
+        original = OriginalETSCDecoder(model, batch)
 
-                ctx.time(op="decode_token", provider=provider, x_name="length", x_value=length, config=cfg,
-                         fn=one_token)
-                del decoder
-            original = OriginalETSCDecoder(model, batch)
+        def original_token(original=original, token=token):
+            with torch.no_grad():
+                return original.step(token)
 
-            def original_token(original=original, token=token):
-                with torch.no_grad():
-                    return original.step(token)
-
-            ctx.time(op="decode_token", provider="original", x_name="length", x_value=length, config=cfg,
-                     fn=original_token)
+        times.setdefault("original", {})[length] = ctx.time(
+            op="decode_token", provider="original", x_name="length", x_value=length, config=cfg, fn=original_token)
+    return times
 
 
 def _prefill_sweep(ctx, channels: int, n: int, batches, lengths, backend: str) -> None:
@@ -277,13 +280,8 @@ def run(ctx) -> None:
     else:
         config = TNNConfig(vocab_size=256, d_model=512, n_layers=6, n=2048, rpe_hidden=64, decay=0.99)
     model = TNNLanguageModel(config).to(ctx.device)
-    _decode_sweep(
-        ctx,
-        model,
-        ctx.sizes(quick=[1], full=[1, 16]),
-        ctx.sizes(quick=[8, 40], full=[64, 256, 1024, 2048, 4096, 8192]),
-        backend,
-    )
+    for batch in ctx.sizes(quick=[1], full=[1, 16]):
+        decode_sweep(ctx, model, batch, ctx.sizes(quick=[8, 40], full=[64, 256, 1024, 2048, 4096, 8192]), backend)
     _prefill_sweep(
         ctx,
         ctx.sizes(quick=[8], full=[512])[0],

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 
 import etsc_triton as et
 
-from .harness import capture_cuda_graph
+from .harness import Context, capture_cuda_graph
 from .plots import plt, save_loglog
 
 FAMILY = "memory"
@@ -79,7 +80,9 @@ def embedding_bag_memory_layer(x, tables, bias, tau):
     return y.to(x.dtype) + bias
 
 
-def _bytes(tokens: int, d: int, table_bytes: int, mode: str) -> float:
+def layer_bytes(tokens: int, d: int, table_bytes: int, mode: str) -> float:
+    """HBM bytes of one call (the docstring above): x, y and the distinct rows touched; fwd_bwd adds dy, dx,
+    the rows again and the d tables written."""
     num_tables = d // TAU
     rows_touched = num_tables * min(tokens, ROWS) * d * table_bytes
     fwd = tokens * d * 4 * 2 + rows_touched
@@ -88,7 +91,7 @@ def _bytes(tokens: int, d: int, table_bytes: int, mode: str) -> float:
     return fwd + tokens * d * 4 * 2 + rows_touched + num_tables * ROWS * d * table_bytes
 
 
-def _l2_bytes(tokens: int, d: int, table_bytes: int, mode: str) -> float:
+def layer_l2_bytes(tokens: int, d: int, table_bytes: int, mode: str) -> float:
     """Bytes the gather re-reads from L2: one row of d values per token and table (``T K d``); fwd_bwd reads
     them again for the score gradients and adds ``T K d`` fp32 values into d tables (read + write)."""
     rows = tokens * (d // TAU) * d
@@ -97,7 +100,82 @@ def _l2_bytes(tokens: int, d: int, table_bytes: int, mode: str) -> float:
     return 2 * rows * table_bytes + 2 * rows * 4
 
 
-def _runner(fn, leaves, mode, dy):
+def two_pass_memory_layer(x, tables, bias, tau):
+    """``lsh_hash`` once per (token, table), then ``memory_gather``: against the fused kernel, which hashes in
+    every d-block program (perf/NOTES.md, experiment 10)."""
+    codes, scores = et.lsh_hash(x.view(x.shape[0], -1, tau), backend="triton")
+    return et.memory_gather(codes, scores, tables, bias, backend="triton")
+
+
+def layer_point(ctx: Context, d: int, tau: int, dtype: torch.dtype, tokens: int, mode: str,
+                providers: Sequence[str] | None = None) -> dict[str, float]:
+    """Time the layer ``x [T, d] -> [T, d]`` (``d / tau`` tables of ``2^tau`` rows in ``dtype``; ``mode`` ``fwd``
+    under no_grad or ``fwd_bwd``: gradients of x, tables and bias) beside the baselines of the module docstring.
+
+    Args:
+        providers: the providers to time (default: every one that applies: ``original`` where it materialises
+            at most ``ORIGINAL_LIMIT_BYTES``, ``triton_two_pass`` in fwd, ``triton_deterministic`` in fwd_bwd,
+            not ``torch``); a provider torch refuses (e.g. the bf16 embedding_bag backward) is skipped.
+
+    Returns:
+        ``{provider: median ms}``.
+    """
+    gen = torch.Generator().manual_seed(d + tokens)
+    tables = (0.02 * torch.randn(d // tau, 2**tau, d, generator=gen)).to(ctx.device, dtype).requires_grad_()
+    bias = torch.zeros(d, device=ctx.device, requires_grad=True)
+    x = torch.randn(tokens, d, generator=gen).to(ctx.device).requires_grad_()
+    x16 = x.detach().to(torch.bfloat16).requires_grad_()
+    linear32 = torch.nn.Linear(d, d, device=ctx.device)
+    linear16 = torch.nn.Linear(d, d, device=ctx.device, dtype=torch.bfloat16)
+    leaves = [x, tables, bias]
+    calls = {
+        "triton": (lambda: et.memory_layer(x, tables, bias, backend="triton"), leaves),
+        "triton_two_pass": (lambda: two_pass_memory_layer(x, tables, bias, tau), leaves),
+        "triton_deterministic": (lambda: et.memory_layer(x, tables, bias, deterministic=True, backend="triton"),
+                                 leaves),
+        "original": (lambda: original_memory_layer(x, tables, bias, tau), leaves),
+        "embedding_bag": (lambda: embedding_bag_memory_layer(x, tables, bias, tau), leaves),
+        "torch": (lambda: et.memory_layer(x, tables, bias, backend="torch"), leaves),
+        "linear_fp32": (lambda: linear32(x), [x, linear32.weight, linear32.bias]),
+        "linear_bf16": (lambda: linear16(x16), [x16, linear16.weight, linear16.bias]),
+    }
+    if providers is None:
+        skip = {"torch", "triton_deterministic" if mode == "fwd" else "triton_two_pass"}
+        if tokens * (d // tau) * d * tables.element_size() > ORIGINAL_LIMIT_BYTES:
+            skip.add("original")
+        providers = [name for name in calls if name not in skip]
+    dy = torch.randn(tokens, d, device=ctx.device)
+    thunks = {}
+    for provider in providers:
+        fn, grad_leaves = calls[provider]
+        thunk = runner(fn, grad_leaves, mode, dy.to(torch.bfloat16) if provider == "linear_bf16" else dy)
+        if _works(thunk):
+            thunks[provider] = thunk
+    if ctx.on_gpu and mode == "fwd" and tokens <= GRAPH_MAX_TOKENS and "triton" in providers:
+        with torch.no_grad():
+            for name in ("triton", "linear_fp32"):
+                thunks[f"{name}_cudagraph"] = capture_cuda_graph(calls[name][0])
+    config = {"d": d, "tau": tau, "tables": "fp32" if dtype == torch.float32 else "bf16"}
+    times = {}
+    for provider, thunk in thunks.items():
+        linear = provider.startswith("linear")
+        times[provider] = ctx.time(
+            op=OP, provider=provider, mode=mode, x_name="T", x_value=tokens, config=config, fn=thunk,
+            flops=2 * tokens * d * d if linear else 2 * tokens * (d // tau) * d,
+            bytes=None if linear else layer_bytes(tokens, d, tables.element_size(), mode),
+            l2_bytes=None if linear else layer_l2_bytes(tokens, d, tables.element_size(), mode))
+    if mode == "fwd" and "torch" in providers:
+        with torch.no_grad():
+            got = et.memory_layer(x, tables, bias, backend="triton").double()
+            want = et.reference.memory_layer(x.double(), tables.double(), bias.double())
+        ctx.value(op=OP, provider="triton", metric="rel_err", x_name="T", x_value=tokens, config=config,
+                  value=(torch.linalg.vector_norm(got - want) / torch.linalg.vector_norm(want)).item())
+    return times
+
+
+def runner(fn: Callable[[], torch.Tensor], leaves: list[torch.Tensor], mode: str, dy: torch.Tensor
+           ) -> Callable[[], object]:
+    """A thunk for ``ctx.time``: ``fn()`` under no_grad (``fwd``), or its gradients of ``leaves`` for ``dy``."""
     if mode == "fwd":
         def run():
             with torch.no_grad():
@@ -108,102 +186,28 @@ def _runner(fn, leaves, mode, dy):
     return run
 
 
-def _two_pass_memory_layer(x, tables, bias, tau):
-    """``lsh_hash`` once per (token, table), then ``memory_gather``: against the fused kernel, which hashes in
-    every d-block program (perf/NOTES.md, experiment 10)."""
-    codes, scores = et.lsh_hash(x.view(x.shape[0], -1, tau), backend="triton")
-    return et.memory_gather(codes, scores, tables, bias, backend="triton")
-
-
-def _works(run) -> bool:
+def _works(call) -> bool:
     try:
-        run()
+        call()
         return True
     except (RuntimeError, NotImplementedError):
         return False
 
 
-def _providers(x, x16, tables, bias, linear32, linear16, tau, mode, *, with_original, with_reference):
-    """``{provider: (fn, leaves)}`` for one point; ``leaves`` are what fwd_bwd differentiates."""
-    leaves = [x, tables, bias]
-    providers = {
-        "triton": (lambda: et.memory_layer(x, tables, bias, backend="triton"), leaves),
-        "embedding_bag": (lambda: embedding_bag_memory_layer(x, tables, bias, tau), leaves),
-        "linear_fp32": (lambda: linear32(x), [x, linear32.weight, linear32.bias]),
-        "linear_bf16": (lambda: linear16(x16), [x16, linear16.weight, linear16.bias]),
-    }
-    if mode == "fwd":
-        providers["triton_two_pass"] = (lambda: _two_pass_memory_layer(x, tables, bias, tau), leaves)
-    if mode == "fwd_bwd":
-        providers["triton_deterministic"] = (
-            lambda: et.memory_layer(x, tables, bias, deterministic=True, backend="triton"), leaves)
-    if with_original:
-        providers["original"] = (lambda: original_memory_layer(x, tables, bias, tau), leaves)
-    if with_reference:
-        providers["torch"] = (lambda: et.memory_layer(x, tables, bias, backend="torch"), leaves)
-    return providers
-
-
-def run(ctx):
-    device = ctx.device
+def run(ctx: Context) -> None:
     if ctx.quick:
-        token_sweep, d_sweep, dtypes = [1, 7], [16], [torch.float32, torch.bfloat16]
-    else:
-        token_sweep = [1, 4, 16, 64, 256, 1024, 4096, 8192, 16384, 32768]
-        d_sweep, dtypes = [1024, 768, 2048], [torch.float32, torch.bfloat16]  # the headline d first (--budget)
-    tau = TAU if not ctx.quick else 4
-    gen = torch.Generator(device="cpu").manual_seed(0)
+        token_sweep, d_sweep = [1, 7], [16]
+    else:  # the headline d first (--budget)
+        token_sweep, d_sweep = [1, 4, 16, 64, 256, 1024, 4096, 8192, 16384, 32768], [1024, 768, 2048]
+    tau = 4 if ctx.quick else TAU
     for d in d_sweep:
-        num_tables, rows = d // tau, 2**tau
-        for dtype in dtypes:
-            tables = (0.02 * torch.randn(num_tables, rows, d, generator=gen)).to(device, dtype)
-            tables.requires_grad_(True)
-            bias = torch.zeros(d, device=device, requires_grad=True)
-            linear32 = torch.nn.Linear(d, d, device=device)
-            linear16 = torch.nn.Linear(d, d, device=device, dtype=torch.bfloat16)
-            tname = "fp32" if dtype == torch.float32 else "bf16"
-            config = {"d": d, "tau": tau, "tables": tname}
-            for tokens in ctx.sizes(quick=token_sweep, full=token_sweep):
-                x = torch.randn(tokens, d, generator=gen).to(device).requires_grad_(True)
-                x16 = x.detach().to(torch.bfloat16).requires_grad_(True)
-                dy = torch.randn(tokens, d, device=device)
-                flops = 2 * tokens * num_tables * d
-                original_bytes = tokens * num_tables * d * tables.element_size()
+        for dtype in (torch.float32, torch.bfloat16):
+            for tokens in token_sweep:
                 for mode in ("fwd", "fwd_bwd"):
-                    with_reference = d == d_sweep[0] and (ctx.quick or tokens <= 4096)
-                    providers = _providers(x, x16, tables, bias, linear32, linear16, tau, mode,
-                                           with_original=original_bytes <= ORIGINAL_LIMIT_BYTES,
-                                           with_reference=with_reference)
-                    for provider, (fn, leaves) in providers.items():
-                        grad_out = dy.to(torch.bfloat16) if provider == "linear_bf16" else dy
-                        call = _runner(fn, leaves, mode, grad_out)
-                        if not _works(call):
-                            continue
-                        linear = provider.startswith("linear")
-                        ctx.time(op=OP, provider=provider, mode=mode, x_name="T", x_value=tokens,
-                                 config=config, fn=call, flops=2 * tokens * d * d if linear else flops,
-                                 bytes=None if linear else _bytes(tokens, d, tables.element_size(), mode),
-                                 l2_bytes=None if linear else _l2_bytes(tokens, d, tables.element_size(), mode))
-                if ctx.on_gpu and tokens <= GRAPH_MAX_TOKENS:
-                    with torch.no_grad():
-                        graphed = {
-                            "triton_cudagraph": capture_cuda_graph(
-                                lambda x=x, w=tables, c=bias: et.memory_layer(x, w, c, backend="triton")),
-                            "linear_fp32_cudagraph": capture_cuda_graph(lambda x=x, layer=linear32: layer(x)),
-                        }
-                    for provider, replay in graphed.items():
-                        linear = provider.startswith("linear")
-                        ctx.time(op=OP, provider=provider, mode="fwd", x_name="T", x_value=tokens, config=config,
-                                 fn=replay, flops=2 * tokens * d * d if linear else flops,
-                                 bytes=None if linear else _bytes(tokens, d, tables.element_size(), "fwd"),
-                                 l2_bytes=None if linear else _l2_bytes(tokens, d, tables.element_size(), "fwd"))
-                if tokens <= 8192 and d == d_sweep[0]:
-                    with torch.no_grad():
-                        got = et.memory_layer(x, tables, bias, backend="triton")
-                        want = et.reference.memory_layer(x.double(), tables.double(), bias.double())
-                    err = torch.linalg.vector_norm(got.double() - want) / torch.linalg.vector_norm(want)
-                    ctx.value(op=OP, provider="triton", metric="rel_err", value=err.item(), x_name="T",
-                              x_value=tokens, config=config)
+                    layer_point(ctx, d, tau, dtype, tokens, mode)
+                if d == d_sweep[0] and (ctx.quick or tokens <= 4096):
+                    layer_point(ctx, d, tau, dtype, tokens, "fwd", ["torch"])
+                    layer_point(ctx, d, tau, dtype, tokens, "fwd_bwd", ["torch"])
 
 
 def plot(rows, out_dir):

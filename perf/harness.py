@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,18 +28,15 @@ from etsc_triton.demo.devices import device_slug
 L2_ROTATION_BYTES = 64 << 20  # more than the H100's 50 MB L2
 MAX_COPIES = 16
 
-COLUMNS = [
-    "op", "provider", "mode", "metric", "unit", "x_name", "x_value", "p50", "p20", "p80", "floor",
-    "config", "gpu", "torch", "triton", "commit", "time",
-]
+COLUMNS = ["op", "provider", "mode", "metric", "unit", "x_name", "x_value", "p50", "p20", "p80", "floor", "config",
+           "gpu", "torch", "triton", "commit", "time"]
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
+    """The short hash of the checkout's HEAD, or ``"unknown"`` outside a git checkout."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -56,13 +54,8 @@ class Floors:
     def time_ms(self, nbytes: float | None, flops: float | None, l2_bytes: float | None = None) -> float | None:
         """The floor in ms for moving ``nbytes`` through device memory, ``l2_bytes`` through L2 (data re-read
         from the cache, e.g. gathered table rows) and doing ``flops``: the largest of the three times."""
-        times = []
-        if nbytes and math.isfinite(self.copy_gbps):
-            times.append(nbytes / (self.copy_gbps * 1e9) * 1e3)
-        if l2_bytes and math.isfinite(self.l2_gbps):
-            times.append(l2_bytes / (self.l2_gbps * 1e9) * 1e3)
-        if flops and math.isfinite(self.fp32_tflops):
-            times.append(flops / (self.fp32_tflops * 1e12) * 1e3)
+        per_second = ((nbytes, self.copy_gbps * 1e9), (l2_bytes, self.l2_gbps * 1e9), (flops, self.fp32_tflops * 1e12))
+        times = [amount / rate * 1e3 for amount, rate in per_second if amount and math.isfinite(rate)]
         return max(times) if times else None
 
 
@@ -89,11 +82,15 @@ def measure_l2_copy_gbps(device: str) -> float:
     return statistics.median(samples)
 
 
-def measure_floors(device: str, quick: bool) -> Floors:
+def measure_floors(device: str) -> Floors:
     """Measure copy bandwidth with a large device-to-device copy, the fp32 rate with a large SGEMM and the L2
-    bandwidth with a small repeated copy."""
+    bandwidth with a small repeated copy. On a CPU: a 16 MB ``copy_`` and a 256^3 matmul by wall clock, stand-ins
+    from which the pipeline computes fractions the same way (they are not claims about anything)."""
     if device != "cuda":
-        return Floors(copy_gbps=float("nan"), fp32_tflops=float("nan"))
+        src, a = torch.randn(4 << 20), torch.randn(256, 256)
+        dst = torch.empty_like(src)
+        copy_ms, matmul_ms = (min(_cpu_time(fn, reps=5)) for fn in (lambda: dst.copy_(src), lambda: a @ a))
+        return Floors(copy_gbps=2 * src.numel() * 4 / copy_ms / 1e6, fp32_tflops=2 * 256**3 / matmul_ms / 1e9)
     import triton.testing
 
     n_bytes = 1 << 30
@@ -112,6 +109,19 @@ def measure_floors(device: str, quick: bool) -> Floors:
         torch.backends.cuda.matmul.allow_tf32 = previous
     return Floors(copy_gbps=copy_gbps, fp32_tflops=2 * size**3 / (ms * 1e-3) / 1e12,
                   l2_gbps=measure_l2_copy_gbps(device))
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """``||actual - expected|| / ||expected||`` in float64 on the CPU; inf for a shape mismatch or a NaN that
+    ``expected`` has not (an overflow, an unwritten output); integer tensors: 0 when equal, inf otherwise."""
+    if not (expected.is_floating_point() or expected.is_complex()):
+        return 0.0 if torch.equal(actual.cpu().to(expected.dtype), expected) else math.inf
+    wide = torch.complex128 if expected.is_complex() or actual.is_complex() else torch.float64
+    a, e = actual.detach().to("cpu", wide), expected.detach().to("cpu", wide)
+    if a.shape != e.shape or (torch.isnan(a).any() and not torch.isnan(e).any()):
+        return math.inf
+    denom = torch.linalg.vector_norm(e).item()
+    return torch.linalg.vector_norm(a - e).item() / (denom if denom > 0 else 1.0)
 
 
 def random_ssm(channels: int, modes: int, device: str, *, min_radius: float = 0.5, seed: int = 0):
@@ -189,13 +199,9 @@ class Context:
     failures: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        self._meta = {
-            "gpu": device_slug(self.device),
-            "torch": torch.__version__,
-            "triton": __import__("triton").__version__,
-            "commit": _git_commit(),
-            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
+        self._meta = {"gpu": device_slug(self.device), "torch": torch.__version__,
+                      "triton": __import__("triton").__version__, "commit": git_commit(),
+                      "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
     @property
     def on_gpu(self) -> bool:
@@ -216,29 +222,15 @@ class Context:
         return quick if self.quick else full
 
     def _row(self, op, provider, mode, metric, unit, x_name, x_value, p50, p20, p80, floor, config) -> dict:
-        row = dict(
-            op=op, provider=provider, mode=mode, metric=metric, unit=unit, x_name=x_name, x_value=x_value,
-            p50=p50, p20=p20, p80=p80, floor=floor, config=json.dumps(config or {}, sort_keys=True),
-        )
-        row.update(self._meta)
+        row = dict(op=op, provider=provider, mode=mode, metric=metric, unit=unit, x_name=x_name, x_value=x_value,
+                   p50=p50, p20=p20, p80=p80, floor=floor, config=json.dumps(config or {}, sort_keys=True),
+                   **self._meta)
         self.rows.append(row)
         return row
 
-    def time(
-        self,
-        *,
-        op: str,
-        provider: str,
-        x_name: str,
-        x_value: float,
-        fn: Callable,
-        args: Sequence[tuple] | None = None,
-        config: dict | None = None,
-        mode: str = "fwd",
-        bytes: float | None = None,
-        flops: float | None = None,
-        l2_bytes: float | None = None,
-    ) -> float:
+    def time(self, *, op: str, provider: str, x_name: str, x_value: float, fn: Callable,
+             args: Sequence[tuple] | None = None, config: dict | None = None, mode: str = "fwd",
+             bytes: float | None = None, flops: float | None = None, l2_bytes: float | None = None) -> float:
         """Time ``fn`` (median ms, rotating over ``args`` if given) and record it; returns the median (NaN when
         the call raised: the point is then recorded as ``failed``, see the class docstring).
 
@@ -265,18 +257,13 @@ class Context:
             return math.nan
         floor_ms = self.floors.time_ms(bytes, flops, l2_bytes)
         self._row(op, provider, mode, "time", "ms", x_name, x_value, p50, p20, p80, floor_ms, config)
-        if bytes:
-            gbps = [bytes / (t * 1e-3) / 1e9 for t in (p50, p80, p20)]
-            self._row(op, provider, mode, "bandwidth", "GB/s", x_name, x_value, *gbps, self.floors.copy_gbps,
-                      config)
-        if l2_bytes:
-            gbps = [l2_bytes / (t * 1e-3) / 1e9 for t in (p50, p80, p20)]
-            self._row(op, provider, mode, "l2_bandwidth", "GB/s", x_name, x_value, *gbps, self.floors.l2_gbps,
-                      config)
-        if flops:
-            rate = [flops / (t * 1e-3) / 1e12 for t in (p50, p80, p20)]
-            self._row(op, provider, mode, "rate", "TFLOP/s", x_name, x_value, *rate, self.floors.fp32_tflops,
-                      config)
+        for metric, unit, amount, scale, ceiling in (
+                ("bandwidth", "GB/s", bytes, 1e9, self.floors.copy_gbps),
+                ("l2_bandwidth", "GB/s", l2_bytes, 1e9, self.floors.l2_gbps),
+                ("rate", "TFLOP/s", flops, 1e12, self.floors.fp32_tflops)):
+            if amount:  # p50, p20, p80 of the rate: the slow end of the time is the low end of the rate
+                rates = [amount / (t * 1e-3) / scale for t in (p50, p80, p20)]
+                self._row(op, provider, mode, metric, unit, x_name, x_value, *rates, ceiling, config)
         return p50
 
     def _measure(self, call: Callable[[], object]) -> tuple[float, float, float]:
@@ -284,8 +271,7 @@ class Context:
         if self.on_gpu:
             import triton.testing
 
-            p20, p50, p80 = triton.testing.do_bench(call, warmup=25, rep=100, quantiles=[0.2, 0.5, 0.8])
-            return p20, p50, p80
+            return tuple(triton.testing.do_bench(call, warmup=25, rep=100, quantiles=[0.2, 0.5, 0.8]))
         times = _cpu_time(call, reps=3)
         return min(times), statistics.median(times), max(times)
 
@@ -300,21 +286,27 @@ class Context:
         self.failures.append(f"{self.family}: {op} {provider} {mode} {x_name}={x_value} {config or ''}: "
                              f"{message[:300]}")
 
-    def value(
-        self,
-        *,
-        op: str,
-        provider: str,
-        metric: str,
-        value: float,
-        x_name: str,
-        x_value: float,
-        unit: str = "",
-        config: dict | None = None,
-        mode: str = "fwd",
-    ) -> None:
+    def value(self, *, op: str, provider: str, metric: str, value: float, x_name: str, x_value: float,
+              unit: str = "", config: dict | None = None, mode: str = "fwd") -> None:
         """Record a measured value that is not a time (an error, a memory size, a per-token latency...)."""
         self._row(op, provider, mode, metric, unit, x_name, x_value, value, value, value, None, config)
+
+
+def run_family(ctx: Context, family: str, run: Callable[[Context], object]) -> str:
+    """Run one family's points (``run(ctx)``, as ``ctx.family``): returns ``""`` when it finished, else why it
+    stopped, ``"cut at the cap: ..."`` (the budget) or the error (errors that leave the CUDA context unusable are
+    raised: nothing after them could run)."""
+    ctx.family = family
+    try:
+        run(ctx)
+        return ""
+    except BudgetExhausted as stop:
+        return f"cut at the cap: {stop}"
+    except Exception as error:  # noqa: BLE001 - reported; the next family still runs
+        if is_fatal(error):
+            raise
+        traceback.print_exc()
+        return f"{family} stopped by {type(error).__name__}: {str(error).strip()[:300]}"
 
 
 def write_results(rows: list[dict], path: Path) -> None:

@@ -54,27 +54,25 @@ def cases(device: str) -> list[tuple[str, Callable[[], object]]]:
     """The decode-regime calls of the speed goals, at their sizes."""
     import etsc_triton as et
 
-    backend = "triton"
     lam = torch.rand(1024, 512, device=device, dtype=torch.complex64) * 0.9
     b = torch.randn(1024, 512, device=device, dtype=torch.complex64)
     state = torch.zeros(1, 1024, 512, device=device, dtype=torch.complex64)
-    x_step = torch.randn(1, 1024, device=device)
-    x_tok = torch.randn(1, 1024, device=device)
+    x = torch.randn(1, 1024, device=device)
+    x_scan = torch.randn(1, 16, 1024, device=device)
     tables = 0.02 * torch.randn(128, 256, 1024, device=device)
     bias = torch.zeros(1024, device=device)
     codes = torch.randint(0, 256, (1, 128), device=device, dtype=torch.int32)
     scores = torch.rand(1, 128, device=device)
-    x_scan = torch.randn(1, 16, 1024, device=device)
     rows = [
-        ("ssm_step B=1 D=1024 N=512", lambda: et.ssm_step(x_step, lam, b, state, backend=backend)),
-        ("ssm_scan B=1 L=16 D=1024 N=512", lambda: et.ssm_scan(x_scan, lam, b, backend=backend)),
-        ("memory_layer T=1 d=1024 tau=8", lambda: et.memory_layer(x_tok, tables, bias, backend=backend)),
-        ("memory_gather T=1 K=128 d=1024", lambda: et.memory_gather(codes, scores, tables, bias, backend=backend)),
+        ("ssm_step B=1 D=1024 N=512", lambda: et.ssm_step(x, lam, b, state, backend="triton")),
+        ("ssm_scan B=1 L=16 D=1024 N=512", lambda: et.ssm_scan(x_scan, lam, b, backend="triton")),
+        ("memory_layer T=1 d=1024 tau=8", lambda: et.memory_layer(x, tables, bias, backend="triton")),
+        ("memory_gather T=1 K=128 d=1024", lambda: et.memory_gather(codes, scores, tables, bias, backend="triton")),
         ("torch.empty(1024) (reference point)", lambda: torch.empty(1024, device=device)),
     ]
     if device == "cuda":  # on a CPU the matmul itself runs inside the call: not a host-overhead reference
         linear = torch.nn.Linear(1024, 1024, device=device)
-        rows.append(("nn.Linear 1024x1024, 1 token (reference point)", lambda: linear(x_tok)))
+        rows.append(("nn.Linear 1024x1024, 1 token (reference point)", lambda: linear(x)))
     return rows
 
 

@@ -54,6 +54,14 @@ def timing_groups(rows: list[dict]) -> dict[tuple, list[dict]]:
     return groups
 
 
+def by_x(rows: list[dict]) -> list[tuple[float, list[dict]]]:
+    """Rows grouped by their x value, in x order."""
+    groups: dict[float, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[float(row["x_value"])].append(row)
+    return sorted(groups.items())
+
+
 def best_baseline(points: list[dict]) -> dict | None:
     """The fastest baseline row among rows at one x; our own variants (``triton*``) are not baselines."""
     others = [r for r in points if not r["provider"].startswith(OURS) and r["p50"] is not None]
@@ -75,10 +83,7 @@ def draw_group(key: tuple, rows: list[dict], out_dir: Path) -> Path:
     floor_points = sorted((float(r["x_value"]), r["floor"]) for r in by_provider.get(OURS, []) if r["floor"])
     if floor_points:
         ax.plot(*zip(*floor_points), ls="--", color="black", label="floor (bytes/BW, L2 bytes/L2 BW, flops/FMA rate)")
-    by_x: dict[float, list[dict]] = defaultdict(list)
-    for row in rows:
-        by_x[float(row["x_value"])].append(row)
-    for x, points in sorted(by_x.items()):
+    for x, points in by_x(rows):
         ours = [r for r in points if r["provider"] == OURS]
         best = best_baseline(points)
         if ours and best and ours[0]["p50"]:
@@ -108,10 +113,7 @@ def summary_table(rows: list[dict], floors) -> str:
              f"{'op':<18}{'mode':<9}{'x':<14}{'config':<34}{'triton ms':>11}{'best baseline':>26}"
              f"{'speedup':>9}{'of floor':>10}"]
     for (op, mode, x_name, config), group in sorted(timing_groups(rows).items()):
-        by_x: dict[float, list[dict]] = defaultdict(list)
-        for row in group:
-            by_x[float(row["x_value"])].append(row)
-        for x, points in sorted(by_x.items()):
+        for x, points in by_x(group):
             ours = next((r for r in points if r["provider"] == OURS), None)
             if ours is None:
                 continue

@@ -46,8 +46,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BUDGET = 480.0
-# (stage, planned seconds at the default budget): the time plan of perf/README.md; scaled to --budget.
-STAGE_PLAN = [("environment", 25), ("kernel_configs", 90), ("tests", 150), ("headline", 155), ("demo", 60)]
 MIN_STAGE_SHARE = 0.5  # a stage started late still gets half its planned time (within the budget)
 SUMMARY_COLUMNS = ["stage", "item", "size", "ours", "baseline", "ratio", "fraction_of_floor", "target", "met",
                    "detail"]
@@ -55,8 +53,19 @@ DRY_RUN_TESTS = {"gpu": ["tests/test_ssm_step.py"], "rest": ["tests/test_api.py"
 TEST_TIMEOUT_S = 120  # per test, when pytest-timeout is importable
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the run: its name, its planned seconds at the default budget (the time plan of
+    perf/README.md, scaled to ``--budget``) and what it does: ``run(proof, deadline)`` returns a note (starting
+    with "cut" when the cap cut it short) or raises when it failed."""
+
+    name: str
+    seconds: float
+    run: Callable[[Proof, float], str]
+
+
 @dataclass
-class StageRecord:
+class StageResult:
     name: str
     status: str
     seconds: float
@@ -72,8 +81,9 @@ class Proof:
     """The run: its output folder, a private work folder (packed into ``results.tgz``), the log and the summary
     rows; :meth:`run_stage` runs one stage under its deadline and rewrites the summary files after it."""
 
-    def __init__(self, out: Path, budget: float, dry_run: bool, jobs: int):
+    def __init__(self, out: Path, budget: float, dry_run: bool, jobs: int, stages: list[Stage] | None = None):
         self.out, self.budget, self.dry_run, self.jobs = out, budget, dry_run, jobs
+        self.plan = STAGES if stages is None else stages
         self.out.mkdir(parents=True, exist_ok=True)
         for name in ("summary.md", "summary.csv", "proof.log", "results.tgz"):
             (self.out / name).unlink(missing_ok=True)
@@ -81,12 +91,10 @@ class Proof:
         (self.work / "plots").mkdir()
         self.started = time.monotonic()
         self.rows: list[dict] = []
-        self.stages: list[StageRecord] = []
+        self.stages: list[StageResult] = []
         self.environment: dict = {}
         self.device = "cpu" if dry_run else "cuda"
         self.floors = None  # perf.harness.Floors, set by the environment stage
-
-    # ------------------------------------------------------------------------------------------- bookkeeping
 
     def log(self, message: str) -> None:
         line = f"[{time.monotonic() - self.started:6.1f} s] {message}"
@@ -104,21 +112,26 @@ class Proof:
     def add(self, stage: str, item: str, *, size: str = "", ours: str = "", detail: str = "", **extra) -> None:
         self.rows.append({"stage": stage, "item": item, "size": size, "ours": ours, "detail": detail, **extra})
 
+    @property
+    def scale(self) -> float:
+        """Seconds of this run per planned second."""
+        return self.budget / sum(stage.seconds for stage in self.plan)
+
     def deadline_for(self, index: int) -> float:
         """Cumulative plan: stage ``index`` ends by the sum of the planned times so far (scaled to the budget),
         but gets at least MIN_STAGE_SHARE of its own plan and never passes the budget."""
-        scale = self.budget / sum(seconds for _, seconds in STAGE_PLAN)
-        planned_end = self.started + scale * sum(seconds for _, seconds in STAGE_PLAN[: index + 1])
-        floor = time.monotonic() + MIN_STAGE_SHARE * scale * STAGE_PLAN[index][1]
+        planned_end = self.started + self.scale * sum(stage.seconds for stage in self.plan[: index + 1])
+        floor = time.monotonic() + MIN_STAGE_SHARE * self.scale * self.plan[index].seconds
         return min(self.started + self.budget, max(planned_end, floor))
 
-    def run_stage(self, index: int, fn: Callable[[float], str]) -> None:
-        name, planned = STAGE_PLAN[index]
+    def run_stage(self, index: int) -> None:
+        """Run stage ``index`` under its deadline; record its status, rewrite the summary and the archive."""
+        stage = self.plan[index]
         deadline = self.deadline_for(index)
-        self.log(f"== stage {index + 1} {name}: {deadline - time.monotonic():.0f} s")
+        self.log(f"== stage {index + 1} {stage.name}: {deadline - time.monotonic():.0f} s")
         started = time.monotonic()
         try:
-            note = fn(deadline) or ""
+            note = stage.run(self, deadline) or ""
             status = "ok"
         except Exception as error:  # noqa: BLE001 - recorded; the next stage still runs
             status, note = "failed", f"{type(error).__name__}: {str(error).strip()[:300]}"
@@ -127,13 +140,10 @@ class Proof:
         if status == "ok" and note.startswith("cut"):
             status = "cut"
         seconds = time.monotonic() - started
-        scale = self.budget / sum(s for _, s in STAGE_PLAN)
-        self.stages.append(StageRecord(name, status, seconds, planned * scale, note))
-        self.log(f"== stage {index + 1} {name}: {status} after {seconds:.1f} s {note}")
+        self.stages.append(StageResult(stage.name, status, seconds, stage.seconds * self.scale, note))
+        self.log(f"== stage {index + 1} {stage.name}: {status} after {seconds:.1f} s {note}")
         self.write_summary()
         self.pack()
-
-    # ------------------------------------------------------------------------------------------- outputs
 
     def write_summary(self) -> None:
         with (self.out / "summary.csv").open("w", newline="") as f:
@@ -180,8 +190,6 @@ class Proof:
     def close(self) -> None:
         shutil.rmtree(self.work, ignore_errors=True)
 
-    # ------------------------------------------------------------------------------------------- subprocesses
-
     def subprocess_env(self) -> dict:
         # Not the caller's pytest variables: a proof started from a test (an xdist worker) would otherwise make
         # its own pytest runs believe they are xdist workers.
@@ -226,9 +234,6 @@ def kill_group(proc: subprocess.Popen) -> None:
             continue
 
 
-# ----------------------------------------------------------------------------------------------- stages
-
-
 def stage_environment(proof: Proof, deadline: float) -> str:
     """Versions, GPU, memory, clocks; the two floors (and L2) measured now."""
     import numpy
@@ -239,7 +244,7 @@ def stage_environment(proof: Proof, deadline: float) -> str:
 
     env = proof.environment
     env.update(python=platform.python_version(), torch=torch.__version__, triton=triton.__version__,
-               numpy=numpy.__version__, commit=harness._git_commit(),
+               numpy=numpy.__version__, commit=harness.git_commit(),
                time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     if proof.device == "cuda":
         props = torch.cuda.get_device_properties(0)
@@ -250,13 +255,13 @@ def stage_environment(proof: Proof, deadline: float) -> str:
             smi = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv"], capture_output=True,
                                  text=True, timeout=20)
             env["nvidia_smi"] = smi.stdout.strip().replace("\n", " / ")
-        floors = harness.measure_floors("cuda", quick=False)
+        floors = harness.measure_floors("cuda")
         torch.cuda.empty_cache()  # the 2 GB of copy buffers go back to the device for the stages' processes
         how = "1 GB copy_ (do_bench median), 8192^3 SGEMM tf32 off, 16 MB copy repeated in L2"
     else:
         env.update(device_name=f"CPU ({platform.processor() or platform.machine()})", sms="-",
                    memory_gib="-", capability="-")
-        floors = cpu_floors()
+        floors = harness.measure_floors("cpu")
         how = "CPU dry run: 16 MB copy_ and 256^3 matmul, wall clock (meaningless on purpose)"
     proof.floors = floors
     for key, value in env.items():
@@ -270,30 +275,6 @@ def stage_environment(proof: Proof, deadline: float) -> str:
     proof.add("environment", "fp32 FMA rate", ours=f"{floors.fp32_tflops:.2f} TFLOP/s", detail=how)
     proof.add("environment", "L2 copy bandwidth", ours=f"{floors.l2_gbps:.0f} GB/s", detail=how)
     return ""
-
-
-def cpu_floors():
-    """Stand-ins for the floors in a dry run (wall clock, tiny sizes): the pipeline computes fractions from
-    them the same way; the numbers are not claims about anything."""
-    import torch
-
-    from .harness import Floors
-
-    src = torch.randn(4 << 20)
-    dst = torch.empty_like(src)
-    a = torch.randn(256, 256)
-
-    def best(fn, reps=5):
-        times = []
-        for _ in range(reps):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
-    copy_s = best(lambda: dst.copy_(src))
-    matmul_s = best(lambda: a @ a)
-    return Floors(copy_gbps=2 * src.numel() * 4 / copy_s / 1e9, fp32_tflops=2 * 256**3 / matmul_s / 1e12)
 
 
 def stage_kernel_configs(proof: Proof, deadline: float) -> str:
@@ -395,32 +376,25 @@ def stage_headline(proof: Proof, deadline: float) -> str:
     from . import bench_conversion, bench_decode, bench_memory, bench_ssm, harness, plots
     from .proof_headline import POINTS
 
-    ctx = harness.Context(device=proof.device, quick=proof.dry_run, floors=proof.floors, deadline=deadline,
+    floors = proof.floors or harness.Floors(math.nan, math.nan)  # the environment stage failed: no fractions
+    ctx = harness.Context(device=proof.device, quick=proof.dry_run, floors=floors, deadline=deadline,
                           progress=harness.progress_printer(deadline - time.monotonic()))
     notes = []
     for family, points in POINTS:
-        ctx.family = family
-        try:
-            for row in points(ctx, proof.dry_run):
-                proof.rows.append(row)
-        except harness.BudgetExhausted as stop:
-            notes.append(f"cut at the cap: {stop}")
+        note = harness.run_family(ctx, family, lambda ctx, points=points: proof.rows.extend(points(ctx, proof.dry_run)))
+        harness.write_results(ctx.rows, proof.work / "headline.csv")
+        proof.write_summary()
+        proof.log(f"headline {family}: {note or 'done'}")
+        if note.startswith("cut"):
+            notes.append(note)
             break
-        except Exception as error:  # noqa: BLE001 - the next family still runs (unless the context is gone)
-            if harness.is_fatal(error):
-                raise
-            proof.add("headline", family, ours="failed", met="failed",
-                      detail=f"{type(error).__name__}: {str(error).strip()[:200]}")
-            proof.log(f"headline {family} failed: {type(error).__name__}: {str(error).strip()[:300]}")
-        finally:
-            harness.write_results(ctx.rows, proof.work / "headline.csv")
-            proof.write_summary()
-        proof.log(f"headline {family}: done")
+        if note:
+            proof.add("headline", family, ours="failed", met="failed", detail=note)
     for line in ctx.failures:
         proof.log(f"failed point: {line}")
         notes.append(f"failed point: {line[:120]}")
     plots.draw_all(ctx.rows, proof.work / "plots", [bench_conversion, bench_ssm, bench_memory, bench_decode])
-    proof.log(plots.summary_table(ctx.rows, proof.floors))
+    proof.log(plots.summary_table(ctx.rows, floors))
     return "; ".join(notes)
 
 
@@ -456,7 +430,8 @@ def stage_demo(proof: Proof, deadline: float) -> str:
     return ""
 
 
-STAGES = [stage_environment, stage_kernel_configs, stage_tests, stage_headline, stage_demo]
+STAGES = [Stage("environment", 25, stage_environment), Stage("kernel_configs", 90, stage_kernel_configs),
+          Stage("tests", 150, stage_tests), Stage("headline", 155, stage_headline), Stage("demo", 60, stage_demo)]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -487,12 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs = args.jobs or (2 if args.dry_run else 8)
     proof = Proof(args.out, args.budget, args.dry_run, jobs)
     try:
-        for index, stage in enumerate(STAGES):
-            if index == 3 and proof.floors is None:
-                from .harness import Floors
-
-                proof.floors = Floors(float("nan"), float("nan"))
-            proof.run_stage(index, lambda deadline, stage=stage: stage(proof, deadline))
+        for index in range(len(proof.plan)):
+            proof.run_stage(index)
         proof.log(f"done in {time.monotonic() - proof.started:.0f} s: " +
                   ", ".join(f"{s.name} {s.status}" for s in proof.stages))
     finally:

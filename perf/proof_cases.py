@@ -74,24 +74,13 @@ def to64(value: torch.Tensor) -> torch.Tensor:
     return value.detach().to("cpu", wide, copy=True)
 
 
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """``||actual - expected|| / ||expected||`` in float64 on the CPU; inf for a shape mismatch or a NaN the
-    oracle has not; integer tensors: 0 when equal, inf otherwise."""
-    if not (expected.is_floating_point() or expected.is_complex()):
-        return 0.0 if torch.equal(actual.cpu().to(expected.dtype), expected) else math.inf
-    wide = torch.complex128 if expected.is_complex() or actual.is_complex() else torch.float64
-    a, e = actual.detach().to("cpu", wide), expected.detach().to("cpu", wide)
-    if a.shape != e.shape or (torch.isnan(a).any() and not torch.isnan(e).any()):
-        return math.inf
-    denom = torch.linalg.vector_norm(e).item()
-    return torch.linalg.vector_norm(a - e).item() / (denom if denom > 0 else 1.0)
-
-
 def check(case: Case, device: str) -> dict:
     """Run one case on ``device`` and through its oracle; returns ``{label, op, ok, worst, errors, error}``
     (``worst``: the largest error / tolerance)."""
     import etsc_triton as et
     from tools.cases import build, evaluate, triton_op
+
+    from .harness import rel_err
 
     call = build(case)
     tol, grad_tol = tolerances(call)

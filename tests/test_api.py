@@ -29,6 +29,17 @@ def test_all_lists_the_contract():
     assert hasattr(et.nn, "MemoryLayer")
 
 
+def test_one_op_list_feeds_the_package_ops_and_reference():
+    from etsc_triton.ops import api
+
+    assert et.__all__ == [*api.__all__, "nn", "reference"]
+    assert et.ops.__all__[: len(api.__all__)] == et.reference.__all__[: len(api.__all__)] == api.__all__
+    for name in api.__all__:
+        assert getattr(et, name) is getattr(et.ops, name) is getattr(api, name)
+        family = getattr(api, name).__module__.rpartition(".")[0]
+        assert getattr(et.reference, name).__module__ == f"{family}.naive", name
+
+
 def test_resolve_backend_auto_picks_by_device():
     cpu = torch.zeros(3)
     assert dispatch.resolve_backend("f", "auto", cpu) == "torch"

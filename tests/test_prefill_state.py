@@ -205,3 +205,113 @@ def test_gradients_follow_the_oracle(device):
     for name, g, e in zip(("x", "b"), got, expected, strict=True):
         # float32 oracle arithmetic over 40 tokens: measured 7.9e-8 (dx), 1.9e-7 (db) of the largest gradient
         assert_close(g, e, atol=2e-6 * e.abs().max().item(), rtol=0, name=f"d{name}")
+
+
+# Packed prompts (cu_seqlens) and states written into a pool (state_indices). A zero-length prompt, a one-token
+# one, one longer than the period m = 16 (it folds), two short ones.
+PACKED_LENGTHS = (0, 1, 40, 7, 15)
+
+
+def _packed(lengths, channels=5, n_modes=8, seed=11, device="cpu"):
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    x, b, gamma = _problem(1, int(cu[-1]), channels, 15, n_modes, seed=seed)
+    return x.to(device), b.to(device), gamma.to(device), cu.to(device)
+
+
+def test_packed_prompts_equal_a_loop(device):
+    x, b, gamma, cu = _packed(PACKED_LENGTHS, device=device)
+    states = ssm_prefill_state(x, b, 15, gamma, cu_seqlens=cu, backend="triton")
+    assert states.shape == (len(PACKED_LENGTHS), 5, 8) and states.dtype == torch.complex64
+    expected = naive.ssm_prefill_state(x.double(), b.to(torch.complex128), 15, gamma.double(), cu_seqlens=cu)
+    assert_close(states, expected, atol=TOL[torch.float32] * expected.abs().max().item(), rtol=0, name="states")
+    bounds = cu.tolist()
+    for i, (first, last) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if first == last:  # an empty prompt leaves the zero state
+            assert torch.equal(states[i], torch.zeros_like(states[i]))
+            continue
+        alone = ssm_prefill_state(x[:, first:last], b, 15, gamma, backend="triton")
+        # The same fold of the same tokens, one FFT row of a batch against a batch of one
+        assert_close(states[i : i + 1], alone, atol=4 * 2.0**-23 * alone.abs().max().item(), rtol=0,
+                     name=f"prompt {i}")
+
+
+def test_pooled_prompts_are_written_in_place(device):
+    x, b, gamma, cu = _packed(PACKED_LENGTHS, device=device)
+    rows = torch.tensor([3, -1, 0, 7, 5], dtype=torch.int32, device=device)
+    gen = torch.Generator().manual_seed(12)
+    pool = torch.randn(9, 5, 8, generator=gen, dtype=torch.complex64).to(device)
+    before = pool.clone()
+    out = ssm_prefill_state(x, b, 15, gamma, cu_seqlens=cu, state=pool, state_indices=rows, backend="triton")
+    assert out is pool
+    states = ssm_prefill_state(x, b, 15, gamma, cu_seqlens=cu, backend="triton")
+    for i, row in enumerate(rows.tolist()):
+        if row >= 0:
+            assert torch.equal(pool[row], states[i]), f"row {row}"
+    assert torch.equal(pool[3], torch.zeros_like(pool[3]))  # an empty prompt writes the zero state
+    for row in (1, 2, 4, 6, 8):  # named by no prompt (the padding prompt names none)
+        assert torch.equal(pool[row], before[row])
+    reference_pool = before.clone()
+    naive.ssm_prefill_state(x, b, 15, gamma, cu_seqlens=cu, state=reference_pool, state_indices=rows)
+    assert_close(pool, reference_pool, atol=TOL[torch.float32] * reference_pool.abs().max().item(), rtol=0,
+                 name="pool vs oracle")
+
+
+def test_packed_gradients_equal_the_loop(device):
+    x, b, gamma, cu = _packed((3, 0, 20, 6), device=device)
+    gen = torch.Generator().manual_seed(13)
+    upstream = torch.randn(4, 5, 8, generator=gen, dtype=torch.complex64).to(device)
+    bounds = cu.tolist()
+
+    def grads(fn):
+        leaves = [x.clone().requires_grad_(), b.clone().requires_grad_(), gamma.clone().requires_grad_()]
+        states = fn(*leaves)
+        loss = (torch.view_as_real(states).double() * torch.view_as_real(upstream).double()).sum()
+        return torch.autograd.grad(loss, leaves)
+
+    packed = grads(lambda x, b, g: ssm_prefill_state(x, b, 15, g, cu_seqlens=cu, backend="triton"))
+    looped = grads(lambda x, b, g: torch.cat([ssm_prefill_state(x[:, first:last], b, 15, g, backend="triton")
+                                              for first, last in zip(bounds[:-1], bounds[1:])]))
+    for name, p, q in zip(("x", "b", "gamma"), packed, looped, strict=True):
+        # both differentiate the float32 oracle; the loop sums the per-prompt gradients of b and gamma itself
+        assert_close(p, q, atol=2e-6 * q.abs().max().item(), rtol=0, name=f"d{name}")
+
+
+def _bad_prefill_layouts(device):
+    i32 = dict(dtype=torch.int32, device=device)
+    x, b, gamma, cu = _packed(PACKED_LENGTHS, device=device)
+    pool = torch.zeros(9, 5, 8, dtype=torch.complex64, device=device)
+    rows = torch.tensor([3, -1, 0, 7, 5], **i32)
+    return [
+        ("cu_seqlens not from 0", dict(cu_seqlens=cu + 1), ValueError, "cu_seqlens must start at 0"),
+        ("cu_seqlens falling", dict(cu_seqlens=torch.tensor([0, 2, 1, 41, 48, 63], **i32)), ValueError,
+         "cu_seqlens must not decrease"),
+        ("cu_seqlens short of T", dict(cu_seqlens=torch.tensor([0, 0, 1, 41, 48, 62], **i32)), ValueError,
+         "cu_seqlens must end at T = 63"),
+        ("x batch 2", dict(x=x.expand(2, -1, -1)), ValueError, r"x must be \[1, T, D\]"),
+        ("state without indices", dict(state_indices=None), ValueError, "state .* needs state_indices"),
+        ("indices without state", dict(state=None), ValueError, "state_indices needs state"),
+        ("indices without cu_seqlens", dict(cu_seqlens=None), ValueError, "need cu_seqlens"),
+        ("indices short", dict(state_indices=rows[:4]), ValueError, r"state_indices must have shape \(S,\)"),
+        ("index out of range", dict(state_indices=torch.tensor([3, -1, 9, 7, 5], **i32)), ValueError,
+         "state_indices must be < P = 9"),
+        ("one row twice", dict(state_indices=torch.tensor([3, -1, 0, 3, 5], **i32)), ValueError,
+         "must not repeat a state row"),
+        ("pool of another N", dict(state=pool[..., :7]), ValueError, r"state must have shape \(P, D, N\)"),
+        ("pool complex128", dict(state=pool.to(torch.complex128)), TypeError, "must be complex64"),
+        ("pooled x requires grad", dict(x=x.clone().requires_grad_()), NotImplementedError, "not differentiable"),
+    ]
+
+
+@pytest.mark.parametrize("label", [case[0] for case in _bad_prefill_layouts("cpu")])
+def test_bad_prefill_layouts_write_nothing(device, label):
+    x, b, gamma, cu = _packed(PACKED_LENGTHS, device=device)
+    pool = torch.zeros(9, 5, 8, dtype=torch.complex64, device=device)
+    args = dict(x=x, cu_seqlens=cu, state=pool, state_indices=torch.tensor([3, -1, 0, 7, 5], dtype=torch.int32,
+                                                                           device=device))
+    _, change, error, match = next(case for case in _bad_prefill_layouts(device) if case[0] == label)
+    args |= change
+    for backend in ("triton", "torch"):
+        with pytest.raises(error, match=match):
+            ssm_prefill_state(args["x"], b, 15, gamma, cu_seqlens=args["cu_seqlens"], state=args["state"],
+                              state_indices=args["state_indices"], backend=backend)
+        assert torch.equal(pool, torch.zeros_like(pool))

@@ -38,7 +38,7 @@ def test_dry_run_runs_every_stage_and_writes_the_four_files(tmp_path):
     with (tmp_path / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))
     stages = {r["item"]: r["met"] for r in rows if r["stage"] == "stages"}
-    assert stages == {name: "ok" for name, _ in proof.STAGE_PLAN}
+    assert stages == {stage.name: "ok" for stage in proof.STAGES}
     configs = [r for r in rows if r["stage"] == "kernel_configs"]
     assert {r["item"] for r in configs} >= {"toeplitz_to_ssm", "ssm_kernel", "ssm_scan", "ssm_step", "memory_layer"}
     for row in configs:
@@ -66,13 +66,14 @@ def test_dry_run_runs_every_stage_and_writes_the_four_files(tmp_path):
 
 
 def test_a_failing_stage_is_recorded_and_the_next_stage_runs(tmp_path):
-    run = proof.Proof(tmp_path, budget=10, dry_run=True, jobs=1)
-    try:
-        def fails(deadline):
-            raise RuntimeError("no kernel image\nsecond line")
+    def fails(run, deadline):
+        raise RuntimeError("no kernel image\nsecond line")
 
-        run.run_stage(0, fails)
-        run.run_stage(1, lambda deadline: "2/2 cases")
+    stages = [proof.Stage("environment", 25, fails), proof.Stage("kernel_configs", 90, lambda run, deadline: "2/2")]
+    run = proof.Proof(tmp_path, budget=10, dry_run=True, jobs=1, stages=stages)
+    try:
+        run.run_stage(0)
+        run.run_stage(1)
     finally:
         run.close()
     assert [(s.name, s.status) for s in run.stages] == [("environment", "failed"), ("kernel_configs", "ok")]
@@ -98,14 +99,15 @@ def test_a_process_past_its_cap_is_killed(tmp_path):
 
 
 def test_stage_deadlines_follow_the_plan_within_the_budget(tmp_path):
-    assert sum(seconds for _, seconds in proof.STAGE_PLAN) == proof.DEFAULT_BUDGET == 480
+    plan = [stage.seconds for stage in proof.STAGES]
+    assert sum(plan) == proof.DEFAULT_BUDGET == 480
     run = proof.Proof(tmp_path, budget=240, dry_run=True, jobs=1)
     try:
         run.started = time.monotonic()  # the plan counts from the start; set up time is not what this checks
-        ends = [run.deadline_for(i) - run.started for i in range(len(proof.STAGE_PLAN))]
+        ends = [run.deadline_for(i) - run.started for i in range(len(plan))]
     finally:
         run.close()
-    planned = [sum(s for _, s in proof.STAGE_PLAN[: i + 1]) / 2 for i in range(len(proof.STAGE_PLAN))]
+    planned = [sum(plan[: i + 1]) / 2 for i in range(len(plan))]
     assert ends == pytest.approx(planned, abs=1.0)  # on time: each stage ends at its scaled cumulative plan
     assert ends[-1] <= 240
 

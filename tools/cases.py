@@ -63,6 +63,9 @@ GAMMAS = (None, 0.99, "tensor")
 SCAN_SIZES = ((5, 33), (64, 16), (64, 64), (3, 600))  # N <= 512 and the split-modes path N > 512
 SCAN_SIZES_QUICK = ((5, 33), (8, 16), (8, 40), (3, 70))
 CHUNKS_FROM_4 = {"scan_min_chunk_tokens": 4}  # the chunked scan on 12 tokens
+# packed sequences: an empty one, a one-token one; packed initial states; a pool with a padding sequence and
+# has_initial_state (pooled+flags)
+LAYOUTS = ("packed", "packed+state", "pooled", "pooled+flags")
 
 CASES = [
     # 2048: aligned rows and a mode count divisible by 16 (the usual case); 2100 > the solve's 1024-node cap.
@@ -96,6 +99,15 @@ CASES = [
     # a production-like tau (8, S=256) and a narrow d_out.
     CaseGrid("memory_layer", {"dtype": FP, "tau": (8,), "d_out": (48,), "tokens": (16,), "grads": ("x+tables",),
                               "bias": (False,)}, quick={"tokens": (5,)}),
+    # packed sequences (cu_seqlens) and a state pool (state_indices); lengths 0, 1, 6, 5, then 0, 1, 12, 5 with the
+    # 12-token sequence cut into chunks of 4 (a sequence's chunks never reach the next one)
+    CaseGrid("ssm_scan", {("channels", "modes"): SCAN_SIZES, "dtype": FP, "layout": LAYOUTS},
+             quick={("channels", "modes"): SCAN_SIZES_QUICK}),
+    CaseGrid("ssm_scan", {("channels", "modes"): ((5, 33), (64, 16), (3, 600)), "dtype": FP, "layout": LAYOUTS,
+                          "lengths": ((0, 1, 12, 5),)}, CHUNKS_FROM_4,
+             quick={("channels", "modes"): ((5, 33), (8, 16), (3, 70))}),
+    CaseGrid("ssm_prefill_state", {"dtype": FP, "gamma": (0.99,), "channels": (64,), "layout": ("packed", "pooled")},
+             quick={"channels": (8,)}),
 ]
 
 
@@ -195,11 +207,29 @@ def vandermonde_solve(size: int, complex_rhs: bool) -> Call:
     return Call("vandermonde_solve", [lam[None], _randc(1, size) if complex_rhs else torch.randn(1, size)], {})
 
 
-def ssm_scan(channels: int, modes: int, dtype: str, state: bool, tokens: int = 7, batch: int = 2) -> Call:
+def ssm_scan(channels: int, modes: int, dtype: str, state: bool = False, tokens: int = 7, batch: int = 2,
+             layout: str = "dense", lengths: tuple[int, ...] = (0, 1, 6, 5)) -> Call:
+    if layout != "dense":
+        return _packed_scan(channels, modes, dtype, layout, lengths)
     x = torch.randn(batch, tokens, channels).to(_dtype(dtype))
     h0 = _randc(batch, channels, modes) if state else None
     return Call("ssm_scan", [x, _nodes(channels, modes), _randc(channels, modes), h0], {},
                 (0, 1, 2, 3) if state else (0, 1, 2))
+
+
+def _packed_scan(channels: int, modes: int, dtype: str, layout: str, lengths: tuple[int, ...]) -> Call:
+    """Packed sequences of ``lengths`` tokens (differentiated), or the same into a pool of 6 rows whose second
+    sequence is padding (not differentiable: the pool is updated in place, and compared as an output)."""
+    cu_seqlens = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+    x = torch.randn(1, int(cu_seqlens[-1]), channels).to(_dtype(dtype))
+    lam, b = _nodes(channels, modes), _randc(channels, modes)
+    if layout.startswith("pooled"):
+        rows = torch.tensor([4, -1, 0, 2], dtype=torch.int32)[: len(lengths)]
+        starts = torch.tensor([True, True, False, True])[: len(lengths)] if layout == "pooled+flags" else None
+        return Call("ssm_scan", [x, lam, b, _randc(6, channels, modes)],
+                    dict(cu_seqlens=cu_seqlens, state_indices=rows, has_initial_state=starts))
+    h0 = _randc(len(lengths), channels, modes) if layout == "packed+state" else None
+    return Call("ssm_scan", [x, lam, b, h0], dict(cu_seqlens=cu_seqlens), (0, 1, 2, 3) if h0 is not None else (0, 1, 2))
 
 
 def ssm_step(channels: int, modes: int, dtype: str, indexed: bool) -> Call:
@@ -209,9 +239,17 @@ def ssm_step(channels: int, modes: int, dtype: str, indexed: bool) -> Call:
     return Call("ssm_step", [x, _nodes(channels, modes), _randc(channels, modes), pool], dict(state_indices=indices))
 
 
-def ssm_prefill_state(dtype: str, gamma, channels: int, n: int = 31) -> Call:
-    prompt = torch.randn(2, 40, channels).to(_dtype(dtype))
-    return Call("ssm_prefill_state", [prompt, _randc(channels, (n + 1) // 2), n, _gamma(gamma, channels)], {})
+def ssm_prefill_state(dtype: str, gamma, channels: int, n: int = 31, layout: str = "dense") -> Call:
+    if layout == "dense":
+        prompt = torch.randn(2, 40, channels).to(_dtype(dtype))
+        return Call("ssm_prefill_state", [prompt, _randc(channels, (n + 1) // 2), n, _gamma(gamma, channels)], {})
+    # packed prompts of 0, 40 (folded past the period n + 1) and 5 tokens; pooled: into rows 3 and 0, one padding
+    prompt = torch.randn(1, 45, channels).to(_dtype(dtype))
+    kwargs = dict(cu_seqlens=torch.tensor([0, 0, 40, 45], dtype=torch.int32))
+    if layout == "pooled":
+        rows = torch.tensor([3, -1, 0], dtype=torch.int32)
+        kwargs |= dict(state=_randc(5, channels, (n + 1) // 2), state_indices=rows)
+    return Call("ssm_prefill_state", [prompt, _randc(channels, (n + 1) // 2), n, _gamma(gamma, channels)], kwargs)
 
 
 def lsh_hash(tau: int, weighting: str, dtype: str) -> Call:

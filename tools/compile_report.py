@@ -46,9 +46,8 @@ def compile_one(record: dict) -> dict:
               "num_stages": record["options"].get("num_stages", 3)}
     try:
         fn = jit_function(record)
-        signature, constexprs, attrs, how = specialize(fn, record)
+        signature, constexprs, attrs = specialize(fn, record)
         result["config"], result["args"] = short_config(fn, signature, constexprs)
-        result["specialization"] = how
         result["key"] = json.dumps([result["kernel"], signature, sorted((list(k), repr(v)) for k, v in
                                                                         constexprs.items()),
                                     sorted((list(k), repr(v)) for k, v in attrs.items()), record["options"]])

@@ -7,11 +7,11 @@ Capture: :func:`record_launches` wraps ``InterpretedFunction.run`` (where ``kern
 interpreter runs the GPU's tiles on small CPU inputs.
 
 Compile (interpreter off, so ``@triton.jit`` gives ``JITFunction`` objects): :func:`compile_launch` specialises a
-recorded launch the way ``JITFunction.run`` does on a GPU (same binder: ints equal to 1 become constexprs,
-16-divisible ints and 16-byte aligned pointers get ``tt.divisibility``; a hand-written fallback of the same
-rules where the binder's internals differ) and compiles it with ``triton.compile(ASTSource(...),
-target=GPUTarget("cuda", 90, 32))``. Registers and spill bytes come from the ``ptxas -v`` log of triton's own
-ptxas run (``knobs.nvidia.dump_ptxas_log``), or from running triton's ptxas on the PTX when the log is absent.
+recorded launch the way ``JITFunction.run`` does on a GPU (the same binder: ints equal to 1 become constexprs,
+16-divisible ints and 16-byte aligned pointers get ``tt.divisibility``) and compiles it with
+``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))``. Registers and spill bytes come from the
+``ptxas -v`` log of triton's own ptxas run (``knobs.nvidia.dump_ptxas_log``), or from running triton's ptxas on
+the PTX when the log is absent (a kernel found in the cache).
 Triton's ptxas, not PATH's: triton 3.9 emits PTX 9.4, which CUDA 13.0's ptxas rejects.
 
 The same code works with triton 3.6 and 3.9 (same ``ASTSource(fn, signature, constexprs, attrs)`` API).
@@ -35,8 +35,6 @@ from pathlib import Path
 TARGET_ARCH = 90
 PTXAS_ARCH = "sm_90a"
 OPTION_NAMES = ("num_warps", "num_stages", "num_ctas", "maxnreg", "enable_fp_fusion")
-
-# ----------------------------------------------------------------------------------------------- capture
 
 _TRITON_TYPES = {
     "float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64", "int32": "i32", "int64": "i64",
@@ -131,9 +129,6 @@ def record_launches() -> Iterator[LaunchRecorder]:
         interpreter.InterpretedFunction.run = original_run
 
 
-# ----------------------------------------------------------------------------------------------- specialise
-
-
 def _example_arg(desc: dict):
     """An argument the binder specialises exactly like the captured one (tiny CPU tensor, same alignment)."""
     import torch
@@ -149,44 +144,6 @@ def _example_arg(desc: dict):
     return desc["value"]
 
 
-def _manual_specialization(fn, record: dict):
-    """Fallback of ``JITFunction``'s specialisation rules (signature, constexprs, attrs) for other triton APIs."""
-    signature, constexprs, attrs = {}, {}, {}
-    for index, param in enumerate(fn.params):
-        name = param.name
-        desc = record["args"][name]
-        if param.is_constexpr:
-            signature[name] = "constexpr"
-            constexprs[(index,)] = _example_arg(desc)
-            continue
-        kind = desc["kind"]
-        specialize = not param.do_not_specialize
-        aligned_ok = not getattr(param, "do_not_specialize_on_alignment", False)
-        if kind == "tensor":
-            signature[name] = desc["type"]
-            if desc["align"] == 0 and aligned_ok:
-                attrs[(index,)] = [["tt.divisibility", 16]]
-        elif kind == "bool":
-            signature[name] = "i1"
-        elif kind == "int":
-            value = desc["value"]
-            if specialize and value == 1:
-                signature[name] = "constexpr"
-                constexprs[(index,)] = 1
-                continue
-            signature[name] = "i32" if -2**31 <= value < 2**31 else ("u64" if value >= 2**63 else "i64")
-            if specialize and value % 16 == 0 and aligned_ok:
-                attrs[(index,)] = [["tt.divisibility", 16]]
-        elif kind == "float":
-            signature[name] = "fp32"
-        elif kind == "none":
-            signature[name] = "constexpr"
-            constexprs[(index,)] = None
-        else:
-            raise TypeError(f"cannot specialise argument {name} of kind {kind}")
-    return signature, constexprs, attrs
-
-
 def jit_function(record: dict):
     """The ``JITFunction`` of a recorded launch (autotuner / heuristics wrappers removed)."""
     fn = getattr(importlib.import_module(record["module"]), record["name"])
@@ -195,24 +152,21 @@ def jit_function(record: dict):
     return fn
 
 
-def specialize(fn, record: dict) -> tuple[dict, dict, dict, str]:
-    """``(signature, constexprs, attrs, how)`` as ``JITFunction.run`` computes them for sm_90; ``how`` is
-    ``"binder"`` (triton's own code) or ``"manual"`` (the fallback)."""
+def specialize(fn, record: dict) -> tuple[dict, dict, dict]:
+    """``(signature, constexprs, attrs)`` as ``JITFunction.run`` computes them for sm_90: triton's own binder
+    (``create_function_from_signature``, then ``_pack_args``, the same in triton 3.6 and 3.9) on example
+    arguments that specialise like the recorded ones."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
 
     backend = make_backend(GPUTarget("cuda", TARGET_ARCH, 32))
-    try:
-        from triton.runtime.jit import create_function_from_signature
-
-        binder = create_function_from_signature(fn.signature, fn.params, backend)
-        args = [_example_arg(record["args"][p.name]) for p in fn.params]
-        bound_args, specialization, _ = binder(*args, **record["options"])
-        _, signature, constexprs, attrs = fn._pack_args(backend, dict(record["options"]), bound_args,
-                                                        specialization, record["options"])
-        return signature, constexprs, attrs, "binder"
-    except (ImportError, AttributeError, TypeError):
-        return (*_manual_specialization(fn, record), "manual")
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    args = [_example_arg(record["args"][p.name]) for p in fn.params]
+    bound_args, specialization, _ = binder(*args, **record["options"])
+    _, signature, constexprs, attrs = fn._pack_args(backend, dict(record["options"]), bound_args, specialization,
+                                                    record["options"])
+    return signature, constexprs, attrs
 
 
 def short_config(fn, signature: dict, constexprs: dict) -> tuple[str, str]:
@@ -224,9 +178,6 @@ def short_config(fn, signature: dict, constexprs: dict) -> tuple[str, str]:
     pointers = [f"{name}:{ty}" for name, ty in signature.items() if isinstance(ty, str) and ty.startswith("*")
                 and ty != "*fp32"]
     return ", ".join(user), ", ".join(pointers + specialised)
-
-
-# ----------------------------------------------------------------------------------------------- compile
 
 
 def ptxas_path() -> str | None:
@@ -296,7 +247,7 @@ def compile_launch(record: dict):
     from triton.compiler import ASTSource
 
     fn = jit_function(record)
-    signature, constexprs, attrs, _ = specialize(fn, record)
+    signature, constexprs, attrs = specialize(fn, record)
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     with contextlib.suppress(AttributeError):  # triton prints its own ptxas -v log: the exact numbers
         triton.knobs.nvidia.dump_ptxas_log = True

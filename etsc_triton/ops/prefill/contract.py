@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..checks import check_int, check_same_device, check_shape, check_tensor
+from ..ssm.contract import check_cu_seqlens, check_packed_x, check_pool, check_pool_values
 
 FN_NAME = "ssm_prefill_state"
 
@@ -78,3 +79,39 @@ def check_prefill_inputs(
                 f"[{modes_t.min().item()}, {modes_t.max().item()}]"
             )
     return gamma_t, modes_t
+
+
+def check_packed_prefill_inputs(
+    fn_name: str,
+    x: torch.Tensor,
+    b: torch.Tensor,
+    gamma: float | torch.Tensor | None,
+    cu_seqlens: torch.Tensor | None,
+    state: torch.Tensor | None,
+    state_indices: torch.Tensor | None,
+) -> tuple[int, int]:
+    """The packed / pooled layout of ``ssm_prefill_state`` (after :func:`check_prefill_inputs`): x ``[1, T, D]``
+    with ``cu_seqlens [S + 1]``; with ``state_indices [S]`` a pool ``state [P, D, N]``. Returns ``(S, P)`` (P = 0
+    without a pool). Every check runs before any kernel, so a refused call writes nothing."""
+    if cu_seqlens is None:
+        raise ValueError(f"{fn_name}: state and state_indices need cu_seqlens (packed prompts)")
+    tokens, channels = check_packed_x(fn_name, x)
+    n_seqs = check_cu_seqlens(fn_name, cu_seqlens, tokens)
+    pool = 0
+    if state_indices is None:
+        if state is not None:
+            raise ValueError(
+                f"{fn_name}: state (a pool) needs state_indices; prompts always start from a zero state"
+            )
+    else:
+        pool = check_pool(fn_name, state, state_indices, None, n_seqs, (channels, b.shape[1]), b.dtype)
+    check_same_device(fn_name, x=x, b=b, cu_seqlens=cu_seqlens, state=state, state_indices=state_indices)
+    if state_indices is not None:
+        inputs = (x, b, state, gamma if isinstance(gamma, torch.Tensor) else None)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+            raise NotImplementedError(
+                f"{fn_name}: writing states into a pool is not differentiable (an input requires grad); run it "
+                "under torch.no_grad(), or differentiate the packed form (cu_seqlens without state_indices)"
+            )
+        check_pool_values(fn_name, state_indices, pool)
+    return n_seqs, pool

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .contract import FN_NAME, check_prefill_inputs
+from .contract import FN_NAME, check_packed_prefill_inputs, check_prefill_inputs
 
 
 def ssm_prefill_state(
@@ -22,12 +22,35 @@ def ssm_prefill_state(
     gamma: float | torch.Tensor | None = None,
     *,
     modes: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
+    state: torch.Tensor | None = None,
+    state_indices: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Oracle of :func:`etsc_triton.ops.prefill.ssm_prefill_state`: the direct O(L * N) sum.
+    """Oracle of :func:`etsc_triton.ops.prefill.ssm_prefill_state`: the direct O(L * N) sum, one packed prompt
+    after the other; the pool is written like the kernel writes it (the rows of live indices, nothing else).
 
     Computes in complex128 when ``x`` is float64 or ``b`` is complex128, else in complex64.
     """
     gamma_t, modes_t = check_prefill_inputs(FN_NAME, x, b, n, gamma, modes)
+    if cu_seqlens is None and state is None and state_indices is None:
+        return _prefill_state(x, b, n, gamma_t, modes_t)
+    n_seqs, pool = check_packed_prefill_inputs(FN_NAME, x, b, gamma, cu_seqlens, state, state_indices)
+    bounds = cu_seqlens.tolist()
+    if state_indices is None:
+        states = [_prefill_state(x[:, bounds[i] : bounds[i + 1]], b, n, gamma_t, modes_t) for i in range(n_seqs)]
+        if not states:
+            return _prefill_state(x[:, :0], b, n, gamma_t, modes_t)[:0]
+        return torch.cat(states)
+    for i, row in enumerate(state_indices.tolist()):
+        if 0 <= row < pool:  # a negative index is padding; >= P (only reachable on CUDA) touches nothing
+            state[row] = _prefill_state(x[:, bounds[i] : bounds[i + 1]], b, n, gamma_t, modes_t)[0]
+    return state
+
+
+def _prefill_state(
+    x: torch.Tensor, b: torch.Tensor, n: int, gamma_t: torch.Tensor, modes_t: torch.Tensor
+) -> torch.Tensor:
+    """The direct sum for a dense batch x ``[B, L, D]`` (checked inputs): the state ``[B, D, N]``."""
     wide = x.dtype == torch.float64 or b.dtype == torch.complex128
     cdtype = torch.complex128 if wide else torch.complex64
     rdtype = torch.float64 if wide else torch.float32

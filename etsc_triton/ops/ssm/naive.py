@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .contract import check_scan_inputs, check_step_inputs
+from .contract import check_packed_scan_inputs, check_scan_inputs, check_step_inputs
 
 
 def _real_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -39,29 +39,87 @@ def _parts(z: torch.Tensor, real_dtype: torch.dtype) -> tuple[torch.Tensor, torc
     return parts[..., 0], parts[..., 1]
 
 
-def ssm_scan(
-    x: torch.Tensor, lam: torch.Tensor, b: torch.Tensor, state: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference scan: a Python loop over the tokens. Same contract as :func:`etsc_triton.ssm_scan`.
-
-    Returns ``(y [B, L, D] in x.dtype, final_state [B, D, N])``; the state is complex128 when any input is
-    float64 / complex128, else complex64. The initial state is never modified.
-    """
-    batch, length, channels, modes = check_scan_inputs("ssm_scan", x, lam, b, state)
-    rdt = _real_dtype(x, lam, b, *([state] if state is not None else []))
-    lam_re, lam_im = _parts(lam, rdt)
-    b_re, b_im = _parts(b, rdt)
-    if state is None:
-        u_re = torch.zeros(batch, channels, modes, dtype=rdt, device=x.device)
-        u_im = torch.zeros_like(u_re)
-    else:
-        u_re, u_im = (p.clone() for p in _parts(state, rdt))
-    xs = x.to(rdt)
-    y = torch.zeros(batch, length, channels, dtype=rdt, device=x.device)
-    for t in range(length):
+def _walk(
+    xs: torch.Tensor, lam_re, lam_im, b_re, b_im, u_re: torch.Tensor, u_im: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scan ``xs [B, L, D]`` (the working precision) from ``(u_re, u_im) [B, D, N]``; returns ``(y, u_re, u_im)``."""
+    y = torch.zeros(xs.shape, dtype=xs.dtype, device=xs.device)
+    for t in range(xs.shape[1]):
         u_re, u_im = ssm_update(u_re, u_im, lam_re, lam_im, b_re, b_im, xs[:, t, :, None])
         y[:, t] = u_re.sum(-1)
-    return y.to(x.dtype), torch.complex(u_re, u_im)
+    return y, u_re, u_im
+
+
+def ssm_scan(
+    x: torch.Tensor,
+    lam: torch.Tensor,
+    b: torch.Tensor,
+    state: torch.Tensor | None = None,
+    *,
+    cu_seqlens: torch.Tensor | None = None,
+    state_indices: torch.Tensor | None = None,
+    has_initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference scan: a Python loop over the tokens (and the packed sequences). Same contract as
+    :func:`etsc_triton.ssm_scan`.
+
+    Returns ``(y in x.dtype, final_state)``; the state is complex128 when any input is float64 / complex128,
+    else complex64. The initial state is never modified. Pooled (``state_indices``): the pool is updated in
+    place exactly as the kernel does (the sequential kernel's update, so the same bits in the interpreter), in
+    the pool's precision; a sequence whose index is ``>= P`` (only reachable on CUDA without
+    ``ETSC_TRITON_DEBUG=1``) gets NaN outputs and touches nothing.
+    """
+    if cu_seqlens is None and state_indices is None and has_initial_state is None:
+        batch, _, channels, modes = check_scan_inputs("ssm_scan", x, lam, b, state)
+        rdt = _real_dtype(x, lam, b, *([state] if state is not None else []))
+        lam_re, lam_im = _parts(lam, rdt)
+        b_re, b_im = _parts(b, rdt)
+        if state is None:
+            u_re = torch.zeros(batch, channels, modes, dtype=rdt, device=x.device)
+            u_im = torch.zeros_like(u_re)
+        else:
+            u_re, u_im = (p.clone() for p in _parts(state, rdt))
+        y, u_re, u_im = _walk(x.to(rdt), lam_re, lam_im, b_re, b_im, u_re, u_im)
+        return y.to(x.dtype), torch.complex(u_re, u_im)
+    n_seqs, tokens, channels, modes, pool = check_packed_scan_inputs(
+        "ssm_scan", x, lam, b, state, cu_seqlens, state_indices, has_initial_state)
+    bounds = cu_seqlens.tolist()
+    if state_indices is None:
+        rdt = _real_dtype(x, lam, b, *([state] if state is not None else []))
+    else:
+        rdt = torch.float64 if state.dtype == torch.complex128 else torch.float32
+    lam_re, lam_im = _parts(lam, rdt)
+    b_re, b_im = _parts(b, rdt)
+    xs = x.to(rdt)
+    zero = torch.zeros(1, channels, modes, dtype=rdt, device=x.device)
+    if state_indices is None:
+        ys, finals = [xs[:, :0]], []
+        for i in range(n_seqs):
+            if state is None:
+                u_re, u_im = zero, zero
+            else:
+                u_re, u_im = (p[i : i + 1].clone() for p in _parts(state, rdt))
+            y_i, u_re, u_im = _walk(xs[:, bounds[i] : bounds[i + 1]], lam_re, lam_im, b_re, b_im, u_re, u_im)
+            ys.append(y_i)
+            finals.append(torch.complex(u_re, u_im)[0])
+        final = torch.stack(finals) if finals else torch.complex(zero, zero)[:0]
+        return torch.cat(ys, dim=1).to(x.dtype), final
+    rows = state_indices.tolist()
+    starts = [True] * n_seqs if has_initial_state is None else has_initial_state.tolist()
+    pool_parts = torch.view_as_real(state)
+    y = torch.zeros(1, tokens, channels, dtype=rdt, device=x.device)
+    for i, row in enumerate(rows):
+        first, last = bounds[i], bounds[i + 1]
+        if row < 0:  # padding: zero outputs, no row read or written
+            continue
+        if row >= pool:
+            y[:, first:last] = float("nan")
+            continue
+        u_re = pool_parts[row : row + 1, ..., 0].clone() if starts[i] else zero
+        u_im = pool_parts[row : row + 1, ..., 1].clone() if starts[i] else zero
+        y[:, first:last], u_re, u_im = _walk(xs[:, first:last], lam_re, lam_im, b_re, b_im, u_re, u_im)
+        pool_parts[row] = torch.stack((u_re[0], u_im[0]), dim=-1)
+    return y.to(x.dtype), state
 
 
 def ssm_step(

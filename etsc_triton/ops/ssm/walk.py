@@ -1,4 +1,5 @@
-"""Building blocks of the scan programs: channel tiles, mode tiles held modes x channels, and the token walks.
+"""Building blocks of the scan programs: channel tiles, mode tiles held modes x channels, the token walks, and
+where a packed sequence lies (:func:`sequence_span`) and which pool row it owns (:func:`pool_slot`).
 
 A scan program owns ``(BLOCK_D channels, one batch row, one mode block, one chunk)`` and keeps its state tile
 in registers as ``[BLOCK_N, BLOCK_D]``: modes in each thread's registers, channels across lanes, so the
@@ -49,10 +50,11 @@ def load_modes_by_channels(row_ptrs, row_mask, first, n_modes, mode_stride, BLOC
 
 
 @triton.jit
-def store_modes_by_channels(row_ptrs, row_mask, first, n_modes, re, im, BLOCK_D: tl.constexpr,
+def store_modes_by_channels(row_ptrs, row_mask, first, n_modes, mode_stride, re, im, BLOCK_D: tl.constexpr,
                              BLOCK_N: tl.constexpr):
-    """Store ``[BLOCK_N, BLOCK_D]`` tiles into contiguous complex64 channel rows (the inverse of the load)."""
-    ptrs, mask = modes_by_channels(row_ptrs, row_mask, first, n_modes, 2, BLOCK_N)
+    """Store ``[BLOCK_N, BLOCK_D]`` tiles into complex64 channel rows whose modes lie ``mode_stride`` floats
+    apart (2: contiguous rows); the inverse of the load."""
+    ptrs, mask = modes_by_channels(row_ptrs, row_mask, first, n_modes, mode_stride, BLOCK_N)
     tl.store(ptrs, re, mask=mask)
     tl.store(ptrs + 1, im, mask=mask)
 
@@ -156,12 +158,49 @@ def reverse_tokens(g_re, g_im, v_re, v_im, h_re, h_im, lam_re, lam_im, b_re, b_i
 
 
 @triton.jit
-def chunk_pointers(x_ptr, dy_ptr, pid_b, chunk, chunk_len, seq_len, n_channels, channels64, stride_xb,
-                    stride_xl, stride_xd):
-    """The last token of a chunk (int64), its token count, and the x / dy pointers at that token."""
+def chunk_pointers(x_ptr, dy_ptr, pid_b, bos, out_row, chunk, chunk_len, length, n_channels, channels64,
+                    stride_xb, stride_xl, stride_xd):
+    """The last token of a chunk (int64, counted from the sequence's first token ``bos``), its token count, and
+    the x / dy pointers at that token (dy rows counted from ``out_row``, the sequence's first row of dy)."""
     start = chunk.to(tl.int64) * chunk_len
-    count = tl.minimum(seq_len - start, chunk_len)
+    count = tl.minimum(length - start, chunk_len)
     last = start + count - 1
-    x_ptrs = x_ptr + pid_b * stride_xb + last * stride_xl + channels64 * stride_xd
-    dy_ptrs = dy_ptr + (pid_b * seq_len + last) * n_channels + channels64
+    x_ptrs = x_ptr + pid_b * stride_xb + (bos + last) * stride_xl + channels64 * stride_xd
+    dy_ptrs = dy_ptr + (out_row + last) * n_channels + channels64
     return last, count, x_ptrs, dy_ptrs
+
+
+@triton.jit
+def sequence_span(cu_ptr, seq, n_tokens, chunk_len):
+    """Where sequence ``seq`` of a packed batch lies: ``(bos, length, n_chunks)``, its first token (int64), its
+    token count and the chunks of ``chunk_len`` tokens it takes (at least one, so a zero-length sequence still
+    has a program that writes its final state). Clamped to ``[0, n_tokens]``: a malformed ``cu_seqlens``
+    (unchecked on CUDA without the debug flag) cannot make a program read or write outside x and y."""
+    bos = tl.minimum(tl.maximum(tl.load(cu_ptr + seq).to(tl.int64), 0), n_tokens)
+    eos = tl.minimum(tl.maximum(tl.load(cu_ptr + seq + 1).to(tl.int64), bos), n_tokens)
+    length = eos - bos
+    return bos, length, tl.maximum((length + chunk_len - 1) // chunk_len, 1)
+
+
+@triton.jit
+def pool_slot(index_ptr, flag_ptr, seq, pool, HAS_FLAGS: tl.constexpr):
+    """Sequence ``seq``'s row of a state pool: ``(row, live, from_pool, padding)``: the row (int64, 0 when not
+    live); whether it is a row of the pool; whether the walk starts from that row (else from zero); whether the
+    sequence is padding (a negative index). An index ``>= pool`` (only reachable on CUDA without the debug
+    flag) is neither live nor padding."""
+    slot = tl.load(index_ptr + seq).to(tl.int64)
+    live = (slot >= 0) & (slot < pool)
+    from_pool = live
+    if HAS_FLAGS:
+        from_pool = live & (tl.load(flag_ptr + seq) != 0)
+    return tl.where(live, slot, 0), live, from_pool, slot < 0
+
+
+@triton.jit
+def fill_tokens(out_ptrs, value, count, n_channels, channel_ok):
+    """Write ``value`` as the output of ``count`` tokens (rows ``n_channels`` apart): a sequence with no pool
+    row gets 0 (padding) or NaN (an index out of range) instead of a walk."""
+    fill = tl.zeros(channel_ok.shape, dtype=tl.float32) + value
+    for _ in range(count):
+        tl.store(out_ptrs, fill.to(out_ptrs.dtype.element_ty), mask=channel_ok)
+        out_ptrs += n_channels

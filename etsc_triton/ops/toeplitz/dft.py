@@ -36,8 +36,6 @@ from ..tiles import cdiv, next_power_of_2
 from . import naive
 from .contract import check_toeplitz_args, etsc_mode_count
 
-# ----------------------------------------------------------------------------------------------- jit kernels
-
 
 @triton.jit
 def _etsc_epilogue_kernel(
@@ -152,9 +150,6 @@ def _negative_lag_ramp_kernel(
     tl.store(r_ptr + offset, r * ramp, mask=ok)
 
 
-# ----------------------------------------------------------------------------------------------- launchers
-
-
 @functools.lru_cache(maxsize=64)
 def _unit_angles(modes: int, m: int, device: torch.device) -> torch.Tensor:
     """``[modes, 2]`` float64 (cos, sin) of ``2 pi min(k, m - k) / m`` for k = 1..modes (angles in [0, pi]).
@@ -233,9 +228,6 @@ def _toeplitz_to_ssm_triton(
         wrap_triton(_negative_lag_ramp_kernel)[ramp_grid](lag_error, n, m, BLOCK=RAMP_BLOCK)
         epilogue(torch.view_as_real(torch.fft.rfft(lag_error, dim=-1)), first_pass=False)
     return lam, b
-
-
-# ----------------------------------------------------------------------------------------------- public function
 
 
 def toeplitz_to_ssm(

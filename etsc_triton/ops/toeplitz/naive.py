@@ -2,8 +2,8 @@
 
 Each oracle has the public function's signature without ``backend`` and computes in the precision of its
 inputs: float64 / complex128 inputs give a float64 oracle, everything else runs in float32 / complex64.
-The input checks live here (``check_*_args``) and the Triton paths call the same functions, so both refuse
-bad input with the same message.
+The input checks live in ``contract.py`` (``check_*_args``), which the Triton paths call too, so both refuse bad
+input with the same message.
 """
 
 from __future__ import annotations
@@ -16,11 +16,6 @@ from ..complex import vandermonde_kernel64
 from ..reduce.contract import check_deprecated_taps_args
 from ..reduce.naive import reduce_taps
 from .contract import check_kernel_args, check_solve_args, check_toeplitz_args, etsc_mode_count
-
-# ----------------------------------------------------------------------------------------------- validation
-
-
-# ----------------------------------------------------------------------------------------------- helpers
 
 
 def _complex_dtype_for(*tensors: torch.Tensor) -> torch.dtype:
@@ -51,9 +46,6 @@ def leja_order(lam: torch.Tensor) -> torch.Tensor:
         order[:, k] = pick
         taken[systems, pick] = True
     return order.reshape(x.shape)
-
-
-# ----------------------------------------------------------------------------------------------- oracles
 
 
 def _etsc_weights(t: torch.Tensor, real: bool) -> torch.Tensor:

@@ -35,8 +35,6 @@ from ..tiles import current_tiles, next_power_of_2
 from . import naive
 from .contract import check_solve_args
 
-# ----------------------------------------------------------------------------------------------- jit kernels
-
 
 @triton.jit
 def _complex_div(ar, ai, br, bi):
@@ -182,9 +180,6 @@ def _bjorck_pereyra_kernel(
         tl.store(out_ptr + base + 2 * target + 1, tl.load(src + 2 * i + 1, mask=ok), mask=ok)
 
 
-# ----------------------------------------------------------------------------------------------- launchers
-
-
 def solve_with_order(lam2d: torch.Tensor, t2d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the kernel: ``lam2d`` `[systems, N]` complex, ``t2d`` `[systems, N]` -> (b complex64 `[systems, N]`,
     the Leja order int32 `[systems, N]` the kernel used, ``N >= 2``)."""
@@ -210,9 +205,6 @@ def _vandermonde_solve_triton(lam2d: torch.Tensor, t2d: torch.Tensor) -> torch.T
     if lam2d.shape[-1] == 1:  # b_0 = t_0
         return t2d.to(torch.complex64).clone()
     return solve_with_order(lam2d, t2d)[0]
-
-
-# ----------------------------------------------------------------------------------------------- public function
 
 
 def vandermonde_solve(lam: torch.Tensor, t: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:

@@ -35,8 +35,6 @@ from ..tiles import TilePolicy, cdiv, current_tiles, next_power_of_2, sm_count
 from . import naive
 from .contract import check_kernel_args
 
-# ----------------------------------------------------------------------------------------------- jit kernels
-
 
 @triton.jit
 def _sincos_quadrant(phase):
@@ -163,9 +161,6 @@ def _ssm_kernel_backward_kernel(
     tl.store(out + 1, acc_im, mask=s_ok)
 
 
-# ----------------------------------------------------------------------------------------------- launchers
-
-
 def _kernel_blocks(modes: int, length: int, policy: TilePolicy, max_bl: int = 64,
                    max_block_a: int = 32) -> tuple[int, int, int]:
     """(BL, BLOCK_A, BLOCK_N): every tl.dot dimension >= 16; BL at most ``max_bl``; BLOCK_A is
@@ -253,9 +248,6 @@ class _SSMKernelFunction(torch.autograd.Function):
         lam2d, b2d = ctx.saved_tensors
         dlam, db = _ssm_kernel_backward_triton(lam2d, b2d, dk.to(torch.float32).contiguous())
         return dlam.to(lam2d.dtype), db.to(b2d.dtype), None
-
-
-# ----------------------------------------------------------------------------------------------- public function
 
 
 def ssm_kernel(lam: torch.Tensor, b: torch.Tensor, length: int, *, backend: str = "auto") -> torch.Tensor:

@@ -95,6 +95,10 @@ def test_trained_demo_quick_json(tmp_path):
         assert abs(row[reduced] - row["fft"]) < abs(row["etsc"] - row["fft"])
     decode = result["decode"]
     assert decode["threads"] == 1, "decode steps are timed on one thread"
+    assert result["threads"] == 1 and "running on 1 CPU thread" in stdout, "the job runs on one thread by default"
+    serving = result["serving"]
+    assert serving["tokens_equal_alone"] is True and serving["layers"] == reduced
+    assert serving["continuous"]["generated_tokens"] == serving["one_at_a_time"]["generated_tokens"] > 0
     rows = decode["rows"]
     assert set(rows) == {"fft", "tnn_cache", "etsc", reduced}
     assert rows["tnn_cache"][-1]["state_bytes"] > rows["tnn_cache"][0]["state_bytes"], "the cache grows"

@@ -24,6 +24,7 @@ import torch
 
 from . import random_demo, trained
 from .devices import device_slug
+from .scoring import JOB_THREADS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,7 +38,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="folder for the plots (default: demo_plots/<device>/ in the current folder)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--seed", type=int, default=0, help="model and prompt seed (--random)")
-    return parser.parse_args(argv)
+    parser.add_argument("--threads", type=int, default=JOB_THREADS,
+                        help=f"torch CPU threads (default {JOB_THREADS}: the job's ops are small, and on a busy "
+                             "machine two contended threads made them up to 45x slower; decode rows run on one)")
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    return args
 
 
 def _finish(results: dict[str, Any], json_path: Path | None) -> int:
@@ -54,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device available", file=sys.stderr)
         return 2
+    torch.set_num_threads(args.threads)
+    print(f"running on {args.threads} CPU thread{'s' if args.threads > 1 else ''} (--threads)")
     if args.random:
         results = random_demo.run(quick=args.quick, device=args.device, seed=args.seed)
         print(random_demo.format_table(results))

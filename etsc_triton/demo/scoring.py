@@ -19,6 +19,9 @@ LN2 = math.log(2.0)
 # Decode steps of these models are chains of tiny ops: on two threads each op waits for the other core, and beside
 # other work that wait dominates (a 3 ms ETSC step measured 100 ms next to a CPU hog, 3.2 ms on one thread).
 DECODE_THREADS = 1
+# The main job's other sections are small too (the reduction's float64 fits: one layer of the demo model took 49 s
+# on two threads of a loaded 2-core machine, 1.1 s on one): the job runs on one thread unless told otherwise.
+JOB_THREADS = 1
 
 
 @contextmanager

@@ -238,16 +238,19 @@ def random_requests(
 
 
 def throughput(model: TNNLanguageModel, requests: list[Request], *, max_running: int, prefill: str = "fft",
-               backend: str = "auto", repeats: int = 3) -> dict[str, float]:
+               backend: str = "auto", repeats: int = 3, layers: list[ToeplitzSSM] | None = None,
+               outputs: dict[int, torch.Tensor] | None = None) -> dict[str, float]:
     """Generated tokens per second of serving ``requests`` with ``max_running`` rows (1: one request at a time,
-    each prefilled then decoded alone), the best of ``repeats`` runs (the layers are converted once, outside the
-    timing)."""
-    layers = SSMDecoder(model, backend=backend).layers
+    each prefilled then decoded alone), the best of ``repeats`` runs. The layers (``layers``, or the ETSC
+    conversion) are converted once, outside the timing; ``outputs``, when given, receives every request's tokens."""
+    layers = layers if layers is not None else SSMDecoder(model, backend=backend).layers
     best = float("inf")
     for _ in range(repeats):
         engine = ContinuousBatcher(model, max_running=max_running, prefill=prefill, backend=backend, layers=layers)
         start = time.perf_counter()
-        engine.run(requests)
+        served = engine.run(requests)
+        if outputs is not None:
+            outputs.update(served)
         if model.embed.weight.is_cuda:
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)

@@ -10,7 +10,9 @@ diagonal SSMs in several ways and measures, on the test split of the running Pyt
 2. extrapolation: bits per byte on chunks of 1x, 2x and 4x the training length n;
 3. decode latency at batch 1 (ms per token, p20 / median / p80 of single timed tokens) and state against length;
 4. a greedy completion by every decoder, compared token by token with the FFT model's;
-5. the MemoryFormer variant against the Linear (GLU) one: bits per byte, FLOPs, decode speed.
+5. the MemoryFormer variant against the Linear (GLU) one: bits per byte, FLOPs, decode speed;
+6. serving many requests at once: continuous batching (packed prompts, pooled decode steps) against one request
+   at a time, and whether every request's tokens equal serving it alone.
 
 How an SSM variant is scored: its converted layers' complex64 ``(lam, b)`` give the kernel they realise at every
 lag (``Re sum_s b_s lam_s^j``, evaluated in float64), which the FFT path then applies; this equals running the
@@ -19,7 +21,8 @@ SSM recurrence over the window, up to summation order. The decode rows and the c
 
 Threads: the decode rows time single small steps, which are latency-bound: on two threads each tiny op waits for
 the other core, and on a busy machine that wait dominates (a 3 ms step measured 100 ms beside a CPU hog). They
-run on ``DECODE_THREADS`` (1) thread; the scoring sections are batched and keep torch's default.
+run on ``DECODE_THREADS`` (1) thread; the command line runs the whole job on ``JOB_THREADS`` (1) unless
+``--threads`` says otherwise (:mod:`etsc_triton.demo.scoring` gives the measurements).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from .checkpoint import load_shipped
 from .data import eval_windows, load_split, split_record
 from .model import CacheDecoder, FFTDecoder, SSMDecoder, TNNLanguageModel
 from .scoring import DECODE_THREADS, bits_per_byte, time_decoder, torch_threads
+from .serving import Request, throughput
 
 # Relative spread (p80 - p20) / median above which a latency row is flagged as untrustworthy.
 NOISY_SPREAD = 0.5
@@ -48,8 +52,10 @@ PROMPT = "import os\n\n\nclass Parser:\n    def __init__(self"
 
 PRESETS = {
     # 4 windows of 4n + 1 bytes: 8 KiB of test text at n = 512, the same bytes at every length.
-    "full": dict(windows=4, ranks=(8, 32), tols=(1e-3, 1e-4), lengths=(64, 512, 2048), timed=9, completion=160),
-    "quick": dict(windows=1, ranks=(8,), tols=(1e-3,), lengths=(32, 128), timed=3, completion=24),
+    "full": dict(windows=4, ranks=(8, 32), tols=(1e-3, 1e-4), lengths=(64, 512, 2048), timed=9, completion=160,
+                 requests=24, rows=8),
+    "quick": dict(windows=1, ranks=(8,), tols=(1e-3,), lengths=(32, 128), timed=3, completion=24, requests=6,
+                  rows=3),
 }
 
 
@@ -300,6 +306,35 @@ def memory_section(models: dict[str, tuple[TNNLanguageModel, dict[str, Any]]], w
     return table
 
 
+def test_requests(tokens: torch.Tensor, count: int, seed: int = 0) -> list[Request]:
+    """``count`` requests whose prompts are 16 to 128 bytes of the test split (at random offsets) and which ask
+    for 16 to 64 tokens, arriving about two per engine step."""
+    gen = torch.Generator().manual_seed(seed)
+    requests, arrival = [], 0.0
+    for rid in range(count):
+        length = int(torch.randint(16, 129, (), generator=gen))
+        start = int(torch.randint(0, tokens.numel() - length, (), generator=gen))
+        arrival += float(torch.empty(()).exponential_(2.0, generator=gen))
+        requests.append(Request(rid, tokens[start : start + length].long(), int(torch.randint(16, 65, (),
+                                generator=gen)), int(arrival)))
+    return requests
+
+
+def serving_section(model: TNNLanguageModel, layers: list[ToeplitzSSM], name: str, requests: list[Request],
+                    rows: int) -> dict[str, Any]:
+    """Section 6: the stream of ``requests`` served by continuous batching with ``rows`` pool rows, and one at a
+    time, through the SSM ``layers`` (row ``name``), on ``DECODE_THREADS``; tokens compared request by request."""
+    together: dict[int, torch.Tensor] = {}
+    alone: dict[int, torch.Tensor] = {}
+    with torch_threads(DECODE_THREADS):
+        batched = throughput(model, requests, max_running=rows, prefill="scan", repeats=1, layers=layers,
+                             outputs=together)
+        single = throughput(model, requests, max_running=1, prefill="scan", repeats=1, layers=layers, outputs=alone)
+    return {"layers": name, "requests": len(requests), "rows": rows, "continuous": batched, "one_at_a_time": single,
+            "speedup": batched["tokens_per_s"] / single["tokens_per_s"],
+            "tokens_equal_alone": all(torch.equal(together[r.rid], alone[r.rid]) for r in requests)}
+
+
 def run(quick: bool = False, device: str | None = None) -> dict[str, Any]:
     """Every figure of the main job, as the dictionary ``--json`` writes."""
     wall = time.perf_counter()
@@ -328,11 +363,15 @@ def run(quick: bool = False, device: str | None = None) -> dict[str, Any]:
     memory = timed("memory vs linear", memory_section(
         {"linear": (model, record), "memory": memory_model}, windows, at_n["fft"], prompt_source,
         max(preset["lengths"]), preset["timed"]))
+    served = min((v for v in variants if v.tol is not None and v.decode), key=lambda v: v.tol, default=variants[0])
+    serving = timed("serving", serving_section(model, converted[served.name], served.name,
+                                               test_requests(test_tokens, preset["requests"]), preset["rows"]))
     exact = [v.name for v in variants if v.exact and v.decode]
     return {
         "n": n,
         "config": asdict(model.config),
         "device": dev.type,
+        "threads": torch.get_num_threads(),
         "python": here["python"],
         "test_split": here["splits"]["test"],
         "trained_on": {"python": record["data"]["python"], "test_sha256": record["data"]["splits"]["test"]["sha256"]},
@@ -351,6 +390,7 @@ def run(quick: bool = False, device: str | None = None) -> dict[str, Any]:
         "completion": completion,
         "tokens_identical": all(completion["identical"][name] for name in exact),
         "memory_vs_linear": memory,
+        "serving": serving,
         "section_s": sections,
         "wall_s": time.perf_counter() - wall,
     }
@@ -448,6 +488,15 @@ def format_report(results: dict[str, Any]) -> str:
         whole = f"{row['test_bpb']:.4f}" if row["test_bpb"] is not None else "-"
         lines.append(f"{label:>8} | {row['bits_per_byte']:>14.4f} | {whole:>10} | {row['parameters']:>9,} | "
                      f"{row['flops_per_token']['channel_mixing']:>21,} | {row['decode_ms']['p50']:>20.2f}")
+    serving = results["serving"]
+    lines += ["", f"6. serving {serving['requests']} requests of the test split (prompts 16-128 bytes, 16-64 new "
+              f"tokens, arriving over time) through {serving['layers']}, {DECODE_THREADS} thread"]
+    for label, key in (("continuous batching, " + str(serving["rows"]) + " rows", "continuous"),
+                       ("one request at a time", "one_at_a_time")):
+        row = serving[key]
+        lines.append(f"{label:>32} | {row['tokens_per_s']:>8.1f} tokens/s | {row['steps']:>4} engine steps")
+    lines.append(f"   {serving['speedup']:.2f}x; every request's tokens equal serving it alone: "
+                 f"{serving['tokens_equal_alone']}")
     lines += ["", f"tokens identical (fft vs etsc): {results['tokens_identical']}   "
               f"etsc vs fft bits/byte: {results['etsc_vs_fft_rel']:.1e} relative",
               f"wall {results['wall_s']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in results["section_s"].items())

@@ -60,14 +60,18 @@ def test_random_demo_quick_json(tmp_path):
 def test_trained_demo_quick_json(tmp_path):
     stdout, result = _run_demo(tmp_path)
     assert "tokens identical (fft vs etsc): True" in stdout
+    assert f"plot: {tmp_path}" in stdout, "the job says where its plots went"
     n = result["n"]
     assert n == 512 and result["eval_bytes"] == 4 * n
-    bpb, state = result["bits_per_byte"], result["state_bytes"]
+    rows = result["conversion"]["rows"]
+    bpb = result["bits_per_byte"]
+    state = {name: row["state_bytes"] for name, row in rows.items()}
     reduced = [name for name in bpb if name.startswith("reduced_r")]
     assert len(reduced) == 1, "the quick run reduces at one tolerance"
     (reduced,) = reduced
     rank = int(reduced.removeprefix("reduced_r"))
-    assert set(bpb) == set(state) == {"fft", "etsc", reduced, "truncated_r8", f"truncated_r{rank}"}
+    assert set(bpb) == set(state) == {"fft", "tnn_cache", "etsc", reduced, "truncated_r8", f"truncated_r{rank}"}
+    assert rows[reduced]["tol"] is not None and rows[reduced]["modes"] == rank, "a reduced row says its tolerance"
     assert 0.0 < bpb["fft"] < 8.0, "a trained model beats the uniform 8 bits per byte"
     assert bpb["truncated_r8"] > 0.0 and bpb["truncated_r8"] != bpb["fft"]
     # the exact conversion: kernel error ~1e-7 relative (float32 rounding) -> bits/byte within 1e-4 relative
@@ -75,10 +79,12 @@ def test_trained_demo_quick_json(tmp_path):
     assert result["etsc_vs_fft_rel"] == abs(bpb["etsc"] - bpb["fft"]) / bpb["fft"]
     layers, d = result["config"]["n_layers"], result["config"]["d_model"]
     assert state["etsc"] == layers * d * (n // 2) * 8 and state["truncated_r8"] == layers * d * 8 * 8
+    assert state["tnn_cache"] == layers * n * d * 4 and state["fft"] == 8 * n
     assert result["tokens_identical"] is True and result["completion"]["identical"]["etsc"] is True
-    # the reduced SSM: at most n/64 modes, bits/byte within 0.1% of the FFT model's, the same greedy bytes
-    assert rank <= n // 64 and state[reduced] <= layers * d * rank * 8
+    # the reduced SSM: bits/byte within 0.1% of the FFT model's, the same greedy bytes
+    assert state[reduced] <= layers * d * rank * 8
     assert abs(bpb[reduced] - bpb["fft"]) <= 1e-3 * bpb["fft"]
+    assert result["conversion"]["smallest_same_reduction"] == reduced
     assert result["completion"]["identical"][reduced] is True
     assert result["completion"]["max_rel_logit_diff"]["etsc"] < 1e-4
     assert set(result["extrapolation"]) == {"1x", "2x", "4x"}
@@ -87,7 +93,13 @@ def test_trained_demo_quick_json(tmp_path):
     for scale in ("2x", "4x"):
         row = result["extrapolation"][scale]
         assert abs(row[reduced] - row["fft"]) < abs(row["etsc"] - row["fft"])
-    rows = result["decode"]["rows"]
+    decode = result["decode"]
+    assert decode["threads"] == 1, "decode steps are timed on one thread"
+    assert result["threads"] == 1 and "running on 1 CPU thread" in stdout, "the job runs on one thread by default"
+    serving = result["serving"]
+    assert serving["tokens_equal_alone"] is True and serving["layers"] == reduced
+    assert serving["continuous"]["generated_tokens"] == serving["one_at_a_time"]["generated_tokens"] > 0
+    rows = decode["rows"]
     assert set(rows) == {"fft", "tnn_cache", "etsc", reduced}
     assert rows["tnn_cache"][-1]["state_bytes"] > rows["tnn_cache"][0]["state_bytes"], "the cache grows"
     assert rows["etsc"][-1]["state_bytes"] == rows["etsc"][0]["state_bytes"] == state["etsc"], "the SSM does not"
@@ -96,5 +108,40 @@ def test_trained_demo_quick_json(tmp_path):
     assert comparison["linear"]["bits_per_byte"] == bpb["fft"]
     assert comparison["memory"]["flops_per_token"]["channel_mixing"] < comparison["linear"]["flops_per_token"][
         "channel_mixing"]
+    standing = result["standing"]
+    assert standing["uniform"] == 8.0 and standing["here"] == bpb["fft"]
+    assert set(result["test_bpb"]) == {"linear", "memory"}
+    assert result["baselines"] == standing["baselines"]
     for name in ("bits_per_byte_vs_state.png", "decode_latency.png"):
         assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_decode_rows_run_on_the_decode_threads():
+    """The thread policy is applied: every decode step of the decode section runs on DECODE_THREADS threads."""
+    import torch
+
+    from etsc_triton.demo.scoring import DECODE_THREADS
+    from etsc_triton.demo.trained import decode_section
+
+    seen = []
+
+    class Recorder:
+        def prefill(self, prompt):
+            return torch.zeros(1, 4)
+
+        def step(self, token):
+            seen.append(torch.get_num_threads())
+            return torch.zeros(1, 4)
+
+        def state_bytes(self):
+            return 0
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        result = decode_section({"recorder": lambda max_len: Recorder()}, torch.zeros(1, 8, dtype=torch.long),
+                                (4, 8), timed=3)
+        assert torch.get_num_threads() == 2, "the previous thread count is restored"
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {DECODE_THREADS} and result["threads"] == DECODE_THREADS == 1

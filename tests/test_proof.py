@@ -54,13 +54,16 @@ def test_dry_run_runs_every_stage_and_writes_the_four_files(tmp_path):
         assert row["met"] == "n/a (CPU)" and row["target"], row
     demo = {r["item"]: r["ours"] for r in rows if r["stage"] == "demo"}
     assert demo["greedy tokens identical (ssm, tnn_cache, fft)"] == "True"
+    serving = {r["item"]: r for r in rows if r["stage"] == "serving"}
+    assert serving["tokens equal serving each request alone"]["ours"] == "True"
+    assert float(serving["continuous batching, tokens/s"]["ours"]) > 0
     summary = (tmp_path / "summary.md").read_text()
     assert "| op | size | ours | best baseline | ratio | fraction of floor | target | met? |" in summary
     assert "DRY RUN" in summary
     with tarfile.open(tmp_path / "results.tgz") as tar:
         names = set(tar.getnames())
         results = json.load(tar.extractfile("demo.json"))
-    assert {"headline.csv", "kernel_configs.csv", "demo.json", "tests_rest.log"} <= names
+    assert {"headline.csv", "kernel_configs.csv", "demo.json", "serving.json", "tests_rest.log"} <= names
     assert len([n for n in names if n.endswith(".png")]) >= 5
     assert results["tokens_identical"] is True
 

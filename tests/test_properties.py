@@ -21,6 +21,7 @@ from test_ssm_kernel import oracle as kernel_oracle
 from test_ssm_kernel import random_ssm as kernel_ssm
 from test_ssm_scan import check_against_oracle, check_scan_gradients, make_ssm, random_state
 from test_ssm_step import check_step
+from test_ssm_varlen import check_packed_against_oracle, packed
 from test_toeplitz_to_ssm import kernel_rtol, realised
 from test_vandermonde_solve import RTOL_SPREAD, direct_solve, spread_nodes
 
@@ -125,6 +126,56 @@ def test_ssm_scan_gradients(batch, length, channels, modes, with_state):
     state = random_state(batch, channels, modes, device=DEVICE) if with_state else None
     dfinal = random_state(batch, channels, modes, seed=2, device=DEVICE)
     check_scan_gradients(x, lam, b, state, dy, dfinal)
+
+
+@settings(derandomize=True, max_examples=12, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 12), min_size=1, max_size=5),
+    channels=st.integers(1, 7),
+    modes=st.integers(1, 33),
+    with_state=st.booleans(),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+)
+def test_packed_scan_matches_oracle(lengths, channels, modes, with_state, dtype):
+    hypothesis.assume(sum(lengths) > 0)  # every sequence empty: tests/test_ssm_varlen.py
+    lam, b = make_ssm(channels, modes, seed=modes, device=DEVICE)
+    x, cu = packed(lengths, channels, seed=len(lengths), dtype=dtype, device=DEVICE)
+    state = random_state(len(lengths), channels, modes, device=DEVICE) if with_state else None
+    y, final = et.ssm_scan(x, lam, b, state, cu_seqlens=cu, backend="triton")
+    assert final.shape == (len(lengths), channels, modes)
+    check_packed_against_oracle(y, final, x, lam, b, state, cu)
+
+
+@settings(derandomize=True, max_examples=12, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 10), min_size=1, max_size=4),
+    extra_rows=st.integers(0, 3),
+    channels=st.integers(1, 5),
+    modes=st.integers(1, 20),
+    data=st.data(),
+)
+def test_pooled_scan_matches_the_reference(lengths, extra_rows, channels, modes, data):
+    """The Triton pooled scan writes the pool rows the Torch reference writes (padding sequences, rows without
+    an initial state), and leaves every other row bit for bit."""
+    hypothesis.assume(sum(lengths) > 0)  # every sequence empty: tests/test_ssm_varlen.py
+    sequences = len(lengths)
+    rows = data.draw(st.permutations(range(sequences + extra_rows)))[:sequences]
+    padding = data.draw(st.lists(st.booleans(), min_size=sequences, max_size=sequences))
+    indices = torch.tensor([-1 if pad else row for row, pad in zip(rows, padding)], dtype=torch.int32)
+    has_initial = torch.tensor(data.draw(st.lists(st.booleans(), min_size=sequences, max_size=sequences)))
+    lam, b = make_ssm(channels, modes, seed=modes, device=DEVICE)
+    x, cu = packed(lengths, channels, seed=sequences, device=DEVICE)
+    pool = random_state(sequences + extra_rows, channels, modes, device=DEVICE)
+    expected = pool.clone()
+    y_ref, _ = reference.ssm_scan(x, lam, b, expected, cu_seqlens=cu, state_indices=indices.to(DEVICE),
+                                  has_initial_state=has_initial.to(DEVICE))
+    y, out = et.ssm_scan(x, lam, b, pool, cu_seqlens=cu, state_indices=indices.to(DEVICE),
+                         has_initial_state=has_initial.to(DEVICE), backend="triton")
+    assert out is pool
+    untouched = [r for r in range(pool.shape[0]) if r not in set(indices.tolist())]
+    assert torch.equal(pool[untouched], expected[untouched])
+    assert_close(pool, expected, atol=1e-5 * max(expected.abs().max().item(), 1.0), rtol=0, name="pool")
+    assert_close(y, y_ref, atol=1e-5 * max(y_ref.abs().max().item(), 1.0), rtol=0, name="y")
 
 
 @settings(derandomize=True, max_examples=20, deadline=None)

@@ -374,3 +374,28 @@ def test_shipped_weights():
         assert record["parameters"] == sum(p.numel() for p in model.parameters())
         assert record["val_bpb"] < 8.0, "a trained model beats the uniform 8 bits per byte"
         assert set(record["data"]["splits"]) == set(SPLITS)
+        assert "stdlib" not in record["data"], "no machine path in a shipped record"
+        assert set(record["baselines"]) >= {"gzip_9_per_file", "xz_9e_per_file", "xz_9e_concatenated",
+                                            "count_order3"}
+
+
+def test_shipped_models_meet_their_targets():
+    """The GLU model beats the order-3 count model on the whole test split; the MemoryFormer variant, trained on
+    the same bytes, is within 5% of it."""
+    _, glu = load_shipped("glu")
+    _, memory = load_shipped("memory")
+    assert glu["test_bpb"] <= 1.9 < glu["baselines"]["count_order3"] + 0.01
+    assert memory["bytes_seen"] == glu["bytes_seen"] and memory["schedule"]["seed"] == glu["schedule"]["seed"]
+    assert memory["test_bpb"] <= 1.05 * glu["test_bpb"]
+
+
+@pytest.mark.parametrize("mixer", ["glu", "memory"])
+def test_held_out_windows_reproduce_the_recorded_test_figure(mixer):
+    """16 chunks of 4 KiB spread over the test split, each scored as the record scores the whole split (windows
+    of n with stride n/2), land within 5% of the whole-split figure the training record holds."""
+    model, record = load_shipped(mixer)
+    tokens = load_split("test")
+    chunks = eval_windows(tokens, 16, 4096)
+    scored = [stream_bits_per_byte(model, chunk) for chunk in chunks]
+    here = sum(s["bits_per_byte"] * s["bytes_scored"] for s in scored) / sum(s["bytes_scored"] for s in scored)
+    assert abs(here - record["test_bpb"]) <= 0.05 * record["test_bpb"], (here, record["test_bpb"])

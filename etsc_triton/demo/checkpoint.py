@@ -144,9 +144,6 @@ def load_shipped(mixer: str = "glu", device: str | torch.device = "cpu") -> tupl
     return load_model(weights, device), json.loads(record.read_text())
 
 
-# ----------------------------------------------------------------------------------------- training state
-
-
 def _digest(tensors: dict[str, torch.Tensor]) -> str:
     sha = hashlib.sha256()
     for name in sorted(tensors):

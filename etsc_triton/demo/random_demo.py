@@ -1,43 +1,28 @@
-"""``python -m etsc_triton.demo``: serve a Toeplitz language model in constant time per token, exactly.
+"""The random-weight timing demo (``python -m etsc_triton.demo --random``): decode cost against length, any size.
 
-By default the main job runs on the trained byte-level model shipped in the package (:mod:`etsc_triton.trained_demo`:
-bits per byte of the FFT model, the exact ETSC SSM and truncated SSMs on the Python stdlib's test split,
-extrapolation, decode latency, completions, MemoryFormer vs Linear; under 2 minutes on a 2-core CPU).
-
-``--random`` runs the timing demo on a random-weight model of any size (the GPU-sized one on CUDA): it builds a
-small TNN language model (deterministic random weights), converts every Toeplitz layer to a diagonal
-SSM with ETSC, and decodes greedily with three decoders: ``fft`` (recompute the prefix by FFT each token, the
+Builds a TNN language model with deterministic random weights, converts every Toeplitz layer to a diagonal SSM
+with ETSC, and decodes greedily with three decoders: ``fft`` (recompute the prefix by FFT each token, the
 original), ``tnn_cache`` (dot product of the kernel with the cached prefix) and ``ssm`` (prefill by FFT + the
-folded-DFT state, then one fused SSM step per layer; a CUDA graph on GPU). It prints per-token latency and
-memory against sequence length, the speedups, the max relative difference between the SSM and FFT logits and
-whether the greedy tokens are identical (checked for sequences up to the training length n, where all three
-decoders compute the same kernel), and draws per-token time against sequence length into ``--out``.
+folded-DFT state, then one fused SSM step per layer; a CUDA graph on GPU). It reports per-token latency and memory
+against sequence length, the speedups, the max relative difference between the SSM and FFT logits and whether the
+greedy tokens are identical (checked up to the training length n, where the three decoders compute the same
+kernel), and draws per-token time against sequence length.
 
 Sizes: on CUDA the headline configuration (6 layers, D=512, n=2048, batch 1 and 16, lengths 64..8192); without
-CUDA a CPU-sized one (2 layers, D=128, n=256, batch 1 and 4, lengths 16..1024, about a minute); ``--quick`` a
-tiny one (2 layers, D=32, n=64) that finishes in seconds on any machine. On CPU the kernels run through the
-Torch reference (``backend="auto"``).
-
-    python -m etsc_triton.demo                              # the trained model
-    python -m etsc_triton.demo --quick --json out.json      # the trained model, a few test bytes (seconds)
-    python -m etsc_triton.demo --random                     # random weights: GPU if present, else CPU-sized
-    python -m etsc_triton.demo --random --quick --json out.json --out plots/
+CUDA a CPU-sized one (2 layers, D=128, n=256, batch 1 and 4, lengths 16..1024, about a minute); ``quick`` a tiny
+one (2 layers, D=32, n=64) that finishes in seconds. On CPU the kernels run through their CPU paths
+(``backend="auto"``) and the decode rows are timed on one thread (:data:`~etsc_triton.demo.scoring.DECODE_THREADS`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from .devices import device_slug
 from .model import DECODERS, TNNConfig, TNNLanguageModel, generate, make_decoder
+from .scoring import DECODE_THREADS, time_decoder, torch_threads
 
 PRESETS = {
     "gpu": dict(
@@ -64,55 +49,17 @@ PRESETS = {
 }
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m etsc_triton.demo",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--quick", action="store_true", help="few test bytes / a tiny random model (seconds)")
-    parser.add_argument("--random", action="store_true",
-                        help="the random-weight timing demo (GPU-sized on CUDA) instead of the trained model")
-    parser.add_argument("--json", type=Path, default=None, help="write the results as JSON to this path")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="folder for the plots (default: plots/<device>/, trained: plots/<device>/trained/)")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--seed", type=int, default=0, help="model and prompt seed (--random)")
-    return parser.parse_args(argv)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
-def time_decoder(model, name: str, batch: int, length: int, steps: int, seed: int) -> dict:
-    """Prefill ``length - 1`` tokens, then time ``steps`` greedy tokens (after one warm-up token).
-
-    Returns the median ms per token (each token timed alone, so a busy machine's outliers drop out), the
-    decode state held (bytes: cache / SSM state / token prefix) and, on CUDA, the
-    peak memory allocated during the timed tokens beyond the model's weights (MB).
-    """
+def time_length(model: TNNLanguageModel, name: str, batch: int, length: int, steps: int, seed: int) -> dict:
+    """Decoder ``name`` after a random prompt of ``length - 1`` tokens: :func:`~etsc_triton.demo.scoring.time_decoder`
+    of ``steps`` tokens, as the median ms per token, the state held (MB) and on CUDA the peak memory (MB)."""
     device = model.embed.weight.device
     prompt = torch.randint(
         0, model.config.vocab_size, (batch, length - 1), generator=torch.Generator().manual_seed(seed)
     ).to(device)
-    decoder = make_decoder(model, name, length + steps + 1)
-    logits = decoder.prefill(prompt)
-    logits = decoder.step(logits.argmax(-1))
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(steps):
-        _sync(device)
-        start = time.perf_counter()
-        logits = decoder.step(logits.argmax(-1))
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated(device) - weights) / 2**20 if device.type == "cuda" else None
-    return {"ms": statistics.median(times) * 1e3, "state_mb": decoder.state_bytes() / 2**20, "peak_mb": peak}
+    timing = time_decoder(make_decoder(model, name, length + steps + 1), prompt, steps)
+    peak = None if timing["peak_bytes"] is None else timing["peak_bytes"] / 2**20
+    return {"ms": timing["p50"], "state_mb": timing["state_bytes"] / 2**20, "peak_mb": peak}
 
 
 @torch.no_grad()
@@ -206,9 +153,8 @@ def run(quick: bool = False, device: str | None = None, seed: int = 0) -> dict:
             "peak_mem_mb": {},
         }
         for name in DECODERS:
-            rows = [
-                time_decoder(model, name, batch, length, preset["timed_steps"], seed) for length in lengths
-            ]
+            with torch_threads(DECODE_THREADS if device == "cpu" else torch.get_num_threads()):
+                rows = [time_length(model, name, batch, length, preset["timed_steps"], seed) for length in lengths]
             per["decode_ms_per_token"][name] = [r["ms"] for r in rows]
             per["state_mb"][name] = [r["state_mb"] for r in rows]
             per["peak_mem_mb"][name] = [r["peak_mb"] for r in rows]
@@ -264,38 +210,3 @@ def format_table(results: dict) -> str:
         f"tokens identical: {results['tokens_identical']}   max rel err: {results['max_rel_err']:.2e}"
     )
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: no CUDA device available", file=sys.stderr)
-        return 2
-    if not args.random:
-        return _main_trained(args)
-    results = run(quick=args.quick, device=args.device, seed=args.seed)
-    print(format_table(results))
-    path = plot(results, args.out or Path("plots") / device_slug(results["device"]))
-    print(f"plot: {path}")
-    return _finish(results, args.json)
-
-
-def _main_trained(args: argparse.Namespace) -> int:
-    from . import trained as trained_demo
-
-    results = trained_demo.run(quick=args.quick, device=args.device)
-    print(trained_demo.format_report(results))
-    for path in trained_demo.plot(results, args.out or Path("plots") / device_slug(results["device"]) / "trained"):
-        print(f"plot: {path}")
-    return _finish(results, args.json)
-
-
-def _finish(results: dict, json_path: Path | None) -> int:
-    """Write ``--json`` when asked; the exit status says whether the greedy tokens agreed."""
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(results, indent=1))
-        print(f"json: {json_path}")
-    return 0 if results["tokens_identical"] else 1
-
-

@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -14,6 +16,23 @@ import torch.nn.functional as F
 from .model import TNNLanguageModel
 
 LN2 = math.log(2.0)
+# Decode steps of these models are chains of tiny ops: on two threads each op waits for the other core, and beside
+# other work that wait dominates (a 3 ms ETSC step measured 100 ms next to a CPU hog, 3.2 ms on one thread).
+DECODE_THREADS = 1
+# The main job's other sections are small too (the reduction's float64 fits: one layer of the demo model took 49 s
+# on two threads of a loaded 2-core machine, 1.1 s on one): the job runs on one thread unless told otherwise.
+JOB_THREADS = 1
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block on ``count`` torch CPU threads, then restore the previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def sync(device: torch.device) -> None:
@@ -109,10 +128,16 @@ def time_decoder(decoder: Any, prompt: torch.Tensor, timed: int) -> dict[str, fl
     """Prefill ``prompt [B, P]``, decode one warm-up token, then ``timed`` greedy tokens timed one by one.
 
     Each token is timed alone, so a busy machine's outliers show in the spread instead of the median. Returns
-    ``{"p20", "p50", "p80"}`` (ms per token) and ``"state_bytes"`` (what the decoder holds for the sequence).
+    ``{"p20", "p50", "p80"}`` (ms per token), ``"state_bytes"`` (what the decoder holds for the sequence) and, on
+    CUDA, ``"peak_bytes"``: device memory allocated at the peak of the timed tokens beyond what was allocated
+    before them (None on CPU).
     """
     device = prompt.device
     logits = decoder.step(decoder.prefill(prompt).argmax(-1))
+    if device.type == "cuda":
+        sync(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
     times = []
     for _ in range(timed):
         sync(device)
@@ -120,4 +145,5 @@ def time_decoder(decoder: Any, prompt: torch.Tensor, timed: int) -> dict[str, fl
         logits = decoder.step(logits.argmax(-1))
         sync(device)
         times.append(time.perf_counter() - start)
-    return {**percentiles(times), "state_bytes": decoder.state_bytes()}
+    peak = torch.cuda.max_memory_allocated(device) - before if device.type == "cuda" else None
+    return {**percentiles(times), "state_bytes": decoder.state_bytes(), "peak_bytes": peak}

@@ -32,7 +32,7 @@ import torch
 
 from .. import ssm_kernel, ssm_prefill_state, ssm_scan
 from ..nn.toeplitz import ToeplitzSSM, causal_fft_conv
-from .model import SSMDecoder, TNNBlock, TNNConfig, TNNLanguageModel
+from .model import SSMDecoder, TNNBlock, TNNConfig, TNNLanguageModel, generate
 
 PREFILLS = ("fft", "scan")
 
@@ -238,16 +238,19 @@ def random_requests(
 
 
 def throughput(model: TNNLanguageModel, requests: list[Request], *, max_running: int, prefill: str = "fft",
-               backend: str = "auto", repeats: int = 3) -> dict[str, float]:
+               backend: str = "auto", repeats: int = 3, layers: list[ToeplitzSSM] | None = None,
+               outputs: dict[int, torch.Tensor] | None = None) -> dict[str, float]:
     """Generated tokens per second of serving ``requests`` with ``max_running`` rows (1: one request at a time,
-    each prefilled then decoded alone), the best of ``repeats`` runs (the layers are converted once, outside the
-    timing)."""
-    layers = SSMDecoder(model, backend=backend).layers
+    each prefilled then decoded alone), the best of ``repeats`` runs. The layers (``layers``, or the ETSC
+    conversion) are converted once, outside the timing; ``outputs``, when given, receives every request's tokens."""
+    layers = layers if layers is not None else SSMDecoder(model, backend=backend).layers
     best = float("inf")
     for _ in range(repeats):
         engine = ContinuousBatcher(model, max_running=max_running, prefill=prefill, backend=backend, layers=layers)
         start = time.perf_counter()
-        engine.run(requests)
+        served = engine.run(requests)
+        if outputs is not None:
+            outputs.update(served)
         if model.embed.weight.is_cuda:
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
@@ -264,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--n", type=int, default=255, help="Toeplitz length (the SSM has ceil(n/2) modes)")
+    parser.add_argument("--vocab", type=int, default=256)
     parser.add_argument("--prompt", type=int, nargs=2, default=(8, 64), metavar=("MIN", "MAX"))
     parser.add_argument("--output", type=int, nargs=2, default=(8, 64), metavar=("MIN", "MAX"))
     parser.add_argument("--arrivals-per-step", type=float, default=2.0)
@@ -272,20 +276,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: a shared, loaded machine stalls on more, ~40x measured)")
+    parser.add_argument("--check", type=int, default=0,
+                        help="also compare this many requests' tokens with generate() of each alone")
+    parser.add_argument("--json", default=None, help="write the results here too")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = TNNConfig(d_model=args.d_model, n_layers=args.layers, n=args.n)
+    config = TNNConfig(vocab_size=args.vocab, d_model=args.d_model, n_layers=args.layers, n=args.n)
     model = TNNLanguageModel(config).to(args.device)
     requests = random_requests(args.requests, config.vocab_size, prompt_lengths=tuple(args.prompt),
                                output_lengths=tuple(args.output), arrivals_per_step=args.arrivals_per_step)
+    requests = [Request(r.rid, r.prompt.to(args.device), r.max_new_tokens, r.arrival) for r in requests]
     load_before = os.getloadavg()
-    batched = throughput(model, requests, max_running=args.max_running, prefill=args.prefill, repeats=args.repeats)
+    served: dict[int, torch.Tensor] = {}
+    batched = throughput(model, requests, max_running=args.max_running, prefill=args.prefill, repeats=args.repeats,
+                         outputs=served)
     alone = throughput(model, requests, max_running=1, prefill=args.prefill, repeats=args.repeats)
-    print(json.dumps({
+    checked = [bool(torch.equal(served[r.rid], generate(model, r.prompt[None], r.max_new_tokens)[0]))
+               for r in requests[: args.check]]
+    result = {
         "device": args.device, "torch_threads": torch.get_num_threads(), "load_average_before": load_before,
         "load_average_after": os.getloadavg(), "config": vars(args),
         "continuous": batched, "one_at_a_time": alone, "speedup": batched["tokens_per_s"] / alone["tokens_per_s"],
-    }, indent=1))
+        "checked_requests": len(checked), "tokens_equal_alone": all(checked),
+    }
+    text = json.dumps(result, indent=1)
+    if args.json:
+        with open(args.json, "w") as handle:
+            handle.write(text)
+    print(text)
 
 
 if __name__ == "__main__":

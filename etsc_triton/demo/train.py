@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..nn.memory import MemoryLayer
 from .baselines import baselines
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_model, shipped_paths
 from .data import eval_windows, load_split, split_files, split_record, stdlib_root
@@ -123,14 +124,22 @@ def make_optimizer(model: TNNLanguageModel, args: argparse.Namespace) -> torch.o
 
 
 def model_flops_per_byte(model: TNNLanguageModel) -> float:
-    """Training FLOPs per byte: 6 x parameters (forward and backward of every weight), plus the FFT convolutions
-    (per channel and layer, forward: two real FFTs of 2n points and a complex product; backward twice that),
-    counted as ``3 x 3 x 2.5 x 2n log2(2n) / n`` per byte."""
+    """Training FLOPs per byte (forward and backward).
+
+    A weight used once per byte costs 6 FLOPs (2 forward, 4 backward): 6 x the parameters of every dense layer. A
+    memory layer touches only the K rows its codes pick, ``2 K d_out`` FLOPs per pass, and three passes of that
+    (forward, score gradient, table gradient), not its table size. The FFT convolutions: per channel and layer,
+    two real FFTs of 2n points and a complex product forward, twice that backward, counted as
+    ``3 x 3 x 2.5 x 2n log2(2n) / n`` per byte.
+    """
     config = model.config
-    params = sum(p.numel() for p in model.parameters())
+    memory_layers = [m for m in model.modules() if isinstance(m, MemoryLayer)]
+    table_params = {id(m.tables) for m in memory_layers}
+    dense = sum(p.numel() for p in model.parameters() if id(p) not in table_params)
+    gathers = sum(3 * 2 * m.num_tables * m.out_features for m in memory_layers)
     size = 2 * config.n
     conv = 3 * 3 * 2.5 * size * math.log2(size) / config.n * config.d_model * config.n_layers
-    return 6 * params + conv
+    return 6 * dense + gathers + conv
 
 
 class _Stop:

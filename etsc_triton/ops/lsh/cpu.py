@@ -17,15 +17,26 @@ Arithmetic is float32 (float64 when an input is float64), as in the oracle.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
+from ..dispatch import needs_grad
 from .contract import compute_dtype
+
+
+@functools.lru_cache(maxsize=64)
+def _constants(num_tables: int, rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(bit values [tau], table offsets k * S [K])``, int64, made once per shape: a decode step of one token
+    costs about as much per small tensor it creates as per row it gathers."""
+    tau = rows.bit_length() - 1
+    bits = 2 ** torch.arange(tau - 1, -1, -1, device=device, dtype=torch.int64)
+    return bits, torch.arange(num_tables, device=device, dtype=torch.int64) * rows
 
 
 def _flat_keys(codes: torch.Tensor, rows: int) -> torch.Tensor:
     """``k * S + code`` for codes ``[T, K]``: the row of the flat ``[K * S, d_out]`` table, int64 ``[T, K]``."""
-    offsets = torch.arange(codes.shape[1], device=codes.device, dtype=torch.int64) * rows
-    return codes.to(torch.int64) + offsets
+    return codes.to(torch.int64) + _constants(codes.shape[1], rows, codes.device)[1]
 
 
 def _gather_forward(keys: torch.Tensor, scores: torch.Tensor, flat_tables: torch.Tensor):
@@ -60,26 +71,24 @@ def _tables_grad(dy: torch.Tensor, keys: torch.Tensor, scores: torch.Tensor, tab
 
 
 def _hash(z: torch.Tensor, inv_temperature: float, magnitude: bool):
-    """Codes int64 ``[T, K]``, scores ``[T, K]`` and the sigmoids ``s [T, K, tau]`` of chunks ``z [T, K, tau]``."""
-    tau = z.shape[-1]
-    bit_values = 2 ** torch.arange(tau - 1, -1, -1, device=z.device, dtype=torch.int64)
-    codes = ((z >= 0).to(torch.int64) * bit_values).sum(-1)
+    """Codes int64 ``[T, K]``, scores ``[T, K]``, the sigmoids ``s [T, K, tau]`` and their product ``[T, K]`` of
+    chunks ``z [T, K, tau]``."""
+    bit_values = _constants(z.shape[1], 1 << z.shape[-1], z.device)[0]
+    codes = ((z >= 0) * bit_values).sum(-1)
     s = torch.sigmoid(z.abs() * (2.0 * inv_temperature))
-    scores = s.prod(-1)
-    if magnitude:
-        scores = scores * z.abs().sum(-1)
-    return codes, scores, s
+    prod = s.prod(-1)
+    scores = prod * z.abs().sum(-1) if magnitude else prod
+    return codes, scores, s, prod
 
 
-def _hash_grad(dscores, z, s, inv_temperature: float, magnitude: bool) -> torch.Tensor:
-    """``dz [T, K, tau]`` from ``dscores [T, K]`` (the op README's formulas; codes carry no gradient)."""
-    prod = s.prod(-1, keepdim=True)
-    slope = (1.0 - s) * (2.0 * inv_temperature)
+def _hash_grad(dscores, z, s, prod, inv_temperature: float, magnitude: bool) -> torch.Tensor:
+    """``dz [T, K, tau]`` from ``dscores [T, K]`` (the op README's formulas; codes carry no gradient). The
+    per-chunk factors multiply first, on ``[T, K]``: two fewer passes over ``[T, K, tau]``."""
+    scale = (dscores * prod)[..., None]
+    slope_sign = torch.sign(z) * (1.0 - s)
     if magnitude:
-        local = prod * (1.0 + z.abs().sum(-1, keepdim=True) * slope)
-    else:
-        local = prod * slope
-    return dscores[..., None] * torch.sign(z) * local
+        return scale * (torch.sign(z) + (z.abs().sum(-1, keepdim=True) * (2.0 * inv_temperature)) * slope_sign)
+    return (scale * (2.0 * inv_temperature)) * slope_sign
 
 
 class _CPUGather(torch.autograd.Function):
@@ -121,13 +130,13 @@ class _CPULayer(torch.autograd.Function):
         num_tables, rows, d_out = tables.shape
         tau = rows.bit_length() - 1
         z = x2d.to(dtype).reshape(x2d.shape[0], num_tables, tau)
-        codes, scores, s = _hash(z, inv_temperature, magnitude)
+        codes, scores, s, prod = _hash(z, inv_temperature, magnitude)
         keys = _flat_keys(codes, rows)
         flat_tables = tables.to(dtype).reshape(num_tables * rows, d_out)
         y, offsets, offset2bag = _gather_forward(keys, scores, flat_tables)
         if bias is not None:
             y = y + bias.to(dtype)
-        ctx.save_for_backward(z, s, keys, scores, flat_tables, offsets, offset2bag)
+        ctx.save_for_backward(z, s, prod, keys, scores, flat_tables, offsets, offset2bag)
         ctx.layer = (inv_temperature, magnitude)
         ctx.dtypes = (x2d.dtype, tables.dtype, None if bias is None else bias.dtype)
         ctx.shape = tables.shape
@@ -135,26 +144,53 @@ class _CPULayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        z, s, keys, scores, flat_tables, offsets, offset2bag = ctx.saved_tensors
+        z, s, prod, keys, scores, flat_tables, offsets, offset2bag = ctx.saved_tensors
         need_x, need_tables, need_bias = ctx.needs_input_grad[:3]
         dy = dy.to(flat_tables.dtype).contiguous()
         dx = None
         if need_x:
             dscores = _scores_grad(dy, flat_tables, keys, offsets, offset2bag)
-            dx = _hash_grad(dscores, z, s, *ctx.layer).reshape(z.shape[0], -1).to(ctx.dtypes[0])
+            dx = _hash_grad(dscores, z, s, prod, *ctx.layer).reshape(z.shape[0], -1).to(ctx.dtypes[0])
         dtables = (_tables_grad(dy, keys, scores, flat_tables.shape[0]).view(ctx.shape).to(ctx.dtypes[1])
                    if need_tables else None)
         dbias = dy.sum(0).to(ctx.dtypes[2]) if need_bias else None
         return dx, dtables, dbias, None, None
 
 
+@functools.lru_cache(maxsize=64)
+def _bag_offsets(tokens: int, per_token: int, device: torch.device) -> torch.Tensor:
+    """Where each token's bag of ``per_token`` keys starts in the flat key list."""
+    return torch.arange(0, tokens * per_token, per_token, device=device, dtype=torch.int64)
+
+
+def _gather_only(keys: torch.Tensor, scores: torch.Tensor, tables: torch.Tensor, bias: torch.Tensor | None,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """The forward alone (no autograd): one ``embedding_bag`` over the flat tables, plus the bias. Called straight
+    (``torch.embedding_bag``): ``F.embedding_bag``'s argument checks cost as much as a one-token gather."""
+    num_tables, rows, d_out = tables.shape
+    flat_tables = (tables if tables.dtype == dtype else tables.to(dtype)).reshape(num_tables * rows, d_out)
+    offsets = _bag_offsets(keys.shape[0], keys.shape[1], keys.device)
+    scores = scores if scores.dtype == dtype else scores.to(dtype)
+    y = torch.embedding_bag(flat_tables, keys.reshape(-1), offsets, False, 0, False, scores.reshape(-1))[0]
+    return y if bias is None else y + (bias if bias.dtype == dtype else bias.to(dtype))
+
+
 def memory_gather_cpu(codes: torch.Tensor, scores: torch.Tensor, tables: torch.Tensor,
                       bias: torch.Tensor | None) -> torch.Tensor:
     """``y [T, d_out]`` (compute dtype) from codes and scores ``[T, K]``, tables ``[K, S, d_out]``."""
+    if not needs_grad(scores, tables, bias):
+        dtype = compute_dtype(scores, tables, bias)
+        return _gather_only(_flat_keys(codes, tables.shape[1]), scores, tables, bias, dtype)
     return _CPUGather.apply(codes, scores, tables, bias)
 
 
 def memory_layer_cpu(x2d: torch.Tensor, tables: torch.Tensor, bias: torch.Tensor | None,
                      inv_temperature: float, magnitude: bool) -> torch.Tensor:
     """``y [T, d_out]`` (compute dtype) from ``x2d [T, K * tau]``, tables ``[K, 2^tau, d_out]``."""
+    if not needs_grad(x2d, tables, bias):
+        dtype = compute_dtype(x2d, tables, bias)
+        num_tables, rows, _ = tables.shape
+        z = (x2d if x2d.dtype == dtype else x2d.to(dtype)).reshape(x2d.shape[0], num_tables, rows.bit_length() - 1)
+        codes, scores, _, _ = _hash(z, inv_temperature, magnitude)
+        return _gather_only(codes + _constants(num_tables, rows, z.device)[1], scores, tables, bias, dtype)
     return _CPULayer.apply(x2d, tables, bias, inv_temperature, magnitude)

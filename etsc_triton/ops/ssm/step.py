@@ -9,7 +9,7 @@ no atomics, no workspace. The state is read and written as interleaved complex64
 
 :func:`ssm_update` and :func:`mode_block_size` here are the accumulation policy the scan shares: one order of
 operations for the update, one mode-block layout for the reduction. Complex tiles move through
-``utils.load_complex`` / ``utils.store_complex`` (flat float spans: 16-byte accesses).
+``complex.load_complex`` / ``complex.store_complex`` (flat float spans: 16-byte accesses).
 """
 
 from __future__ import annotations

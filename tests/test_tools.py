@@ -1,4 +1,4 @@
-"""The static tools: the case table, launches captured at the GPU's tiles, one compiled for sm_90, SASS loops.
+"""The static tools: the case table, launches captured at the GPU's tiles, one compiled for sm_90, PTX widths.
 
 The capture runs two cases in a ``TRITON_INTERPRET=1`` child (as the report does); the compile step builds the
 memory-layer forward's launch for sm_90 and is skipped where triton ships no ptxas.
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from etsc_triton.ops.tiles import GPU_TILES, INTERPRETER_TILES
-from tools import sass, sm90
+from tools import sm90
 from tools.cases import BUILDERS, CASES, cases, points
 from tools.compile_report import compile_one, run_capture_subprocess
 
@@ -93,17 +93,9 @@ def test_compile_one_reports_an_unknown_kernel_instead_of_raising():
     assert compile_one(record)["status"].startswith("specialisation failed: AttributeError")
 
 
-def test_innermost_loops_reads_loop_bodies_and_skips_the_trap():
-    text = "\n".join([
-        "        /*0000*/                   MOV R1, c[0x0][0x28] ;",
-        "    .L_x_0:",
-        "        /*0010*/                   LDG.E.128 R4, desc[UR4][R2.64] ;",
-        "        /*0020*/                   FFMA R8, R4, R5, R8 ;",
-        "        /*0030*/                   FFMA R9, R6, R7, R9 ;",
-        "        /*0040*/              @P0 BRA `(.L_x_0) ;",
-        "        /*0050*/                   EXIT ;",
-        "    .L_x_1:",
-        "        /*0060*/                   BRA `(.L_x_1);",
-    ])
-    loops = sass.innermost_loops(text)
-    assert [(name, dict(counts)) for name, counts in loops] == [(".L_x_0", {"LDG": 1, "FFMA": 2, "BRA": 1})]
+def test_global_access_widths_count_loads_and_stores_by_bytes():
+    ptx = "\n".join(["ld.global.v4.b32 {%r1, %r2, %r3, %r4}, [%rd1];", "ld.global.nc.b32 %r5, [%rd2];",
+                     "ld.global.v4.b32 {%r6, %r7, %r8, %r9}, [%rd3];", "st.global.v2.f32 [%rd4], {%f1, %f2};",
+                     "ld.shared.b32 %r10, [%r11];"])
+    assert sm90.global_access_widths(ptx) == "ld 16B x2, 4B x1; st 8B x1"
+    assert sm90.global_access_widths("") == "-"

@@ -11,8 +11,8 @@ No GPU is needed. Two steps:
    ``backend="triton"`` on small CPU inputs under ``use_tiles(GPU_TILES)`` (with the case's policy changes),
    so the launchers pick the GPU's tiles, and every launch is recorded (:mod:`tools.sm90`).
 2. Compile (this process, interpreter off): each unique launch is specialised as on the GPU, compiled for
-   sm_90 in a fresh triton cache, and its registers and spills read from triton's ``ptxas -v`` log; shared
-   memory from the compiled metadata, global access widths from the PTX, the hot loop from the SASS.
+   sm_90 in a temporary triton cache, and its registers and spills read from triton's ``ptxas -v`` log; shared
+   memory from the compiled metadata, global access widths from the PTX.
 
 The exit code is 1 when a kernel fails to compile (or a capture case fails), 0 otherwise. Works with triton
 3.6 and 3.9.
@@ -32,8 +32,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .sass import global_access_widths, hot_loop
-from .sm90 import compile_launch, fresh_triton_cache, jit_function, ptxas_version, short_config, specialize
+from .sm90 import compile_launch, global_access_widths, jit_function, ptxas_version, short_config, specialize
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,50 +47,39 @@ def compile_one(record: dict) -> dict:
         fn = jit_function(record)
         signature, constexprs, attrs = specialize(fn, record)
         result["config"], result["args"] = short_config(fn, signature, constexprs)
-        result["key"] = json.dumps([result["kernel"], signature, sorted((list(k), repr(v)) for k, v in
-                                                                        constexprs.items()),
-                                    sorted((list(k), repr(v)) for k, v in attrs.items()), record["options"]])
+        result["key"] = json.dumps([result["kernel"], signature, *(sorted((list(k), repr(v)) for k, v in d.items())
+                                                                    for d in (constexprs, attrs)), record["options"]])
+        kernel, stats = compile_launch(record)
     except Exception as exc:
-        result["status"] = f"specialisation failed: {type(exc).__name__}: {exc}".splitlines()[0][:300]
+        stage = "compile" if "key" in result else "specialisation"
+        result["status"] = f"{stage} failed: {type(exc).__name__}: {' '.join(str(exc).split())}"[:400]
         return result
-    start = time.perf_counter()
-    try:
-        kernel, stats, source = compile_launch(record)
-    except Exception as exc:
-        result["status"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:400]
-        result["error_full"] = f"{type(exc).__name__}: {exc}"
-        return result
-    result["compile_s"] = round(time.perf_counter() - start, 2)
     metadata = kernel.metadata
-    result["shared"] = getattr(metadata, "shared", None)
-    result["num_warps"] = getattr(metadata, "num_warps", result["num_warps"])
-    result["num_stages"] = getattr(metadata, "num_stages", result["num_stages"])
-    result["ptxas_source"] = source
-    result.update(stats)
-    result["global_access"] = global_access_widths(kernel.asm["ptx"])
-    result["hot_loop"] = hot_loop(kernel.asm["cubin"])
-    result["status"] = "OK"
+    result.update(stats, shared=getattr(metadata, "shared", None), status="OK",
+                  global_access=global_access_widths(kernel.asm["ptx"]),
+                  num_warps=getattr(metadata, "num_warps", result["num_warps"]),
+                  num_stages=getattr(metadata, "num_stages", result["num_stages"]))
     return result
 
 
 def compile_all(records: list[dict], jobs: int) -> list[dict]:
-    """Compile every launch (``jobs`` processes) and merge those that specialise identically, sorted."""
-    with fresh_triton_cache():
+    """Compile every launch (``jobs`` processes, a temporary triton cache) and merge those that specialise
+    identically, sorted."""
+    with tempfile.TemporaryDirectory(prefix="etsc_sm90_") as cache:
+        os.environ["TRITON_CACHE_DIR"] = cache  # inherited by the worker processes
         if jobs <= 1:
             results = [compile_one(r) for r in records]
         else:
             with concurrent.futures.ProcessPoolExecutor(max_workers=jobs) as pool:
                 results = list(pool.map(compile_one, records))
-    unique, seen = [], {}
+        del os.environ["TRITON_CACHE_DIR"]
+    unique: dict = {}
     for r in results:
-        key = r.get("key") or id(r)
-        if key in seen:
-            seen[key]["cases"].extend(c for c in r["cases"] if c not in seen[key]["cases"])
-        else:
-            seen[key] = r
-            unique.append(r)
-    unique.sort(key=lambda r: (r["kernel"], r.get("config") or "", r.get("args") or "", r["num_warps"]))
-    return unique
+        known = unique.setdefault(r.get("key") or id(r), r)
+        if known is not r:
+            known["cases"].extend(c for c in r["cases"] if c not in known["cases"])
+    return sorted(unique.values(), key=lambda r: (r["kernel"], r.get("config") or "", r.get("args") or "",
+                                                  r["num_warps"]))
 
 
 def _cell(value) -> str:
@@ -102,37 +90,28 @@ def render(results: list[dict], capture: dict, elapsed: dict) -> str:
     """The markdown report: one row per unique configuration, then spills, compile and capture failures."""
     import triton
 
+    captured = f"capture {elapsed['capture']:.1f} s" if elapsed.get("capture") is not None else "capture loaded"
     lines = [
-        f"# Compile report: etsc_triton kernels for sm_90 (triton {triton.__version__})",
-        "",
-        f"{len(results)} unique launch configurations ({len(capture['launches'])} captured launches); "
-        + (f"capture {elapsed['capture']:.1f} s, " if elapsed.get("capture") is not None else "capture loaded, ")
-        + f"compile {elapsed['compile']:.1f} s. regs / spills: the `ptxas -v` log of triton's own ptxas run "
-        f"({ptxas_version()}), smem (bytes): the compiled metadata. "
-        "`args`: pointer arguments that are not *fp32, and ints the launch specialises to constexpr 1. "
-        "hot loop: the SASS instructions of the largest loop body and its three most frequent opcodes "
-        "(`python -m tools.sass_probe` for one kernel at other sizes).",
-        "",
-        "| kernel | config | args | warps | stages | regs | spill st/ld (B) | smem (B) | global ld/st | "
-        "hot loop (SASS) | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"# Compile report: etsc_triton kernels for sm_90 (triton {triton.__version__})", "",
+        f"{len(results)} unique launch configurations ({len(capture['launches'])} captured launches); {captured}, "
+        f"compile {elapsed['compile']:.1f} s. regs / spills: the `ptxas -v` log of triton's own ptxas run "
+        f"({ptxas_version()}), smem (bytes): the compiled metadata. `args`: pointer arguments that are not *fp32, "
+        "and ints the launch specialises to constexpr 1.", "",
+        "| kernel | config | args | warps | stages | regs | spill st/ld (B) | smem (B) | global ld/st | status |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        spills = (f"{r['spill_stores']}/{r['spill_loads']}" if "spill_stores" in r else "-")
-        status = r["status"] if "ptxas_error" not in r else f"{r['status']} (ptxas: {r['ptxas_error']})"
-        lines.append(
-            f"| {_cell(r['kernel'].removeprefix('etsc_triton.ops.'))} | {_cell(r.get('config'))} | "
-            f"{_cell(r.get('args') or '')} | {r['num_warps']} | {r['num_stages']} | {_cell(r.get('registers'))} | "
-            f"{spills} | {_cell(r.get('shared'))} | {_cell(r.get('global_access'))} | {_cell(r.get('hot_loop'))} | "
-            f"{_cell(status)} |"
-        )
+        spills = f"{r['spill_stores']}/{r['spill_loads']}" if "spill_stores" in r else "-"
+        cells = [r["kernel"].removeprefix("etsc_triton.ops."), r.get("config"), r.get("args") or "", r["num_warps"],
+                 r["num_stages"], r.get("registers"), spills, r.get("shared"), r.get("global_access"), r["status"]]
+        lines.append("| " + " | ".join(map(_cell, cells)) + " |")
     flagged = [r for r in results if r.get("spill_stores") or r.get("spill_loads") or (r.get("registers") or 0) > 200]
     lines += ["", "## Spills and high register counts (> 200)", ""]
     lines += [f"- {r['kernel']} [{r.get('config')}] [{r.get('args') or 'all *fp32'}] warps={r['num_warps']}: "
               f"{r.get('registers')} regs, spill {r.get('spill_stores')}/{r.get('spill_loads')} B"
               for r in flagged] or ["none"]
     lines += ["", "## Compile failures", ""]
-    lines += [f"- {r['kernel']} [{r.get('config')}] ({r['cases'][0]}): {r.get('error_full', r['status'])}"
+    lines += [f"- {r['kernel']} [{r.get('config')}] ({r['cases'][0]}): {r['status']}"
               for r in results if r["status"] != "OK"] or ["none"]
     lines += ["", "## Capture failures (op calls that raised in the interpreter at GPU block sizes)", ""]
     lines += [f"- {f['case']}: {f['error']}" for f in capture["capture_failures"]] or ["none"]
@@ -142,11 +121,8 @@ def render(results: list[dict], capture: dict, elapsed: dict) -> str:
 def run_capture_subprocess(json_path: str, only: Sequence[str] = ()) -> None:
     """Capture the launches of the cases (those matching ``only``, or all) into ``json_path``, in a child
     process with ``TRITON_INTERPRET=1`` (triton reads it once, at import)."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    cmd = [sys.executable, "-m", "tools.compile_report", "--capture", json_path]
-    for part in only:
-        cmd += ["--only", part]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "tools.compile_report", "--capture", json_path, *(f"--only={p}" for p in only)]
+    proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, TRITON_INTERPRET="1"), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"capture subprocess failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
 
@@ -172,17 +148,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("unset TRITON_INTERPRET: the compile step needs real JITFunction objects")
 
     elapsed = {"capture": None}
-    if args.configs:
-        capture_data = json.loads(Path(args.configs).read_text())
-    else:
-        start = time.perf_counter()
+    start = time.perf_counter()
+    if not args.configs:
         with tempfile.TemporaryDirectory() as tmp:
             path = args.save_configs or os.path.join(tmp, "launches.json")
             run_capture_subprocess(path, args.only)
             capture_data = json.loads(Path(path).read_text())
-        elapsed["capture"] = time.perf_counter() - start
-
-    start = time.perf_counter()
+        elapsed["capture"], start = time.perf_counter() - start, time.perf_counter()
+    else:
+        capture_data = json.loads(Path(args.configs).read_text())
     results = compile_all(capture_data["launches"], args.jobs)
     elapsed["compile"] = time.perf_counter() - start
     report = render(results, capture_data, elapsed)
@@ -191,8 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(report)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
-    failed = any(r["status"] != "OK" for r in results) or bool(capture_data["capture_failures"])
-    return 1 if failed else 0
+    return 1 if any(r["status"] != "OK" for r in results) or capture_data["capture_failures"] else 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Capture kernel launches in Triton's interpreter and compile them for sm_90 offline: what both tools share.
+"""Capture kernel launches in Triton's interpreter and compile them for sm_90 offline.
 
 Capture: :func:`record_launches` wraps ``InterpretedFunction.run`` (where ``kernel[grid](...)`` and torch's
 ``wrap_triton`` end under ``TRITON_INTERPRET=1``) and records each launch as JSON: the kernel, its arguments
@@ -10,11 +10,9 @@ Compile (interpreter off, so ``@triton.jit`` gives ``JITFunction`` objects): :fu
 recorded launch the way ``JITFunction.run`` does on a GPU (the same binder: ints equal to 1 become constexprs,
 16-divisible ints and 16-byte aligned pointers get ``tt.divisibility``) and compiles it with
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))``. Registers and spill bytes come from the
-``ptxas -v`` log of triton's own ptxas run (``knobs.nvidia.dump_ptxas_log``), or from running triton's ptxas on
-the PTX when the log is absent (a kernel found in the cache).
-Triton's ptxas, not PATH's: triton 3.9 emits PTX 9.4, which CUDA 13.0's ptxas rejects.
-
-The same code works with triton 3.6 and 3.9 (same ``ASTSource(fn, signature, constexprs, attrs)`` API).
+``ptxas -v`` log of triton's own ptxas run (``TRITON_DUMP_PTXAS_LOG``; ``TRITON_ALWAYS_COMPILE`` so that a
+kernel found in the cache runs ptxas too). Triton's ptxas, not PATH's: triton 3.9 emits PTX 9.4, which CUDA
+13.0's ptxas rejects. The same code works with triton 3.6 and 3.9 (same ``ASTSource`` API and binder).
 """
 
 from __future__ import annotations
@@ -28,18 +26,11 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 TARGET_ARCH = 90
-PTXAS_ARCH = "sm_90a"
 OPTION_NAMES = ("num_warps", "num_stages", "num_ctas", "maxnreg", "enable_fp_fusion")
-
-_TRITON_TYPES = {
-    "float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64", "int32": "i32", "int64": "i64",
-    "int16": "i16", "int8": "i8", "uint8": "u8", "bool": "i1",
-}
 
 
 def describe_arg(value) -> dict:
@@ -47,19 +38,12 @@ def describe_arg(value) -> dict:
     import torch
 
     if isinstance(value, torch.Tensor):
-        dtype = str(value.dtype).removeprefix("torch.")
-        return {"kind": "tensor", "dtype": dtype, "type": "*" + _TRITON_TYPES.get(dtype, dtype),
-                "align": value.data_ptr() % 16}
-    if isinstance(value, bool):
-        return {"kind": "bool", "value": value}
-    if isinstance(value, int):
-        return {"kind": "int", "value": value}
-    if isinstance(value, float):
-        return {"kind": "float", "value": value}
+        return {"kind": "tensor", "dtype": str(value.dtype).removeprefix("torch."), "align": value.data_ptr() % 16}
     if value is None:
         return {"kind": "none"}
-    if isinstance(value, str):
-        return {"kind": "str", "value": value}
+    for kind in (bool, int, float, str):  # bool before int: True is an int too
+        if isinstance(value, kind):
+            return {"kind": kind.__name__, "value": value}
     raise TypeError(f"unsupported kernel argument {type(value).__name__}")
 
 
@@ -69,14 +53,12 @@ def launch_key(record: dict) -> str:
     for name, arg in record["args"].items():
         if arg["kind"] == "int" and name not in record["constexprs"]:
             v = arg["value"]
-            cls = "one" if v == 1 else ("i64" if not -2**31 <= v < 2**31 else ("d16" if v % 16 == 0 else "i"))
-            parts.append((name, "int", cls))
+            parts.append((name, "one" if v == 1 else "i64" if not -2**31 <= v < 2**31 else "d16" if v % 16 == 0
+                          else "i"))
         elif arg["kind"] == "tensor":
             parts.append((name, arg["dtype"], arg["align"] == 0))
-        elif arg["kind"] == "float":
-            parts.append((name, "float"))
         else:
-            parts.append((name, json.dumps(arg, sort_keys=True)))
+            parts.append((name, "float" if arg["kind"] == "float" else json.dumps(arg, sort_keys=True)))
     return json.dumps([record["module"], record["name"], parts, record["options"]], sort_keys=True, default=str)
 
 
@@ -133,15 +115,10 @@ def _example_arg(desc: dict):
     """An argument the binder specialises exactly like the captured one (tiny CPU tensor, same alignment)."""
     import torch
 
-    kind = desc["kind"]
-    if kind == "tensor":
-        dtype = getattr(torch, desc["dtype"])
-        item = torch.empty((), dtype=dtype).element_size()
-        base = torch.empty(64, dtype=dtype)
-        return base[desc["align"] // item:] if desc["align"] else base
-    if kind == "none":
-        return None
-    return desc["value"]
+    if desc["kind"] == "tensor":
+        base = torch.empty(64, dtype=getattr(torch, desc["dtype"]))
+        return base[desc["align"] // base.element_size():]
+    return desc.get("value")
 
 
 def jit_function(record: dict):
@@ -182,14 +159,12 @@ def short_config(fn, signature: dict, constexprs: dict) -> tuple[str, str]:
 
 def ptxas_path() -> str | None:
     """The ptxas triton itself runs for sm_90 (it accepts the PTX version triton emits), else PATH's."""
-    try:
+    with contextlib.suppress(ImportError, AttributeError, RuntimeError, TypeError):
         from triton.backends.nvidia.compiler import get_ptxas
 
         path = get_ptxas(TARGET_ARCH).path
         if path and Path(path).exists():
             return path
-    except (ImportError, AttributeError, RuntimeError, TypeError):
-        pass
     return shutil.which("ptxas")
 
 
@@ -198,80 +173,47 @@ def ptxas_version() -> str:
     path = ptxas_path()
     if path is None:
         return "ptxas not found"
-    try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60).stdout
-    except OSError as exc:
-        return f"{path}: {exc}"
+    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60).stdout
     release = re.search(r"release ([\d.]+)", out)
     return f"{Path(path).name} {release.group(1) if release else '?'}"
 
 
 def parse_ptxas_log(text: str) -> dict:
-    """``registers``, ``spill_stores``, ``spill_loads``, ``stack`` (bytes) found in a ``ptxas -v`` log."""
+    """``registers``, ``spill_stores``, ``spill_loads`` (bytes) found in a ``ptxas -v`` log."""
     stats = {}
     if m := re.search(r"Used (\d+) registers", text):
         stats["registers"] = int(m.group(1))
     if m := re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text):
         stats["spill_stores"], stats["spill_loads"] = int(m.group(1)), int(m.group(2))
-    if m := re.search(r"(\d+) bytes stack frame", text):
-        stats["stack"] = int(m.group(1))
     return stats
 
 
-def _run_ptxas(ptx: str) -> dict:
-    """:func:`parse_ptxas_log` of ``ptxas -v`` run on the PTX; ``{"ptxas_error": ...}`` when that fails."""
-    ptxas = ptxas_path()
-    if ptxas is None:
-        return {"ptxas_error": "ptxas not found"}
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as handle:
-        handle.write(ptx)
-        path = handle.name
-    try:
-        proc = subprocess.run([ptxas, f"-arch={PTXAS_ARCH}", "-v", path, "-o", os.devnull], capture_output=True,
-                              text=True, timeout=300)
-    finally:
-        os.unlink(path)
-    text = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        lines = text.strip().splitlines() or ["ptxas failed"]
-        return {"ptxas_error": next((line for line in lines if "fatal" in line or "error" in line), lines[0])[:200]}
-    return parse_ptxas_log(text)
-
-
 def compile_launch(record: dict):
-    """Compile one recorded launch for sm_90: ``(triton CompiledKernel, ptxas stats, stats source)``; raises on
-    a compile error. The stats come from triton's own ``ptxas -v`` log (``"triton"``) or, for a kernel found in
-    the cache or a triton without that log, from running ptxas on the PTX (``"ptxas -v"``)."""
+    """Compile one recorded launch for sm_90: ``(triton CompiledKernel, ptxas stats)``; raises on a compile error.
+    Sets ``TRITON_ALWAYS_COMPILE`` and ``TRITON_DUMP_PTXAS_LOG`` (read by triton at each compile)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    os.environ.update(TRITON_ALWAYS_COMPILE="1", TRITON_DUMP_PTXAS_LOG="1")
     fn = jit_function(record)
     signature, constexprs, attrs = specialize(fn, record)
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    with contextlib.suppress(AttributeError):  # triton prints its own ptxas -v log: the exact numbers
-        triton.knobs.nvidia.dump_ptxas_log = True
     log = io.StringIO()
-    with contextlib.redirect_stdout(log):
+    with contextlib.redirect_stdout(log):  # triton prints its ptxas -v log: the exact numbers
         kernel = triton.compile(source, target=GPUTarget("cuda", TARGET_ARCH, 32), options=dict(record["options"]))
-    stats = parse_ptxas_log(log.getvalue())
-    if "registers" in stats:
-        return kernel, stats, "triton"
-    return kernel, _run_ptxas(kernel.asm["ptx"]), "ptxas -v"
+    return kernel, parse_ptxas_log(log.getvalue())
 
 
-@contextlib.contextmanager
-def fresh_triton_cache() -> Iterator[str]:
-    """A temporary ``TRITON_CACHE_DIR`` (inherited by worker processes), so every kernel really goes through
-    ptxas and its log is read; the previous value is restored after."""
-    workdir = tempfile.mkdtemp(prefix="etsc_sm90_")
-    previous = os.environ.get("TRITON_CACHE_DIR")
-    os.environ["TRITON_CACHE_DIR"] = os.path.join(workdir, "cache")
-    try:
-        yield workdir
-    finally:
-        if previous is None:
-            os.environ.pop("TRITON_CACHE_DIR", None)
-        else:
-            os.environ["TRITON_CACHE_DIR"] = previous
-        shutil.rmtree(workdir, ignore_errors=True)
+def global_access_widths(ptx: str) -> str:
+    """The global loads and stores in the PTX by width in bytes, e.g. ``ld 16B x4, 4B x2; st 16B x2``
+    (a ``.v4.b32`` access is 16 bytes, ``.v2.b32`` 8, a plain ``.b32`` 4): are the streaming accesses 16 bytes
+    wide?"""
+    widths: dict[str, dict[int, int]] = {"ld": {}, "st": {}}
+    pattern = r"\b(ld|st)\.global(?:\.[a-z0-9_:]+)*?(?:\.v(\d))?\.[bfsu](\d+)\b"
+    for kind, vector, bits in re.findall(pattern, ptx):
+        size = int(vector or 1) * int(bits) // 8
+        widths[kind][size] = widths[kind].get(size, 0) + 1
+    parts = [f"{kind} " + ", ".join(f"{size}B x{n}" for size, n in sorted(counts.items(), reverse=True))
+             for kind, counts in widths.items() if counts]
+    return "; ".join(parts) or "-"

@@ -280,6 +280,13 @@ def test_bad_weights_files_name_the_path(tmp_path, damage):
         load_model(path)
 
 
+@pytest.mark.parametrize("field, value", [("d_model", "wide"), ("n_layers", 0), ("glu_hidden", 2.5), ("decay", 1.5),
+                                          ("seed", None), ("n", True)])
+def test_a_bad_config_field_is_named(field, value):
+    with pytest.raises(ValueError, match=f"TNNConfig: {field} must be"):
+        TNNConfig(**{field: value})
+
+
 def _checkpoint(tmp_path, step=2):
     train(_args(tmp_path, 4, "--minutes", "1e-6"))
     train(_args(tmp_path, 4, "--resume", "--minutes", "1e-6"))

@@ -76,6 +76,18 @@ class TNNConfig:
     rpe_inputs: str = "linear"
 
     def __post_init__(self) -> None:
+        # a config read from a file must fail here, naming the field, not deep inside a layer's constructor
+        for name in ("vocab_size", "d_model", "n_layers", "n", "rpe_hidden", "code_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"TNNConfig: {name} must be a positive int, got {value!r}")
+        if self.glu_hidden is not None and (isinstance(self.glu_hidden, bool) or not isinstance(self.glu_hidden, int)
+                                            or self.glu_hidden < 1):
+            raise ValueError(f"TNNConfig: glu_hidden must be None or a positive int, got {self.glu_hidden!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"TNNConfig: seed must be an int, got {self.seed!r}")
+        if isinstance(self.decay, bool) or not isinstance(self.decay, (int, float)) or not 0 < self.decay <= 1:
+            raise ValueError(f"TNNConfig: decay must be a number in (0, 1], got {self.decay!r}")
         if self.mixer not in MIXERS:
             raise ValueError(f"TNNConfig: mixer must be one of {MIXERS}, got {self.mixer!r}")
         if self.rpe_inputs not in RPE_INPUTS:

@@ -58,8 +58,8 @@ def registered_launcher(name: str, *, mutates_args: Iterable[str] = ()) -> Calla
 
     Under ``torch.compile`` the caller goes through the registered op, which is what the compiler traces. Eager
     calls run the launcher directly: the custom-op dispatch (autograd and in-place-or-view layers, argument
-    normalisation) cost 12-17 us of host time per call on a development CPU (``python -m perf.host_overhead``
-    measures it), several times a decode step's GPU time. The op stays reachable as ``caller.op`` (and as
+    normalisation) cost 12-17 us of host time per call on a development CPU (perf/NOTES.md,
+    experiment 5), several times a decode step's GPU time. The op stays reachable as ``caller.op`` (and as
     ``torch.ops.etsc_triton.<name>``).
     """
 

@@ -108,6 +108,9 @@ def test_trained_demo_quick_json(tmp_path):
     assert comparison["linear"]["bits_per_byte"] == bpb["fft"]
     assert comparison["memory"]["flops_per_token"]["channel_mixing"] < comparison["linear"]["flops_per_token"][
         "channel_mixing"]
+    for row in comparison.values():
+        steps, target = row["train_steps"]
+        assert 0 < steps <= target, "each model says how far its training run got"
     standing = result["standing"]
     assert standing["uniform"] == 8.0 and standing["here"] == bpb["fft"]
     assert set(result["test_bpb"]) == {"linear", "memory"}

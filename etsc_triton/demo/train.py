@@ -86,6 +86,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--test", action="store_true",
                         help="at the end, score the whole test split and the baselines on it (a few minutes)")
     parser.add_argument("--ship", action="store_true", help="copy the final weights into etsc_triton/demo/weights/")
+    parser.add_argument("--ship-partial", action="store_true",
+                        help="with --ship: ship even when --minutes stops the run before --steps (the record's "
+                             "steps and target_steps say how far it got; resuming later continues the schedule)")
     parser.add_argument("--size", default=None,
                         help="override model sizes, e.g. d_model=32,n_layers=1,n=64 (tests)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -93,6 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("steps", "batch", "threads", "val_windows", "eval_every", "checkpoint_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.ship_partial and not args.ship:
+        parser.error("--ship-partial needs --ship")
     if args.minutes is not None and not args.minutes > 0:
         parser.error("--minutes must be > 0")
     return args
@@ -259,6 +264,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             checkpoint()
         record = training_record(model, args, info, train_bpb, step, flops_per_byte)
         finished = step == args.steps and stop.signal is None  # a signal after the last step skips the extras
+        finished = finished or (args.ship_partial and stop.signal is None)
         if finished:
             save_model(model, out / "model.safetensors")
             if args.test:

@@ -302,6 +302,7 @@ def memory_section(models: dict[str, tuple[TNNLanguageModel, dict[str, Any]]], w
             "decode_ms": latency,
             "train_bytes": record.get("bytes_seen"),
             "train_bytes_per_second": record.get("bytes_per_second"),
+            "train_steps": [record.get("steps"), record.get("target_steps")],
         }
     return table
 
@@ -481,13 +482,16 @@ def format_report(results: dict[str, Any]) -> str:
         lines.append(text)
 
     memory = results["memory_vs_linear"]
-    lines += ["", "5. MemoryFormer channel mixing against Linear (GLU), trained on the same bytes"]
-    lines.append(f"{'model':>8} | {'bits/byte here':>14} | {'whole test':>10} | {'params':>9} | "
+    lines += ["", "5. MemoryFormer channel mixing against Linear (GLU), trained on the same bytes in the same order "
+              "(steps: taken / the schedule's)"]
+    lines.append(f"{'model':>8} | {'steps':>9} | {'bits/byte here':>14} | {'whole test':>10} | {'params':>9} | "
                  f"{'chan.-mix FLOPs/token':>21} | {'ETSC decode ms/token':>20}")
     for label, row in memory.items():
         whole = f"{row['test_bpb']:.4f}" if row["test_bpb"] is not None else "-"
-        lines.append(f"{label:>8} | {row['bits_per_byte']:>14.4f} | {whole:>10} | {row['parameters']:>9,} | "
-                     f"{row['flops_per_token']['channel_mixing']:>21,} | {row['decode_ms']['p50']:>20.2f}")
+        steps = "/".join("?" if s is None else str(s) for s in row.get("train_steps", [None, None]))
+        lines.append(f"{label:>8} | {steps:>9} | {row['bits_per_byte']:>14.4f} | {whole:>10} | "
+                     f"{row['parameters']:>9,} | {row['flops_per_token']['channel_mixing']:>21,} | "
+                     f"{row['decode_ms']['p50']:>20.2f}")
     serving = results["serving"]
     lines += ["", f"6. serving {serving['requests']} requests of the test split (prompts 16-128 bytes, 16-64 new "
               f"tokens, arriving over time) through {serving['layers']}, {DECODE_THREADS} thread"]

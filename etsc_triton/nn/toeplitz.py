@@ -171,6 +171,13 @@ class ToeplitzSSM(nn.Module):
         self._require_converted("state_size")
         return self.lam.shape[-1]
 
+    @property
+    def channel_ranks(self) -> torch.Tensor:
+        """Modes each channel uses, int64 ``[D]``: after ``convert(method="reduce", tol=...)`` the rank that met the
+        tolerance in that channel (the state is padded to the largest with unused modes, ``lam = b = 0``)."""
+        self._require_converted("channel_ranks")
+        return ((self.lam != 0) | (self.b != 0)).sum(-1)
+
     def kernel(
         self, length: int, *, tail: str | None = None, dtype: torch.dtype | None = None
     ) -> torch.Tensor:
@@ -200,8 +207,8 @@ class ToeplitzSSM(nn.Module):
             method: ``"truncate"`` (the ETSC modes, optionally truncated) or ``"reduce"`` (order reduction of
                 the taps with a certified error, :func:`etsc_triton.ops.reduce.reduce_toeplitz`; give ``rank`` or
                 ``tol``).
-            tol: ``method="reduce"`` only: the smallest rank whose certified bound is ``<= tol * max|K|`` in every
-                channel.
+            tol: ``method="reduce"`` only: per channel, the smallest rank whose certified bound is
+                ``<= tol * max|K|`` (:attr:`channel_ranks`; the state has the largest).
             length: ``method="reduce"`` only: the horizon the reduced kernel is fitted and certified over
                 (default and at most n). Beyond it the reduced SSM follows its own poles, not the ETSC wrap.
 
@@ -245,6 +252,9 @@ class ToeplitzSSM(nn.Module):
         """``convert(method="reduce")``: the reduced modes become ``lam``, ``b``; ``modes`` is None."""
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
             raise ValueError(f"ToeplitzSSM.convert: rank must be a positive int or None, got {rank!r}")
+        if rank is None and tol is None:
+            raise ValueError("ToeplitzSSM.convert: method='reduce' needs rank (the modes per channel) or tol (the "
+                             "certified relative error that picks them)")
         lam, b, bound = reduce_toeplitz(self.t, self.gamma, rank, tol=tol, length=length, backend=self.backend)
         horizon = self.n if length is None else length
         realised = ssm_kernel(lam, b, horizon, backend=self.backend)

@@ -34,25 +34,74 @@ class Reduction(NamedTuple):
     b: torch.Tensor
     bound: torch.Tensor
 
+    @property
+    def ranks(self) -> torch.Tensor:
+        """int64 `[...]`: the slots each system uses (a slot is unused exactly when ``lam = b = 0``): under
+        ``tol`` the rank that met it, padded to the batch's largest."""
+        return ((self.lam != 0) | (self.b != 0)).sum(-1)
 
-def check_rank_tol(fn_name: str, rank: object, tol: object) -> tuple[int | None, float | None]:
-    """Exactly one of ``rank`` (int in [1, MAX_RANK]) and ``tol`` (float > 0) must be given."""
+
+def _check_rank(fn_name: str, name: str, rank: object) -> int:
+    rank = check_int(fn_name, name, rank, minimum=1)
+    if rank > MAX_RANK:
+        raise ValueError(
+            f"{fn_name}: {name} must be <= {MAX_RANK} (use the exact ETSC conversion for larger states), got {rank}"
+        )
+    return rank
+
+
+def check_rank_tol(fn_name: str, rank: object, tol: object,
+                   max_rank: object = None) -> tuple[int | None, float | None, int]:
+    """Exactly one of ``rank`` (int in [1, MAX_RANK]) and ``tol`` (float > 0) must be given; ``max_rank`` (int in
+    [1, MAX_RANK], default MAX_RANK) goes with ``tol``. Returns ``(rank, tol, max_rank)``."""
     if (rank is None) == (tol is None):
         raise ValueError(f"{fn_name}: give exactly one of rank and tol, got rank={rank!r}, tol={tol!r}")
     if rank is not None:
-        rank = check_int(fn_name, "rank", rank, minimum=1)
-        if rank > MAX_RANK:
-            raise ValueError(
-                f"{fn_name}: rank must be <= {MAX_RANK} (use the exact ETSC conversion for larger states), "
-                f"got {rank}"
-            )
-        return rank, None
+        if max_rank is not None:
+            raise ValueError(f"{fn_name}: max_rank bounds the ranks tol may climb: give it with tol, not rank")
+        checked = _check_rank(fn_name, "rank", rank)
+        return checked, None, checked
     if isinstance(tol, bool) or not isinstance(tol, (int, float)):
         raise TypeError(f"{fn_name}: tol must be a float, got {type(tol).__name__}")
     tol = float(tol)
     if not 0.0 < tol < math.inf:
         raise ValueError(f"{fn_name}: tol must be a positive finite float, got {tol}")
-    return None, tol
+    return None, tol, MAX_RANK if max_rank is None else _check_rank(fn_name, "max_rank", max_rank)
+
+
+def check_finite(fn_name: str, **tensors: torch.Tensor) -> None:
+    """Refuse NaN or infinite values, naming the argument and the first index (a reduction of them would fail
+    deep inside a factorisation instead)."""
+    for name, tensor in tensors.items():
+        bad = ~torch.isfinite(tensor)
+        if bool(bad.any()):
+            where = tuple(int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"{fn_name}: {name} must be finite, got {tensor[where].item()} at index {where}")
+
+
+def warn_unstable(fn_name: str, lam: torch.Tensor, length: int) -> None:
+    """Warn where ``|lam| > 1``. Accepted, because the reduction only needs the kernel over the horizon, which any
+    modes define, and returns modes inside the unit disc; warned, because such a kernel grows along the horizon
+    and the fit (and its bound) follows its largest lags."""
+    outside = lam.abs() > 1
+    if bool(outside.any()):
+        where = tuple(int(i) for i in outside.nonzero()[0])
+        radius = float(lam.abs().max())
+        warnings.warn(f"{fn_name}: lam has modes outside the unit disc (|lam| = {radius:.6g} at most, first at index "
+                      f"{where}): the kernel grows like |lam|^j over the {length} lags; the reduced modes are stable "
+                      "and the bound holds over the horizon only", RuntimeWarning, stacklevel=3)
+
+
+def etsc_modes(taps: torch.Tensor, gamma64: torch.Tensor, max_rank: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The exact ETSC modes complex128 `[..., ceil(L/2)]` of float64 taps `[..., L]` with decay ``gamma64``, when
+    they fit in ``max_rank`` slots (else None): they reproduce every lag of the horizon, so under ``tol`` they are
+    the taps' candidate at that rank, as the input modes are for ``reduce_ssm``."""
+    if taps.numel() == 0 or (taps.shape[-1] + 1) // 2 > max_rank:
+        return None
+    from ..toeplitz import naive as toeplitz_naive  # ops/toeplitz imports this package: a late import
+
+    lam, b = toeplitz_naive.toeplitz_to_ssm(taps, gamma64)
+    return lam, b
 
 
 def check_backend(fn_name: str, backend: object) -> None:
@@ -62,22 +111,23 @@ def check_backend(fn_name: str, backend: object) -> None:
         raise ValueError(f"{fn_name}: backend must be one of {BACKENDS}, got {backend!r}")
 
 
-def check_reduce_args(lam: object, b: object, rank: object, length: object,
-                      tol: object) -> tuple[int | None, int, float | None]:
-    """Validate ``reduce_ssm`` arguments; return ``(rank, length, tol)``."""
+def check_reduce_args(lam: object, b: object, rank: object, length: object, tol: object,
+                      max_rank: object = None) -> tuple[int | None, int, float | None, int]:
+    """Validate ``reduce_ssm`` arguments; return ``(rank, length, tol, max_rank)``."""
     lam = check_tensor(FN_NAME, "lam", lam, kind="complex", min_ndim=1)
     b = check_tensor(FN_NAME, "b", b, kind="complex", min_ndim=1)
     check_shape(FN_NAME, "b", b, lam.shape)
     check_same_device(FN_NAME, lam=lam, b=b)
     length = check_int(FN_NAME, "length", length, minimum=1)
-    rank, tol = check_rank_tol(FN_NAME, rank, tol)
-    return rank, length, tol
+    rank, tol, max_rank = check_rank_tol(FN_NAME, rank, tol, max_rank)
+    check_finite(FN_NAME, lam=lam, b=b)
+    return rank, length, tol, max_rank
 
 
-def check_taps_args(fn_name: str, t: object, gamma: object, rank: object, tol: object,
-                    length: object) -> tuple[torch.Tensor, int | None, int, float | None]:
-    """Validate ``reduce_toeplitz`` arguments; return ``(gamma, rank, length, tol)`` with gamma a float64 tensor of
-    ``t.shape[:-1]`` and length defaulting to n."""
+def check_taps_args(fn_name: str, t: object, gamma: object, rank: object, tol: object, length: object,
+                    max_rank: object = None) -> tuple[torch.Tensor, int | None, int, float | None, int]:
+    """Validate ``reduce_toeplitz`` arguments; return ``(gamma, rank, length, tol, max_rank)`` with gamma a float64
+    tensor of ``t.shape[:-1]`` and length defaulting to n."""
     t = check_tensor(fn_name, "t", t, kind="real", min_ndim=1, nonempty={-1: "lag"})
     batch = tuple(t.shape[:-1])
     if isinstance(gamma, torch.Tensor):
@@ -94,7 +144,7 @@ def check_taps_args(fn_name: str, t: object, gamma: object, rank: object, tol: o
     outside = ~((gamma64 > 0) & (gamma64 <= 1))
     if bool(outside.any()):
         raise ValueError(f"{fn_name}: gamma must lie in (0, 1], got {gamma64[outside].flatten()[0].item()}")
-    rank, tol = check_rank_tol(fn_name, rank, tol)
+    rank, tol, max_rank = check_rank_tol(fn_name, rank, tol, max_rank)
     n = t.shape[-1]
     if length is None:
         length = n
@@ -104,7 +154,8 @@ def check_taps_args(fn_name: str, t: object, gamma: object, rank: object, tol: o
         raise ValueError(
             f"{fn_name}: length must lie in [1, n] = [1, {n}] (the taps define lags < n), got {length}"
         )
-    return gamma64, rank, length, tol
+    check_finite(fn_name, t=t[..., :length])
+    return gamma64, rank, length, tol, max_rank
 
 
 def check_deprecated_taps_args(fn_name: str, real: object, rank: object, tol: object) -> None:

@@ -13,7 +13,17 @@ from __future__ import annotations
 import torch
 
 from ..complex import polar_kernel64
-from .modal import Poles, basis, error_norm, fit_residues, hankel_size, norm, stabilise, weighted_lstsq
+from .modal import (
+    RESOLUTION,
+    Poles,
+    basis,
+    error_norm,
+    fit_residues,
+    hankel_size,
+    norm,
+    stabilise,
+    weighted_lstsq,
+)
 
 OVERSAMPLE = 8  # extra sketch columns of the range finder
 HANKEL_PRODUCTS = 1  # FFT products with H applied to the sketch (subspace iterations; README)
@@ -24,10 +34,11 @@ REAL_POLE = 1e-13  # |Im lam| <= REAL_POLE * |lam|: a real pole (eigenvalues of 
 STALL = 1e-3  # relative progress below which an accepted refinement step counts as stalled
 DAMPING_EXIT = 1.0  # damping (on unit-norm columns) at which rejected steps have become too short to matter
 STALL_STEPS = 2  # stalled accepted steps in a row after which a system leaves the batch (until the next stage)
-RESOLUTION = 2.0**-22  # least-squares error <= RESOLUTION * max|K|: below what complex64 modes resolve
 SECOND_START_GAP = 2.0  # l1 error / estimated Hankel bound under which the second refinement start is skipped
 PRUNE_CANDIDATES = 8  # slots of least contribution tried at each pruning step
 PRUNE_EXTRA = 4  # the second refinement start: ERA poles of rank + PRUNE_EXTRA slots pruned back to rank
+REFINE_STAGES = ("l2", "l1", "max")  # l2 to converge, l1 for the Hankel-bound gap, max for the certified error
+CHOICE = "max"  # the norm that picks between candidate fits
 
 
 
@@ -74,14 +85,14 @@ def leading_subspace(kernel: torch.Tensor, width: int) -> torch.Tensor:
     return q @ left[:, :, :width]
 
 
-def era_poles(subspace: torch.Tensor, order: int) -> torch.Tensor:
-    """ERA / Kung: the shift-invariance ``U[1:] ~ U[:-1] A`` of the leading ``order`` vectors; eigenvalues of A
-    (complex128 `[C, order]`)."""
-    u = subspace[:, :, :order]
+def era_poles(subspace: torch.Tensor, orders: list[int]) -> list[torch.Tensor]:
+    """ERA / Kung per order k: the shift-invariance ``U[1:] ~ U[:-1] A`` of the leading k vectors; eigenvalues of A
+    (complex128 `[C, k]`). The Gram matrices of the widest order serve every order (their leading blocks)."""
+    u = subspace[:, :, : max(orders)]
     upper, lower = u[:, :-1], u[:, 1:]
     gram = upper.transpose(1, 2) @ upper
-    shift = torch.linalg.solve(gram, upper.transpose(1, 2) @ lower)
-    return torch.linalg.eigvals(shift)
+    cross = upper.transpose(1, 2) @ lower
+    return [torch.linalg.eigvals(torch.linalg.solve(gram[:, :k, :k], cross[:, :k, :k])) for k in orders]
 
 
 def fold_poles(poles: torch.Tensor, slots: int) -> tuple[Poles, torch.Tensor]:
@@ -154,8 +165,7 @@ def select_poles(subspace: torch.Tensor, rank: int) -> tuple[Poles, Poles, torch
         poles.is_real[:, 0] = True
         return poles, merged, has_merged
     done = torch.zeros(channels, dtype=torch.bool, device=device)
-    for order in range(top, 0, -1):
-        candidates = era_poles(subspace, order)
+    for order, candidates in zip(range(top, 0, -1), era_poles(subspace, list(range(top, 0, -1))), strict=True):
         folded, fits = fold_poles(candidates, rank)
         if order == top:
             for row in (~fits).nonzero()[:, 0].tolist():
@@ -180,13 +190,14 @@ def ls_error(kernel: torch.Tensor, poles: Poles) -> torch.Tensor:
     return error_norm(kernel, poles.lam, fit_residues(kernel, poles), "l2")
 
 
-def refine(kernel: torch.Tensor, poles: Poles, b: torch.Tensor, *, target: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Levenberg-Marquardt on poles and residues jointly, ``L2_STEPS`` in l2, then ``REWEIGHTED_STEPS``
-    reweighted towards ``target`` (``"l1"``: weights ``1 / |e_j|``; ``"max"``: Lawson's multiplicative update
-    ``w_j <- w_j |e_j|``). A step is kept per system only when it lowers that system's error in the norm being
-    minimised; a system whose error stalls (``STALL_STEPS`` accepted steps running with less than ``STALL``
-    relative progress, or rejections up to a damping of ``DAMPING_EXIT``) leaves the batch until the next stage,
-    so converged systems cost nothing. Returns the refined ``(lam, b)`` complex128 `[C, r]` (the slots' kinds
+def refine(kernel: torch.Tensor, poles: Poles, b: torch.Tensor,
+           stages: tuple[str, ...] = ("l2", "l1")) -> tuple[torch.Tensor, torch.Tensor]:
+    """Levenberg-Marquardt on poles and residues jointly, stage by stage: ``L2_STEPS`` steps on the l2 error for
+    ``"l2"``, ``REWEIGHTED_STEPS`` iteratively reweighted steps for ``"l1"`` (weights ``1 / |e_j|``) or ``"max"``
+    (Lawson's multiplicative update ``w_j <- w_j |e_j|``). A step is kept per system only when it lowers that
+    system's error in the norm being minimised; a system whose error stalls (``STALL_STEPS`` accepted steps
+    running with less than ``STALL`` relative progress, or rejections up to a damping of ``DAMPING_EXIT``) leaves
+    the batch until the next stage, so converged systems cost nothing. Returns the refined ``(lam, b)`` complex128 `[C, r]` (the slots' kinds
     are kept)."""
     length = kernel.shape[1]
     rank = poles.slots
@@ -195,7 +206,7 @@ def refine(kernel: torch.Tensor, poles: Poles, b: torch.Tensor, *, target: str) 
     stalled = torch.zeros(kernel.shape[0], dtype=torch.int64, device=kernel.device)
     j = torch.arange(length, dtype=torch.float64, device=kernel.device)[None, :, None]
     weight = torch.ones_like(kernel)
-    schedule = ["l2"] * L2_STEPS + [target] * (REWEIGHTED_STEPS if target != "l2" else 0)
+    schedule = [stage for stage in stages for _ in range(L2_STEPS if stage == "l2" else REWEIGHTED_STEPS)]
     error = kernel - polar_kernel64(lam, b, length)
     active = torch.arange(kernel.shape[0], device=kernel.device)
     for stage_index, stage in enumerate(schedule):
@@ -267,43 +278,37 @@ def hankel_gain(kernel: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     return _hankel_apply(spectrum, vectors[:, None, :], p, size)[:, 0].norm(dim=-1)
 
 
-def _refine_best(kernel: torch.Tensor, subspace: torch.Tensor, start: Poles, b: torch.Tensor,
-                 target: str) -> tuple[Poles, torch.Tensor]:
+def _refine_starts(kernel: torch.Tensor, subspace: torch.Tensor, start: Poles, b: torch.Tensor) -> tuple[Poles,
+                                                                                                      torch.Tensor]:
     """Refine the ERA start and, where it may gain, a second start: the ERA poles of ``PRUNE_EXTRA`` more slots
     pruned back to the rank (under-modelled kernels: the best subset of a richer pole set often beats the poles
-    of the truncated subspace); per system the one with the smaller ``target`` error. For the l1 target, systems
-    whose first fit is within ``SECOND_START_GAP`` of the lower bound's estimate skip the second start (it
-    cannot gain more than that). Returns the poles and their refined float64 residues."""
+    of the truncated subspace); per system the one with the smaller max error. Systems whose first fit has an l1
+    error within ``SECOND_START_GAP`` of the lower bound's estimate skip the second start (it cannot gain more
+    than that). Returns the poles and their refined float64 residues."""
     rank = start.slots
-    lam, b = refine(kernel, start, b, target=target)
+    lam, b = refine(kernel, start, b, REFINE_STAGES)
     poles = Poles(lam, start.is_real, start.used)
     extra = min(PRUNE_EXTRA, subspace.shape[2] // 2 - rank)
     if extra <= 0:
         return poles, b
-    first = error_norm(kernel, lam, b, target)
-    rows = torch.arange(kernel.shape[0], device=kernel.device)
-    if target == "l1":
-        rows = (first > SECOND_START_GAP * hankel_gain(kernel, subspace[:, :, 2 * rank])).nonzero()[:, 0]
-        if rows.numel() == 0:
-            return poles, b
+    rows = (error_norm(kernel, lam, b, "l1") > SECOND_START_GAP * hankel_gain(kernel, subspace[:, :, 2 * rank]))
+    rows = rows.nonzero()[:, 0]
+    if rows.numel() == 0:
+        return poles, b
     kernel_s = kernel[rows]
     wide, _, _ = select_poles(subspace[rows], rank + extra)
     pruned = prune_poles(kernel_s, wide, rank)
-    lam2, b2 = refine(kernel_s, pruned, fit_residues(kernel_s, pruned), target=target)
-    second = Poles(lam2, pruned.is_real, pruned.used)
-    pick = error_norm(kernel_s, lam2, b2, target) < first[rows]
-    poles.put(rows, poles.rows(rows).where(pick, second))
+    lam2, b2 = refine(kernel_s, pruned, fit_residues(kernel_s, pruned), REFINE_STAGES)
+    pick = error_norm(kernel_s, lam2, b2, CHOICE) < error_norm(kernel_s, lam[rows], b[rows], CHOICE)
+    poles.put(rows, poles.rows(rows).where(pick, Poles(lam2, pruned.is_real, pruned.used)))
     b[rows] = torch.where(pick[:, None], b2, b[rows])
     return poles, b
 
 
-def fit_poles(kernel: torch.Tensor, subspace: torch.Tensor, rank: int,
-              refine_target: str | None) -> tuple[Poles, torch.Tensor]:
-    """Fit ``rank`` folded modes to float64 kernels `[C, L]` from their Hankel subspace `[C, p, w]`: the ERA
-    candidates of :func:`select_poles` (per system the one with the smaller least-squares error), their
-    least-squares residues, then, with ``refine_target`` (``"l1"`` or ``"max"``), the refinement of
-    :func:`_refine_best` for systems above the complex64 resolution of their kernel. Returns the poles and their
-    float64 residues complex128 `[C, rank]`."""
+def _era_fit(kernel: torch.Tensor, subspace: torch.Tensor, rank: int, refined: bool) -> tuple[Poles, torch.Tensor]:
+    """``rank`` folded modes from the kernels' Hankel subspace: the ERA candidates of :func:`select_poles` (per
+    system the one with the smaller least-squares error), their least-squares residues, and with ``refined``, for
+    systems above the complex64 resolution of their kernel, the refinement of :func:`_refine_starts`."""
     poles, merged, has_merged = select_poles(subspace, rank)
     if bool(has_merged.any()):  # keep, per system, the candidate with the smaller least-squares error
         rows = has_merged.nonzero()[:, 0]
@@ -311,12 +316,53 @@ def fit_poles(kernel: torch.Tensor, subspace: torch.Tensor, rank: int,
         pick = ls_error(kernel_m, merged.rows(rows)) < ls_error(kernel_m, poles.rows(rows))
         poles.put(rows, poles.rows(rows).where(pick, merged.rows(rows)))
     b = fit_residues(kernel, poles)
-    if refine_target is None:
+    if not refined:
         return poles, b
     # a fit already below the complex64 resolution of the kernel gains nothing from moving the poles
     rows = (error_norm(kernel, poles.lam, b, "max") > RESOLUTION * kernel.abs().amax(-1)).nonzero()[:, 0]
     if rows.numel() > 0:
-        refined, b_refined = _refine_best(kernel[rows], subspace[rows], poles.rows(rows), b[rows], refine_target)
-        poles.put(rows, refined)
+        better, b_refined = _refine_starts(kernel[rows], subspace[rows], poles.rows(rows), b[rows])
+        poles.put(rows, better)
         b[rows] = b_refined
+    return poles, b
+
+
+def _extended_fit(kernel: torch.Tensor, previous: Poles, b: torch.Tensor) -> tuple[Poles, torch.Tensor]:
+    """The previous rank's fit with one slot more: the pole of the one-slot ERA fit of its residual kernel is
+    added, the residues solved by least squares, and the whole refined (systems above the complex64 resolution
+    only)."""
+    residual = kernel - polar_kernel64(previous.lam, b, kernel.shape[1])
+    new, _, _ = select_poles(leading_subspace(residual, 2 * (1 + PRUNE_EXTRA)), 1)
+    poles = Poles(torch.cat([previous.lam, new.lam], 1), torch.cat([previous.is_real, new.is_real], 1),
+                  torch.cat([previous.used, new.used], 1))
+    b = fit_residues(kernel, poles)
+    rows = (error_norm(kernel, poles.lam, b, "max") > RESOLUTION * kernel.abs().amax(-1)).nonzero()[:, 0]
+    if rows.numel() > 0:
+        lam, b_refined = refine(kernel[rows], poles.rows(rows), b[rows], REFINE_STAGES)
+        poles.lam[rows], b[rows] = lam, b_refined
+    return poles, b
+
+
+def fit_rank(kernel: torch.Tensor, subspace: torch.Tensor, rank: int, previous: tuple[Poles, torch.Tensor] | None,
+             *, refined: bool = True) -> tuple[Poles, torch.Tensor]:
+    """The float64 fit of ``rank`` folded modes to kernels `[C, L]`, given their Hankel subspace `[C, p, w]` and
+    the fit of ``rank - 1`` modes (or None): per system the smallest max error of the ERA fit (:func:`_era_fit`),
+    the previous fit extended by one slot (:func:`_extended_fit`) and the previous fit itself with an unused slot
+    (so the float64 error never grows with the rank). ``refined=False``: the plain ERA + least-squares fit only
+    (the cheap first candidate of a rung). Returns the poles and residues complex128 `[C, rank]`."""
+    poles, b = _era_fit(kernel, subspace, rank, refined)
+    if previous is None or not refined:
+        return poles, b
+    error = error_norm(kernel, poles.lam, b, CHOICE)
+    extended, b_extended = _extended_fit(kernel, *previous)
+    spare = Poles.unused(kernel.shape[0], 1, kernel.device)
+    kept = Poles(*(torch.cat([x, y], 1) for x, y in zip((previous[0].lam, previous[0].is_real, previous[0].used),
+                                                          (spare.lam, spare.is_real, spare.used), strict=True)))
+    b_kept = torch.cat([previous[1], torch.zeros_like(previous[1][:, :1])], 1)
+    for other, b_other in ((extended, b_extended), (kept, b_kept)):
+        other_error = error_norm(kernel, other.lam, b_other, CHOICE)
+        pick = other_error < error
+        poles = poles.where(pick, other)
+        b = torch.where(pick[:, None], b_other, b)
+        error = torch.minimum(error, other_error)
     return poles, b

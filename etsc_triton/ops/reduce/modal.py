@@ -12,6 +12,7 @@ import torch
 from ..complex import polar_kernel64, polar_powers
 
 RIDGE = 1e-10  # Tikhonov weight on the normalised columns: keeps near-collinear residues bounded
+RESOLUTION = 2.0**-22  # max error / max|K| below which a fit is as good as complex64 modes resolve
 NORMS = ("l1", "l2", "max")
 
 
@@ -111,21 +112,22 @@ def weighted_lstsq(columns: torch.Tensor, target: torch.Tensor, sqrt_weight: tor
                    damping: torch.Tensor | float) -> torch.Tensor:
     """``argmin ||W^1/2 (target - columns x)||^2 + damping ||D x||^2`` with D the column norms (columns of zeros
     get x = 0). columns `[C, L, m]`, target `[C, L]`, damping a float or `[C]`; returns `[C, m]`. QR of the
-    augmented matrix: no normal equations (the squared condition number would cost half the digits)."""
+    column-normalised matrix, then of its small triangle stacked on the damping: no normal equations (the
+    squared condition number would cost half the digits)."""
     if sqrt_weight is not None:
         columns = columns * sqrt_weight[:, :, None]
         target = target * sqrt_weight
     norms = columns.norm(dim=1)
     norms = torch.where(norms > 0, norms, torch.ones_like(norms))
-    scaled = columns / norms[:, None, :]
+    q, r = torch.linalg.qr(columns / norms[:, None, :])
+    rhs = (q.transpose(1, 2) @ target[:, :, None])[:, :, 0]
     m = columns.shape[2]
     damping = torch.as_tensor(damping, dtype=columns.dtype, device=columns.device)
     eye = torch.eye(m, dtype=columns.dtype, device=columns.device)
     reg = torch.sqrt(damping + RIDGE**2).reshape(-1, 1, 1) * eye
-    augmented = torch.cat([scaled, reg.expand(columns.shape[0], m, m)], dim=1)
-    rhs = torch.cat([target, target.new_zeros(target.shape[0], m)], dim=1)
-    q, r = torch.linalg.qr(augmented)
-    solution = torch.linalg.solve_triangular(r, (q.transpose(1, 2) @ rhs[:, :, None]), upper=True)[:, :, 0]
+    q2, r2 = torch.linalg.qr(torch.cat([r, reg.expand(columns.shape[0], m, m)], dim=1))
+    rows = r.shape[1]  # min(L, m): fewer lags than columns leave a wide triangle
+    solution = torch.linalg.solve_triangular(r2, q2[:, :rows].transpose(1, 2) @ rhs[:, :, None], upper=True)[:, :, 0]
     return solution / norms
 
 

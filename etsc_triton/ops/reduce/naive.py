@@ -17,7 +17,7 @@ import torch
 
 from ..checks import check_int, check_tensor
 from ..complex import vandermonde_kernel64
-from .contract import FN_NAME, MAX_RANK, TAPS_FN_NAME, Reduction, check_reduce_args, check_taps_args
+from .contract import FN_NAME, TAPS_FN_NAME, Reduction, check_reduce_args, check_taps_args, etsc_modes
 
 
 def reduction_error(
@@ -165,7 +165,7 @@ def _dense_ladder(kernel: torch.Tensor, own_margin: float, ranks: range, tol: fl
     return best
 
 
-def reduce_dense(kernel: torch.Tensor, rank: int | None, tol: float | None, own_margin: torch.Tensor,
+def reduce_dense(kernel: torch.Tensor, rank: int | None, tol: float | None, max_rank: int, own_margin: torch.Tensor,
                  exact: tuple[torch.Tensor, torch.Tensor] | None, fn_name: str) -> Reduction:
     """The dense reduction of float64 kernels `[..., L]`, one system at a time (``own_margin [...]``: the
     evaluation error of the kernel itself; ``exact``: the input modes, returned when the rank reaches them)."""
@@ -174,7 +174,7 @@ def reduce_dense(kernel: torch.Tensor, rank: int | None, tol: float | None, own_
     margins = own_margin.reshape(-1).tolist()
     exact_flat = None if exact is None else [x.reshape(flat.shape[0], -1) for x in exact]
     n_exact = 0 if exact is None else exact[0].shape[-1]
-    cap = rank if rank is not None else min(MAX_RANK, max((length + 1) // 4 + 1, n_exact))
+    cap = rank if rank is not None else min(max_rank, max((length + 1) // 2 + 1, n_exact))
     fits = []
     for c in range(flat.shape[0]):
         modes = None if exact_flat is None else (exact_flat[0][c], exact_flat[1][c])
@@ -184,8 +184,8 @@ def reduce_dense(kernel: torch.Tensor, rank: int | None, tol: float | None, own_
     if tol is not None and bool((bounds.double() > tol * scale).any()):
         worst = float((bounds.double() / scale.clamp_min(1e-300)).max())
         raise ValueError(f"{fn_name}: tol = {tol:g} is not met by any rank up to {cap} in every system "
-                         f"(best relative bound {worst:.3g}); raise tol or use the exact conversion")
-    width = cap if tol is None else max([fit[0].shape[0] for fit in fits] + [1])
+                         f"(best relative bound {worst:.3g}); raise tol or max_rank, or use the exact conversion")
+    width = cap if tol is None else max([fit[0].shape[0] for fit in fits] + [1])  # unused slots: lam = b = 0
     lam = torch.zeros(flat.shape[0], width, dtype=torch.complex64)
     b = torch.zeros_like(lam)
     for c, (lam_c, b_c, _) in enumerate(fits):
@@ -194,15 +194,21 @@ def reduce_dense(kernel: torch.Tensor, rank: int | None, tol: float | None, own_
 
 
 def reduce_ssm(
-    lam: torch.Tensor, b: torch.Tensor, rank: int | None = None, *, length: int, tol: float | None = None
+    lam: torch.Tensor,
+    b: torch.Tensor,
+    rank: int | None = None,
+    *,
+    length: int,
+    tol: float | None = None,
+    max_rank: int | None = None,
 ) -> Reduction:
     """Dense float64 reference of :func:`etsc_triton.reduce_ssm` (module docstring): O(p^3) per system, so for
     small horizons only."""
-    rank, length, tol = check_reduce_args(lam, b, rank, length, tol)
+    rank, length, tol, max_rank = check_reduce_args(lam, b, rank, length, tol, max_rank)
     lam64, b64 = lam.detach().cpu().to(torch.complex128), b.detach().cpu().to(torch.complex128)
     kernel = vandermonde_kernel64(lam64, b64, length)
     margin = b64.abs().sum(-1) * (4 * length + 16 + lam.shape[-1]) * 2.0**-52
-    return reduce_dense(kernel, rank, tol, margin, (lam64, b64), FN_NAME)
+    return reduce_dense(kernel, rank, tol, max_rank, margin, (lam64, b64), FN_NAME)
 
 
 def reduce_toeplitz(
@@ -212,20 +218,58 @@ def reduce_toeplitz(
     *,
     length: int | None = None,
     tol: float | None = None,
+    max_rank: int | None = None,
 ) -> Reduction:
     """Dense float64 reference of :func:`etsc_triton.ops.reduce.reduce_toeplitz`."""
-    return reduce_taps(TAPS_FN_NAME, t, gamma, rank, tol, length)
+    return reduce_taps(TAPS_FN_NAME, t, gamma, rank, tol, length, max_rank)
 
 
-def reduce_taps(fn_name: str, t: torch.Tensor, gamma: object, rank: object, tol: object,
-                length: object) -> Reduction:
+def reduce_taps(fn_name: str, t: torch.Tensor, gamma: object, rank: object, tol: object, length: object,
+                max_rank: object) -> Reduction:
     """:func:`reduce_toeplitz` with its errors naming ``fn_name``."""
-    gamma64, rank, length, tol = check_taps_args(fn_name, t, gamma, rank, tol, length)
+    gamma64, rank, length, tol, max_rank = check_taps_args(fn_name, t, gamma, rank, tol, length, max_rank)
     taps = t.detach().cpu().to(torch.float64)[..., :length]
     kernel = taps * gamma64.cpu()[..., None] ** torch.arange(length, dtype=torch.float64)
     # gamma^j t_j: relative error (j + 2) 2^-53 per lag
     margin = taps.abs().amax(-1) * (4 * length + 16) * 2.0**-52
-    return reduce_dense(kernel, rank, tol, margin, None, fn_name)
+    exact = None if tol is None else etsc_modes(taps, gamma64.cpu(), max_rank)
+    return reduce_dense(kernel, rank, tol, max_rank, margin, exact, fn_name)
+
+
+DENSE_EIGH = 512  # FIR Hankel matrices up to this size are decomposed densely (a 2048 one takes 10-50 s on 2 cores)
+RITZ_RESIDUAL = 1e-12  # ||H v - lambda v|| / |lambda_1| at which a Krylov eigenpair counts as converged
+RITZ_FLOOR = 1e-10  # |lambda| / |lambda_1| below which a pair is at float64 noise level: its residual is not asked
+
+
+def _leading_eigenpairs(hankel: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``count`` eigenpairs of largest ``|lambda|`` of a symmetric float64 ``[L, L]`` matrix, ordered by
+    ``|lambda|``: a dense eigendecomposition for ``L <= DENSE_EIGH``, else Rayleigh-Ritz on a block Krylov space
+    (full reorthogonalisation) grown until every wanted pair above ``RITZ_FLOOR |lambda_1|`` has a residual
+    below ``RITZ_RESIDUAL |lambda_1|`` (or the space is the whole space)."""
+    size = hankel.shape[0]
+    if size <= DENSE_EIGH:
+        values, vectors = torch.linalg.eigh(hankel)
+    else:
+        block = max(16, count + 8)
+        start = torch.randn(size, block, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        basis = torch.linalg.qr(start).Q
+        image = hankel @ basis
+        while True:
+            values, ritz = torch.linalg.eigh(basis.T @ image)
+            top = values.abs().argsort(descending=True)[:count]
+            values, vectors = values[top], basis @ ritz[:, top]
+            residual = (image @ ritz[:, top] - vectors * values).norm(dim=0)
+            largest = values.abs().max()
+            converged = (residual <= RITZ_RESIDUAL * largest) | (values.abs() <= RITZ_FLOOR * largest)
+            if basis.shape[1] >= size or bool(converged.all()):
+                break
+            fresh = image[:, -block:][:, : size - basis.shape[1]]
+            for _ in range(2):  # twice: where the space is nearly exhausted one pass leaves rounding noise in it
+                fresh = torch.linalg.qr(fresh - basis @ (basis.T @ fresh)).Q
+            basis = torch.cat([basis, fresh], dim=1)
+            image = torch.cat([image, hankel @ fresh], dim=1)
+    order = values.abs().argsort(descending=True)[:count]
+    return values[order], vectors[:, order]
 
 
 def balanced_truncation(kernel: torch.Tensor, orders: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -234,9 +278,9 @@ def balanced_truncation(kernel: torch.Tensor, orders: list[int]) -> list[tuple[t
     The kernel ``K_0 .. K_(L-1)`` (zero beyond) is realised by the shift register ``x_k = A x_(k-1) + e_1 u_k``,
     ``y_k = K . x_k`` of dimension L; its controllability Gramian is I and its observability Gramian ``H^T H``
     with ``H_ij = K_(i+j)`` (``i, j < L``, zero where ``i + j >= L``), so its Hankel singular values are those of
-    H. The square-root method on ``H = U S V^T`` (a dense symmetric eigendecomposition: H is symmetric) gives the
-    order-k system ``A_k = S^-1/2 U^T H_1 V S^-1/2`` (``H_1`` the Hankel matrix of ``K_(j+1)``),
-    ``B_k = S^1/2 V[0]``, ``C_k = K V S^-1/2`` (leading k columns), diagonalised in complex128.
+    H. The square-root method on ``H = U S V^T`` (H is symmetric: its leading eigenpairs, ``U = W``,
+    ``V = W sign(lambda)``) gives the order-k system ``A_k = S^-1/2 U^T H_1 V S^-1/2`` (``H_1`` the Hankel matrix
+    of ``K_(j+1)``), ``B_k = S^1/2 V[0]``, ``C_k = K V S^-1/2`` (leading k columns), diagonalised in complex128.
 
     Args:
         kernel: `[C, L]` real.
@@ -248,22 +292,21 @@ def balanced_truncation(kernel: torch.Tensor, orders: list[int]) -> list[tuple[t
         of slots in the batch.
     """
     check_tensor("balanced_truncation", "kernel", kernel, kind="real", ndim=2)
+    orders = [check_int("balanced_truncation", "order", order, minimum=1) for order in orders]
     k64 = kernel.detach().cpu().to(torch.float64)
     length = k64.shape[1]
     index = torch.arange(length)[:, None] + torch.arange(length)[None, :]
     padded = torch.cat([k64, torch.zeros_like(k64), torch.zeros_like(k64[:, :1])], dim=1)
     per_order: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in orders]
     for row, taps in zip(k64, padded, strict=True):
-        hankel, shifted = taps[index], taps[index + 1]
-        values, vectors = torch.linalg.eigh(hankel)
-        order_by_size = values.abs().argsort(descending=True)
-        sigma = values.abs()[order_by_size]
-        left = vectors[:, order_by_size]
-        right = left * torch.sign(values[order_by_size])
+        values, left = _leading_eigenpairs(taps[index], min(max(orders), length))
+        sigma = values.abs()
+        right = left * torch.sign(values)
+        shifted = taps[index + 1] @ right
         for out, order in zip(per_order, orders, strict=True):
-            k = min(check_int("balanced_truncation", "order", order, minimum=1), int((sigma > 0).sum()))
+            k = min(order, int((sigma > 0).sum()))
             inv_root = sigma[:k].rsqrt()
-            a = inv_root[:, None] * (left[:, :k].T @ shifted @ right[:, :k]) * inv_root[None, :]
+            a = inv_root[:, None] * (left[:, :k].T @ shifted[:, :k]) * inv_root[None, :]
             b_in = sigma[:k].sqrt() * right[0, :k]
             c_out = (row @ right[:, :k]) * inv_root
             poles, eigvectors = torch.linalg.eig(a)

@@ -1,163 +1,134 @@
-"""The reduction driver: ranks (given, or walked upwards under a tolerance), channel chunks, and per rank the fit
-(``fit.py``), its rounding (``rounding.py``) and the certified bound (``certificate.py``)."""
+"""The reduction driver: the ladder of ranks ``1, 2, ...``, at each rank in channel chunks the float64 fit
+(``fit.py``), its complex64 rounding (``rounding.py``) and the certified bound (``certificate.py``), each system
+keeping the best certified fit of any rank so far."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 
 from .certificate import certified_bound, evaluation_margin
-from .contract import MAX_RANK, Reduction
-from .fit import PRUNE_EXTRA, fit_poles, leading_subspace
-from .modal import hankel_size
-from .rounding import round_modes, round_poles, search_rounding
+from .contract import Reduction
+from .fit import PRUNE_EXTRA, fit_rank, leading_subspace
+from .modal import Poles, hankel_size
+from .rounding import round_fit, round_poles
 
 CHUNK_BYTES = 1 << 28  # working set per channel chunk (complex128 powers and the Jacobian)
-REFINE_REACH = 100.0  # under tol, the later passes run at a rank only if every system is within this factor
-
-# Under a tolerance, the passes a system goes through until it meets it: the plain ERA + least-squares fit, the
-# same rounded by the lattice search, then the fit refined towards the max error (the certified quantity), rounded
-# by the search where the rounding dominates.
-TOL_PASSES: tuple[dict, ...] = (
-    {"refine_target": None},
-    {"refine_target": None, "rounding": "search"},
-    {"refine_target": "max", "rounding": "search"},
-)
 
 
-def _chunks(channels: int, length: int, rank: int):
+def _chunks(channels: int, length: int, rank: int) -> Iterator[slice]:
     per_channel = 16 * length * (6 * rank + 8) + 8 * length * 8 * rank
     size = max(1, min(channels, CHUNK_BYTES // max(per_channel, 1)))
     for start in range(0, channels, size):
         yield slice(start, min(channels, start + size))
 
 
-def reduce_kernel(kernel: torch.Tensor, rank: int | None, tol: float | None, *, scale_terms: torch.Tensor,
-                  terms: int, exact: tuple[torch.Tensor, torch.Tensor] | None = None,
+def reduce_kernel(kernel: torch.Tensor, rank: int | None, tol: float | None, *, max_rank: int,
+                  scale_terms: torch.Tensor, terms: int, exact: tuple[torch.Tensor, torch.Tensor] | None = None,
                   fn_name: str = "reduce_ssm") -> Reduction:
-    """Reduce float64 kernels `[..., L]` to ``rank`` folded modes (or the smallest rank meeting ``tol``).
+    """Reduce float64 kernels `[..., L]` to ``rank`` folded modes, or per system to the smallest rank whose bound
+    meets ``tol``.
+
+    Every system climbs the same ladder of ranks ``1, 2, ...`` whichever is asked, and keeps at each rank the best
+    certified fit of any rank so far (a larger rank's spare slots unused): so its bound never grows with the
+    rank, and ``tol`` stops each system at the rank where ``rank=`` would first certify it.
 
     Args:
         kernel: `[..., L]` float64, the kernel to approximate over lags ``0 .. L-1``.
         rank: folded modes, or None with ``tol``.
-        tol: relative tolerance ``bound <= tol * max_j |K_j|`` in every system, or None.
+        tol: relative tolerance ``bound <= tol * max_j |K_j|`` per system, or None.
+        max_rank: with ``tol``, the highest rank climbed (and at most ``ceil(L/2) + 1``, or N: enough slots to
+            interpolate every lag, or the exact modes).
         scale_terms: `[...]` float64 sum of the magnitudes of the terms the kernel's own float64 evaluation added
             (``sum |b|`` of the original modes, ``max |t|`` for taps), and ``terms`` their number: the
             certificate's margin for the kernel.
-        exact: ``(lam, b)`` complex128 `[..., N]` of the original system (used as is when ``rank >= N``).
+        exact: ``(lam, b)`` complex128 `[..., N]` of the original system (its rounding is the candidate at
+            ranks ``>= N``).
         fn_name: the public function named in errors.
 
     Returns:
-        :class:`Reduction`: complex64 `[..., rank]` (twice), float32 `[...]`.
+        :class:`Reduction`: complex64 `[..., width]` (twice), float32 `[...]`; width is ``rank``, or under ``tol``
+        the largest rank a system needed (the others padded with unused slots).
     """
     batch = kernel.shape[:-1]
     length = kernel.shape[-1]
     flat = kernel.reshape(-1, length)
     channels = flat.shape[0]
     margin = evaluation_margin(scale_terms.reshape(-1).to(torch.float64), length, terms)
-    n_exact = exact[0].shape[-1] if exact is not None else None
     exact_flat = None if exact is None else (exact[0].reshape(channels, -1), exact[1].reshape(channels, -1))
-    if rank is not None:
-        ranks, cap = [rank], rank
-    else:  # beyond p/2 + 1 modes the ERA order cannot grow (p - 1 shifts); the exact modes may be fewer
-        cap = min(MAX_RANK, max(hankel_size(length) // 2 + 1, n_exact or 0))
-        ranks = list(range(1, cap + 1))
-    lam_out = torch.zeros(channels, cap, dtype=torch.complex64, device=flat.device)
-    b_out = torch.zeros_like(lam_out)
-    bound_out = torch.full((channels,), math.inf, dtype=torch.float32, device=flat.device)
-    rank_out = torch.zeros(channels, dtype=torch.int64, device=flat.device)
-    for part in _chunks(channels, length, ranks[-1] if rank is not None else 8):
-        kernel_part = flat[part]
-        exact_part = None if exact_flat is None else (exact_flat[0][part], exact_flat[1][part])
-        best = _reduce_chunk(kernel_part, margin[part], exact_part, ranks, cap, tol)
-        lam_out[part], b_out[part], bound_out[part], rank_out[part] = best
-    if tol is not None:
-        scale = flat.abs().amax(-1)
-        missed = bound_out.to(torch.float64) > tol * scale
-        if bool(missed.any()):
-            worst = float((bound_out.to(torch.float64) / scale.clamp_min(1e-300)).max())
-            raise ValueError(
-                f"{fn_name}: tol = {tol:g} is not met by any rank up to {cap} in every system "
-                f"(best relative bound {worst:.3g}); raise tol or use the exact conversion"
-            )
-    final = cap if tol is None else int(rank_out.max())
-    return Reduction(lam_out[:, :final].reshape(*batch, final), b_out[:, :final].reshape(*batch, final),
-                     bound_out.reshape(batch))
-
-
-def _fit_rank(kernel, subspace, rank, *, refine_target, rounding: str = "nearest", threshold=None):
-    """Fit ``rank`` folded modes to every kernel and round them: complex64 ``(lam, b)`` `[C, rank]`.
-    ``rounding="search"`` rounds by :func:`search_rounding` (for the few systems a tolerance ``threshold [C]`` is
-    still missing)."""
-    poles, b = fit_poles(kernel, subspace, rank, refine_target)
-    refined = None if refine_target is None else (b, refine_target)
-    if rounding == "search":
-        return search_rounding(kernel, poles, threshold, refined=refined)
-    return round_modes(kernel, poles, refined=refined)
-
-
-def _fit_and_certify(kernel, margin, subspace, rank, threshold):
-    """Fit and certify ``rank`` modes. Under a tolerance (``threshold [C]``) the systems go through
-    ``TOL_PASSES``, each pass fitting only those still above the threshold and keeping its fit where it lowers
-    the bound, while every system is within ``REFINE_REACH`` of it; otherwise every system is refined towards
-    the l1 error."""
-    if threshold is None:
-        lam32, b32 = _fit_rank(kernel, subspace, rank, refine_target="l1")
-        return lam32, b32, certified_bound(kernel, margin, lam32, b32)
-    lam32, b32 = _fit_rank(kernel, subspace, rank, **TOL_PASSES[0])
-    bound = certified_bound(kernel, margin, lam32, b32)
-    for options in TOL_PASSES[1:]:
-        # the result's rank is the largest any system needs, and a refinement or a rounding search gains a small
-        # factor: with a system far above the threshold this rank is lost, and every missed system moves on
-        over = bound.to(torch.float64) / threshold
-        missed = (over > 1).nonzero()[:, 0]
-        if missed.numel() == 0 or bool((over > REFINE_REACH).any()):
-            break
-        lam_new, b_new = _fit_rank(kernel[missed], subspace[missed], rank, threshold=threshold[missed], **options)
-        bound_new = certified_bound(kernel[missed], margin[missed], lam_new, b_new)
-        better = bound_new < bound[missed]
-        lam32[missed] = torch.where(better[:, None], lam_new, lam32[missed])
-        b32[missed] = torch.where(better[:, None], b_new, b32[missed])
-        bound[missed] = torch.where(better, bound_new, bound[missed])
-    return lam32, b32, bound
-
-
-def _reduce_chunk(kernel, margin, exact, ranks, cap, tol):
-    """One chunk of systems: for ``tol``, ranks ascend and only the systems that missed it are refitted; a system
-    keeps the first fit that meets it (its unused slots stay zero: lam = b = 0)."""
-    channels = kernel.shape[0]
-    device = kernel.device
-    scale = kernel.abs().amax(-1)
-    lam_best = torch.zeros(channels, cap, dtype=torch.complex64, device=device)
-    b_best = torch.zeros_like(lam_best)
-    bound_best = torch.full((channels,), math.inf, dtype=torch.float32, device=device)
-    rank_best = torch.zeros(channels, dtype=torch.int64, device=device)
-    pending = torch.ones(channels, dtype=torch.bool, device=device)
-    subspace, width = None, 0
-    for r in ranks:
-        rows = pending.nonzero()[:, 0]
-        if rows.numel() == 0:
-            break
-        if exact is not None and r >= exact[0].shape[-1]:
-            lam32, b32 = round_poles(exact[0][rows]), exact[1][rows].to(torch.complex64)
-            bound = certified_bound(kernel[rows], margin[rows], lam32, b32)
+    n_exact = 0 if exact is None else exact[0].shape[-1]
+    top = rank if rank is not None else min(max_rank, max(hankel_size(length) + 1, n_exact))
+    lam = torch.zeros(channels, top, dtype=torch.complex64, device=flat.device)
+    b = torch.zeros_like(lam)
+    bound = torch.full((channels,), math.inf, dtype=torch.float32, device=flat.device)
+    threshold = None if tol is None else tol * flat.abs().amax(-1)
+    fits: tuple[Poles, torch.Tensor] | None = None  # every system's float64 fit of the previous rank
+    pending = torch.arange(channels, device=flat.device)
+    for r in range(1, top + 1):
+        if exact_flat is not None and r >= n_exact:
+            rows = pending
+            lam_r, b_r = round_poles(exact_flat[0][rows]), exact_flat[1][rows].to(torch.complex64)
+            _keep_better(lam, b, bound, rows, lam_r, b_r, certified_bound(flat[rows], margin[rows], lam_r, b_r))
         else:
-            if 2 * r > width:  # under tol the sketch widens in powers of two, so ascending ranks share it
-                width = 2 * (r + PRUNE_EXTRA)
-                width = width if tol is None else 1 << (width - 1).bit_length()
-                subspace = leading_subspace(kernel, width)
-            lam32, b32, bound = _fit_and_certify(kernel[rows], margin[rows], subspace[rows], r,
-                                                 None if tol is None else tol * scale[rows])
-        better = bound < bound_best[rows] if tol is not None else torch.ones_like(bound, dtype=torch.bool)
-        fitted = lam32.shape[1]
-        padded_lam = torch.zeros(rows.numel(), cap, dtype=torch.complex64, device=device)
-        padded_b = torch.zeros_like(padded_lam)
-        padded_lam[:, :fitted], padded_b[:, :fitted] = lam32, b32
-        lam_best[rows] = torch.where(better[:, None], padded_lam, lam_best[rows])
-        b_best[rows] = torch.where(better[:, None], padded_b, b_best[rows])
-        bound_best[rows] = torch.where(better, bound, bound_best[rows])
-        rank_best[rows] = torch.where(better, torch.full_like(rank_best[rows], fitted), rank_best[rows])
-        if tol is not None:
-            pending = bound_best.to(torch.float64) > tol * scale
-    return lam_best, b_best, bound_best, rank_best
+            fits = _climb(flat, margin, r, pending, fits, (lam, b, bound), threshold)
+        if threshold is not None:
+            pending = (bound.to(torch.float64) > threshold).nonzero()[:, 0]
+            if pending.numel() == 0:
+                break
+    if tol is not None and pending.numel() > 0:
+        scale = flat.abs().amax(-1)
+        worst = float((bound.to(torch.float64) / scale.clamp_min(1e-300)).max())
+        raise ValueError(
+            f"{fn_name}: tol = {tol:g} is not met by any rank up to {top} in every system "
+            f"(best relative bound {worst:.3g}); raise tol or max_rank, or use the exact conversion"
+        )
+    used = (lam != 0) | (b != 0)
+    last = (used * torch.arange(1, top + 1, device=used.device)).amax(-1) if channels else torch.ones(1)
+    width = top if tol is None else max(1, int(last.max()))
+    return Reduction(lam[:, :width].reshape(*batch, width), b[:, :width].reshape(*batch, width),
+                     bound.reshape(batch))
+
+
+def _climb(kernel: torch.Tensor, margin: torch.Tensor, rank: int, rows: torch.Tensor,
+           fits: tuple[Poles, torch.Tensor] | None, best: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+           threshold: torch.Tensor | None) -> tuple[Poles, torch.Tensor]:
+    """One rung of the ladder for the systems ``rows``, in chunks: the plain fit of ``rank`` modes, rounded and
+    certified, then the refined fit (from the Hankel subspace and the fit of ``rank - 1``), rounded and certified;
+    ``best = (lam, b, bound)`` takes each where it is better (in place). Under a tolerance (``threshold [C]``)
+    the refined fit is skipped where the plain one already meets it: ``rank=`` would certify it at this rung
+    too, as its bound is the smaller of the two. Returns every system's float64 fit of this rank (the refined
+    one where it was made; others' unused)."""
+    channels, length = kernel.shape
+    poles_all = Poles.unused(channels, rank, kernel.device)
+    b_all = torch.zeros(channels, rank, dtype=torch.complex128, device=kernel.device)
+    for part in _chunks(rows.numel(), length, rank):
+        chunk = rows[part]
+        subspace = leading_subspace(kernel[chunk], 2 * (rank + PRUNE_EXTRA))
+        for refined in (False, True):
+            if refined and threshold is not None:
+                keep = best[2][chunk].to(torch.float64) > threshold[chunk]
+                chunk, subspace = chunk[keep], subspace[keep]
+                if chunk.numel() == 0:
+                    break
+            previous = None if fits is None else (fits[0].rows(chunk), fits[1][chunk])
+            poles, b64 = fit_rank(kernel[chunk], subspace, rank, previous, refined=refined)
+            poles_all.put(chunk, poles)
+            b_all[chunk] = b64
+            lam32, b32 = round_fit(kernel[chunk], poles, b64)
+            _keep_better(*best, chunk, lam32, b32, certified_bound(kernel[chunk], margin[chunk], lam32, b32))
+    return poles_all, b_all
+
+
+def _keep_better(lam: torch.Tensor, b: torch.Tensor, bound: torch.Tensor, rows: torch.Tensor, lam_new: torch.Tensor,
+                 b_new: torch.Tensor, bound_new: torch.Tensor) -> None:
+    """Where ``bound_new`` is smaller, the systems ``rows`` take the new modes (their later slots unused)."""
+    better = bound_new < bound[rows]
+    slots = lam_new.shape[1]
+    padded_lam = torch.zeros(rows.numel(), lam.shape[1], dtype=lam.dtype, device=lam.device)
+    padded_b = torch.zeros_like(padded_lam)
+    padded_lam[:, :slots], padded_b[:, :slots] = lam_new, b_new
+    lam[rows] = torch.where(better[:, None], padded_lam, lam[rows])
+    b[rows] = torch.where(better[:, None], padded_b, b[rows])
+    bound[rows] = torch.where(better, bound_new, bound[rows])

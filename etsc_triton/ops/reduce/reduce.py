@@ -10,7 +10,16 @@ from __future__ import annotations
 import torch
 
 from ..complex import polar_kernel64
-from .contract import FN_NAME, TAPS_FN_NAME, Reduction, check_backend, check_reduce_args, check_taps_args
+from .contract import (
+    FN_NAME,
+    TAPS_FN_NAME,
+    Reduction,
+    check_backend,
+    check_reduce_args,
+    check_taps_args,
+    etsc_modes,
+    warn_unstable,
+)
 from .pipeline import reduce_kernel
 
 
@@ -21,6 +30,7 @@ def reduce_ssm(
     *,
     length: int,
     tol: float | None = None,
+    max_rank: int | None = None,
     backend: str = "auto",
 ) -> Reduction:
     """Reduce diagonal SSMs to ``rank`` folded modes, with a certified bound on the kernel error.
@@ -35,11 +45,19 @@ def reduce_ssm(
         b: `[..., N]` complex weights.
         rank: folded modes to keep (1 .. 64), or None with ``tol``.
         length: the horizon: lags ``0 .. length-1`` are approximated and certified (>= 1).
-        tol: instead of ``rank``: the smallest rank whose bound is ``<= tol * max_j |K_j|`` in every system
-            (systems that meet it at a lower rank keep that fit, padded with unused modes). Raises
-            ``ValueError`` when no rank up to 64 (or N) meets it.
+        tol: instead of ``rank``: per system, the smallest rank whose bound is ``<= tol * max_j |K_j|`` (the
+            rank at which ``rank=`` first certifies it); the batch is padded to the largest with unused modes.
+            At ranks ``>= N`` the input modes themselves are a candidate, so a tolerance they meet is always met.
+            Raises ``ValueError`` when no rank up to ``max_rank`` meets it in some system.
+        max_rank: with ``tol``: the highest rank tried (1 .. 64, default 64).
         backend: ``"auto"``, ``"triton"`` or ``"torch"``: validated like every op's; all three run the same
             torch pipeline on the inputs' device (there is no Triton kernel to pick).
+
+    Every system's bound is the smallest certified at any rank up to the one asked (a larger rank never
+    certifies a larger error), and its unused slots (``lam = b = 0``) say which rank that was
+    (``Reduction.ranks``). Non-finite ``lam`` or ``b`` are refused; modes with
+    ``|lam| > 1`` are accepted with a ``RuntimeWarning`` (the kernel over the horizon is still defined; the
+    result is stable and certified over the horizon only).
 
     Returns:
         :class:`~etsc_triton.ops.reduce.contract.Reduction` ``(lam, b, bound)``: complex64 `[..., rank]` with
@@ -54,11 +72,13 @@ def reduce_ssm(
         >>> lam_r.shape, bool(bound < 1e-5)
         (torch.Size([1, 2]), True)
     """
-    rank, length, tol = check_reduce_args(lam, b, rank, length, tol)
+    rank, length, tol, max_rank = check_reduce_args(lam, b, rank, length, tol, max_rank)
     check_backend(FN_NAME, backend)
+    warn_unstable(FN_NAME, lam, length)
     lam64, b64 = lam.detach().to(torch.complex128), b.detach().to(torch.complex128)
     kernel = polar_kernel64(lam64, b64, length)
-    return reduce_kernel(kernel, rank, tol, scale_terms=b64.abs().sum(-1), terms=lam.shape[-1], exact=(lam64, b64))
+    return reduce_kernel(kernel, rank, tol, max_rank=max_rank, scale_terms=b64.abs().sum(-1), terms=lam.shape[-1],
+                         exact=(lam64, b64))
 
 
 def reduce_toeplitz(
@@ -68,6 +88,7 @@ def reduce_toeplitz(
     *,
     length: int | None = None,
     tol: float | None = None,
+    max_rank: int | None = None,
     backend: str = "auto",
 ) -> Reduction:
     """Reduce causal Toeplitz kernels ``K_j = gamma^j t_j`` to ``rank`` folded modes with a certified error: the
@@ -78,7 +99,8 @@ def reduce_toeplitz(
         gamma: decay in (0, 1]: None (1), a float, or a real tensor broadcastable to `t.shape[:-1]`.
         rank: folded modes to keep (1 .. 64), or None with ``tol``.
         length: the horizon, lags ``0 .. length-1`` (default and at most n).
-        tol: instead of ``rank``: the smallest rank with ``bound <= tol * max_j |gamma^j t_j|`` in every row.
+        tol: instead of ``rank``: per row, the smallest rank with ``bound <= tol * max_j |gamma^j t_j|``.
+        max_rank: with ``tol``: the highest rank tried (1 .. 64, default 64).
         backend: as in :func:`reduce_ssm`.
 
     Returns:
@@ -94,15 +116,17 @@ def reduce_toeplitz(
         >>> lam.shape, bool(bound < 1e-3)
         (torch.Size([1, 3]), True)
     """
-    return reduce_taps(TAPS_FN_NAME, t, gamma, rank, tol, length, backend)
+    return reduce_taps(TAPS_FN_NAME, t, gamma, rank, tol, length, max_rank, backend)
 
 
 def reduce_taps(fn_name: str, t: torch.Tensor, gamma: object, rank: object, tol: object, length: object,
-                backend: str) -> Reduction:
+                max_rank: object, backend: str) -> Reduction:
     """:func:`reduce_toeplitz` with its errors naming ``fn_name``."""
-    gamma64, rank, length, tol = check_taps_args(fn_name, t, gamma, rank, tol, length)
+    gamma64, rank, length, tol, max_rank = check_taps_args(fn_name, t, gamma, rank, tol, length, max_rank)
     check_backend(fn_name, backend)
     taps = t.detach().to(torch.float64)[..., :length]
     lags = torch.arange(length, dtype=torch.float64, device=t.device)
     kernel = taps * gamma64[..., None] ** lags
-    return reduce_kernel(kernel, rank, tol, scale_terms=taps.abs().amax(-1), terms=1, fn_name=fn_name)
+    exact = None if tol is None else etsc_modes(taps, gamma64, max_rank)
+    return reduce_kernel(kernel, rank, tol, max_rank=max_rank, scale_terms=taps.abs().amax(-1), terms=1,
+                         exact=exact, fn_name=fn_name)

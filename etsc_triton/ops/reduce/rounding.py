@@ -7,9 +7,11 @@ import math
 
 import torch
 
-from .modal import Poles, error_norm, fit_residues, max_error, stabilise
+from .modal import RESOLUTION, Poles, basis, error_norm, fit_residues, max_error, stabilise, weighted_lstsq
 
+ROUNDING_SIGNIFICANT = 1.25  # rounded / float64 max error above which the residues are refitted for the max error
 ROUNDING_DOMINATED = 2.0  # rounded max error / float64 fit error above which the rounding lattice is searched
+MINIMAX_STEPS = 12  # Lawson steps of the max-error residue fit to the rounded poles
 
 
 def round_poles(lam: torch.Tensor) -> torch.Tensor:
@@ -38,6 +40,72 @@ def round_modes(kernel: torch.Tensor, poles: Poles,
         pick = error_norm(kernel, lam32, kept, target) < error_norm(kernel, lam32, b32, target)
         b32 = torch.where(pick[:, None], kept, b32)
     return lam32, b32
+
+
+def minimax_residues(kernel: torch.Tensor, poles: Poles, steps: int = MINIMAX_STEPS) -> torch.Tensor:
+    """Residues complex128 `[C, r]` that lower the max error for fixed poles: Lawson's iteration (weighted least
+    squares, weights ``w_j <- w_j |e_j|``), the iterate with the smallest max error per system."""
+    columns, _ = basis(poles, kernel.shape[1])
+    weight = torch.ones_like(kernel)
+    best, best_error = None, None
+    for _ in range(steps):
+        coef = weighted_lstsq(columns, kernel, weight.sqrt(), 0.0)
+        error = kernel - (columns @ coef[:, :, None])[:, :, 0]
+        peak = error.abs().amax(-1)
+        if best is None or best_error is None:
+            best, best_error = coef, peak
+        else:
+            better = peak < best_error
+            best, best_error = torch.where(better[:, None], coef, best), torch.minimum(peak, best_error)
+        weight = weight * error.abs()
+        weight = (weight / weight.sum(-1, keepdim=True).clamp_min(1e-300)).clamp_min(1e-12)
+    assert best is not None
+    r = poles.slots
+    return torch.complex(best[:, :r], -best[:, r:])
+
+
+def round_fit(kernel: torch.Tensor, poles: Poles, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """complex64 modes for a float64 fit: the poles rounded (:func:`round_poles`) and, per system, the residues
+    with the smaller max error of the fit's own (rounded) and the least-squares ones for the rounded poles
+    (refitting compensates most of the poles' rounding). Where that costs more than ``ROUNDING_SIGNIFICANT`` times
+    the float64 fit's error and more than the complex64 resolution of the kernel, the max-error residues for the
+    rounded poles (:func:`minimax_residues`) are tried, and where it costs more than ``ROUNDING_DOMINATED`` times,
+    the lattice search of :func:`search_rounding`; each is kept where it does better. Returns complex64
+    ``(lam, b)`` `[C, r]`."""
+    lam32 = round_poles(poles.lam)
+    rounded = Poles(lam32.to(torch.complex128), poles.is_real, poles.used)
+    b32, error = _best_residues(kernel, lam32, poles.used, b, fit_residues(kernel, rounded))
+    fitted = max_error(kernel, poles.lam, b)
+    floor = RESOLUTION * kernel.abs().amax(-1)
+    rows = ((error > ROUNDING_SIGNIFICANT * fitted) & (error > floor)).nonzero()[:, 0]
+    if rows.numel() > 0:
+        b_rows, error_rows = _best_residues(kernel[rows], lam32[rows], poles.used[rows], b32[rows],
+                                            minimax_residues(kernel[rows], rounded.rows(rows)))
+        b32[rows], error[rows] = b_rows, error_rows
+    rows = ((error > ROUNDING_DOMINATED * fitted) & (error > floor)).nonzero()[:, 0]
+    if rows.numel() > 0:
+        lam_s, b_s = search_rounding(kernel[rows], poles.rows(rows))
+        keep = max_error(kernel[rows], lam_s, b_s) < error[rows]
+        lam32[rows] = torch.where(keep[:, None], lam_s, lam32[rows])
+        b32[rows] = torch.where(keep[:, None], b_s, b32[rows])
+    return lam32, b32
+
+
+def _best_residues(kernel: torch.Tensor, lam32: torch.Tensor, used: torch.Tensor,
+                   *candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per system, the candidate residues (complex128 or complex64 `[C, r]`, rounded to complex64) with the
+    smallest max error for the poles ``lam32``, and that error."""
+    best, best_error = None, None
+    for candidate in candidates:
+        c32 = torch.where(used, candidate.to(torch.complex128), 0).to(torch.complex64)
+        c_error = max_error(kernel, lam32, c32)
+        if best is None or best_error is None:
+            best, best_error = c32, c_error
+        else:
+            better = c_error < best_error
+            best, best_error = torch.where(better[:, None], c32, best), torch.minimum(c_error, best_error)
+    assert best is not None and best_error is not None
+    return best, best_error
 
 
 def _float32_brackets(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

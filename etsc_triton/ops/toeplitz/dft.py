@@ -272,7 +272,7 @@ def toeplitz_to_ssm(
     gamma_checked = check_toeplitz_args(t, gamma, real, compensate)
     if rank is not None or tol is not None or length is not None:
         check_deprecated_taps_args("toeplitz_to_ssm", real, rank, tol)
-        return reduce_taps("toeplitz_to_ssm", t, gamma_checked, rank, tol, length, backend)
+        return reduce_taps("toeplitz_to_ssm", t, gamma_checked, rank, tol, length, None, backend)
     which = resolve_backend("toeplitz_to_ssm", backend, t, empty=t.numel() == 0)
     if which == "torch":
         lam, b = naive.toeplitz_to_ssm(t.to(torch.float32), gamma, real=real, compensate=compensate)

@@ -116,7 +116,7 @@ def toeplitz_to_ssm(
     gamma = check_toeplitz_args(t, gamma, real, compensate)
     if rank is not None or tol is not None or length is not None:
         check_deprecated_taps_args("toeplitz_to_ssm", real, rank, tol)
-        return reduce_taps("toeplitz_to_ssm", t, gamma, rank, tol, length)
+        return reduce_taps("toeplitz_to_ssm", t, gamma, rank, tol, length, None)
     cdtype = _complex_dtype_for(t)
     n = t.shape[-1]
     m = n + 1

@@ -2,10 +2,8 @@
 Vandermonde solve, and the stability study (relative error vs n for the DFT solve, the general solve, Adam).
 
 Providers:
-- ``triton``: ours (default: b compensates the complex64 rounding of lam, op README);
-  ``triton_uncompensated``: ours with ``compensate=False`` (one r2c + one epilogue), drawn beside it (the
-  plots never count our own variants as baselines).
-  ``torch``: our reference oracle (``backend="torch"``). ``compile``: torch.compile of it (GPU).
+- ``triton``: ours (b compensates the complex64 rounding of lam, op README); ``torch``: our reference oracle
+  (``backend="torch"``); ``compile``: torch.compile of it (GPU).
 - ``original`` (toeplitz_to_ssm): the ETSC paper's torch code: the padded complex vector (t, -sum t),
   ``torch.fft.ifft``, slice k = 1..n, fold conjugate pairs, lam from ``exp``.
 - vandermonde_solve: ``linalg_solve`` builds the dense N x N Vandermonde matrix and LU-solves it (O(N^3));
@@ -29,13 +27,13 @@ import torch
 import etsc_triton as et
 from etsc_triton.reference import realised_kernel64
 
-from .harness import random_ssm, rel_err
+from .harness import gradients, random_ssm, rel_err
 from .plots import plt, save_loglog
 
 FAMILY = "conversion"
 
 ERROR_ROWS = 2  # rows of the batch whose realised kernel is evaluated in float64
-CONVERSION_PROVIDERS = ("triton", "original", "torch", "triton_uncompensated", "compile")
+CONVERSION_PROVIDERS = ("triton", "original", "torch", "compile")
 MATERIALISED_LIMIT = 8 << 30  # bytes: skip the materialised Vandermonde providers beyond this
 
 
@@ -73,7 +71,6 @@ def conversion_point(ctx, n: int, d: int, providers: Sequence[str] = CONVERSION_
         "triton": lambda t: et.toeplitz_to_ssm(t, backend="triton"),
         "original": original_conversion,
         "torch": lambda t: et.toeplitz_to_ssm(t, backend="torch"),
-        "triton_uncompensated": lambda t: et.toeplitz_to_ssm(t, compensate=False, backend="triton"),
     }
     if ctx.on_gpu:
         calls["compile"] = torch.compile(et.reference.toeplitz_to_ssm)
@@ -91,12 +88,6 @@ def materialised_kernel_c64(lam: torch.Tensor, b: torch.Tensor, length: int) -> 
     """The plain materialised Vandermonde evaluation in complex64 (the torch baseline)."""
     powers = lam[..., :, None] ** torch.arange(length, device=lam.device)
     return torch.einsum("...s,...sj->...j", b, powers).real
-
-
-def kernel_gradients(kernel_fn, lam, b, dk):
-    """Forward and backward of ``<kernel_fn(lam, b), dk>``: the gradients of lam and b."""
-    leaves = [lam.detach().requires_grad_(), b.detach().requires_grad_()]
-    return torch.autograd.grad(kernel_fn(*leaves), leaves, dk)
 
 
 def kernel_bytes_flops(channels: int, modes: int, length: int) -> tuple[int, int]:
@@ -133,7 +124,7 @@ def kernel_point(ctx, channels: int, modes: int, length: int, x_name: str = "L",
     dk = torch.randn(channels, length, device=ctx.device)
     for provider in [p for p in ("triton", "materialised") if backward and p in calls]:
         ctx.time(op="ssm_kernel", provider=provider, mode="fwd_bwd", x_name=x_name, x_value=x_value, config=config,
-                 fn=lambda fn=calls[provider]: kernel_gradients(fn, lam, b, dk), bytes=2 * nbytes, flops=3 * flops)
+                 fn=lambda fn=calls[provider]: gradients(fn, (lam, b), dk), bytes=2 * nbytes, flops=3 * flops)
     return times
 
 

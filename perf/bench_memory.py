@@ -5,8 +5,7 @@ rows), tables in fp32 and bf16, modes ``fwd`` (under ``torch.no_grad``) and ``fw
 tables and bias). Providers:
 
 - ``triton``: ``et.memory_layer`` (fused forward; atomic backward), ``triton_deterministic`` (sorted-segment
-  backward, fwd_bwd only), ``triton_two_pass`` (fwd only: ``lsh_hash`` then ``memory_gather``, hashing once
-  per token and table instead of once per d-block program);
+  backward, fwd_bwd only);
 - ``original``: MemoryFormer's torch gather ``tables[k_index, codes] * score`` summed over K (written from
   the layer's definition; materialises ``[T, K, d]``, skipped where that passes 4 GB);
 - ``embedding_bag``: ``F.embedding_bag`` over the flattened ``[K * 256, d]`` rows with ``per_sample_weights``
@@ -36,7 +35,7 @@ import torch.nn.functional as F
 
 import etsc_triton as et
 
-from .harness import Context, capture_cuda_graph
+from .harness import Context, capture_cuda_graph, rel_err
 from .plots import plt, save_loglog
 
 FAMILY = "memory"
@@ -100,13 +99,6 @@ def layer_l2_bytes(tokens: int, d: int, table_bytes: int, mode: str) -> float:
     return 2 * rows * table_bytes + 2 * rows * 4
 
 
-def two_pass_memory_layer(x, tables, bias, tau):
-    """``lsh_hash`` once per (token, table), then ``memory_gather``: against the fused kernel, which hashes in
-    every d-block program (perf/NOTES.md, experiment 10)."""
-    codes, scores = et.lsh_hash(x.view(x.shape[0], -1, tau), backend="triton")
-    return et.memory_gather(codes, scores, tables, bias, backend="triton")
-
-
 def layer_point(ctx: Context, d: int, tau: int, dtype: torch.dtype, tokens: int, mode: str,
                 providers: Sequence[str] | None = None) -> dict[str, float]:
     """Time the layer ``x [T, d] -> [T, d]`` (``d / tau`` tables of ``2^tau`` rows in ``dtype``; ``mode`` ``fwd``
@@ -114,7 +106,7 @@ def layer_point(ctx: Context, d: int, tau: int, dtype: torch.dtype, tokens: int,
 
     Args:
         providers: the providers to time (default: every one that applies: ``original`` where it materialises
-            at most ``ORIGINAL_LIMIT_BYTES``, ``triton_two_pass`` in fwd, ``triton_deterministic`` in fwd_bwd,
+            at most ``ORIGINAL_LIMIT_BYTES``, ``triton_deterministic`` in fwd_bwd,
             not ``torch``); a provider torch refuses (e.g. the bf16 embedding_bag backward) is skipped.
 
     Returns:
@@ -130,7 +122,6 @@ def layer_point(ctx: Context, d: int, tau: int, dtype: torch.dtype, tokens: int,
     leaves = [x, tables, bias]
     calls = {
         "triton": (lambda: et.memory_layer(x, tables, bias, backend="triton"), leaves),
-        "triton_two_pass": (lambda: two_pass_memory_layer(x, tables, bias, tau), leaves),
         "triton_deterministic": (lambda: et.memory_layer(x, tables, bias, deterministic=True, backend="triton"),
                                  leaves),
         "original": (lambda: original_memory_layer(x, tables, bias, tau), leaves),
@@ -140,7 +131,7 @@ def layer_point(ctx: Context, d: int, tau: int, dtype: torch.dtype, tokens: int,
         "linear_bf16": (lambda: linear16(x16), [x16, linear16.weight, linear16.bias]),
     }
     if providers is None:
-        skip = {"torch", "triton_deterministic" if mode == "fwd" else "triton_two_pass"}
+        skip = {"torch", "triton_deterministic"} if mode == "fwd" else {"torch"}
         if tokens * (d // tau) * d * tables.element_size() > ORIGINAL_LIMIT_BYTES:
             skip.add("original")
         providers = [name for name in calls if name not in skip]
@@ -166,10 +157,10 @@ def layer_point(ctx: Context, d: int, tau: int, dtype: torch.dtype, tokens: int,
             l2_bytes=None if linear else layer_l2_bytes(tokens, d, tables.element_size(), mode))
     if mode == "fwd" and "torch" in providers:
         with torch.no_grad():
-            got = et.memory_layer(x, tables, bias, backend="triton").double()
+            got = et.memory_layer(x, tables, bias, backend="triton")
             want = et.reference.memory_layer(x.double(), tables.double(), bias.double())
         ctx.value(op=OP, provider="triton", metric="rel_err", x_name="T", x_value=tokens, config=config,
-                  value=(torch.linalg.vector_norm(got - want) / torch.linalg.vector_norm(want)).item())
+                  value=rel_err(got, want))
     return times
 
 

@@ -28,13 +28,12 @@ import etsc_triton as et
 from etsc_triton.nn.toeplitz import causal_fft_conv
 from etsc_triton.ops.tiles import TilePolicy, current_tiles, use_tiles
 
-from .harness import Context, capture_cuda_graph, random_ssm
+from .harness import Context, capture_cuda_graph, gradients, random_ssm
 
 FAMILY = "ssm"
 
 ORIGINAL_SCAN_TOKENS = 256  # the original per-token loop is timed over this many tokens, then scaled
 REFERENCE_GRAD_BYTES = 16 << 30  # the reference scan's backward only where autograd keeps less than this
-VARIANT_POINTS = {False: (4096, 64), True: (32, 4)}  # (L, smallest N) where the 32-modes tile variant is timed
 
 
 def original_step(x, lam, b, holder):
@@ -115,13 +114,6 @@ def original_scan_loop(x, lam, b, tokens: int):
     return torch.stack(ys, 1), u
 
 
-def scan_gradients(scan_fn, x, lam, b, dy):
-    """Forward and backward of ``<scan(x, lam, b).y, dy>``: the gradients of x, lam and b."""
-    leaves = [x.detach().requires_grad_(), lam.detach().requires_grad_(), b.detach().requires_grad_()]
-    y, _ = scan_fn(*leaves)
-    return torch.autograd.grad(y, leaves, dy)
-
-
 def with_tiles(policy: TilePolicy, fn, *args, **kwargs):
     """A thunk running ``fn(*args, **kwargs)`` under the tile ``policy``."""
 
@@ -145,8 +137,8 @@ def scan_bytes_flops(batch: int, length: int, channels: int, modes: int) -> tupl
 def scan_point(ctx: Context, batch: int, length: int, channels: int, modes: int, *, extras: bool = True
                ) -> dict[str, float]:
     """Time the scan ``x [B, L, D]`` with ``[D, N]`` modes beside the FFT convolution and the original per-token
-    loop (its prefix scaled to L); with ``extras`` also the torch reference (short L), forward + backward and the
-    32-modes-per-thread tile variant. Returns the forward times ``{triton, fft_conv, per_token_loop}`` (ms)."""
+    loop (its prefix scaled to L); with ``extras`` also the torch reference (short L) and forward + backward.
+    Returns the forward times ``{triton, fft_conv, per_token_loop}`` (ms)."""
     config = {"B": batch, "D": channels, "N": modes}
     lam, b = random_ssm(channels, modes, ctx.device)
     x = torch.randn(batch, length, channels, device=ctx.device)
@@ -165,11 +157,6 @@ def scan_point(ctx: Context, batch: int, length: int, channels: int, modes: int,
                   x_name="L", x_value=length, config=config)
     if not extras:
         return times
-    variant_length, variant_min_modes = VARIANT_POINTS[ctx.quick]
-    if length == variant_length and modes >= variant_min_modes:
-        variant = dataclasses.replace(current_tiles(), scan_modes_per_thread=32)
-        ctx.time(provider="triton_32_modes_per_thread", fn=with_tiles(variant, et.ssm_scan, x, lam, b,
-                                                                        backend="triton"), **point)
     reference_limit = 64 if ctx.quick else 1024  # a Python loop over the tokens: only short sequences
     if length <= reference_limit:
         ctx.time(provider="torch", fn=lambda: et.reference.ssm_scan(x, lam, b), **point)
@@ -183,7 +170,7 @@ def scan_point(ctx: Context, batch: int, length: int, channels: int, modes: int,
     for provider, scan_fn in providers.items():
         ctx.time(op="ssm_scan", provider=provider, mode="fwd_bwd", x_name="L", x_value=length, config=config,
                  bytes=5 * x.numel() * 4 + 4 * channels * modes * 8, flops=3 * flops,
-                 fn=lambda scan_fn=scan_fn: scan_gradients(scan_fn, x, lam, b, dy))
+                 fn=lambda scan_fn=scan_fn: gradients(scan_fn, (x, lam, b), dy))
     return times
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import itertools
 import json
 import math
 import statistics
@@ -89,7 +90,7 @@ def measure_floors(device: str) -> Floors:
     if device != "cuda":
         src, a = torch.randn(4 << 20), torch.randn(256, 256)
         dst = torch.empty_like(src)
-        copy_ms, matmul_ms = (min(_cpu_time(fn, reps=5)) for fn in (lambda: dst.copy_(src), lambda: a @ a))
+        copy_ms, matmul_ms = (min(wall_times_ms(fn, reps=5)) for fn in (lambda: dst.copy_(src), lambda: a @ a))
         return Floors(copy_gbps=2 * src.numel() * 4 / copy_ms / 1e6, fp32_tflops=2 * 256**3 / matmul_ms / 1e9)
     import triton.testing
 
@@ -152,14 +153,24 @@ def capture_cuda_graph(fn: Callable[[], object]) -> Callable[[], None]:
     return graph.replay
 
 
-def _cpu_time(fn: Callable[[], object], reps: int) -> list[float]:
-    fn()
+def wall_times_ms(fn: Callable[[], object], reps: int, warmup: int = 1) -> list[float]:
+    """Wall-clock ms of ``reps`` calls of ``fn`` after ``warmup`` calls (the CPU's timer)."""
+    for _ in range(warmup):
+        fn()
     times = []
     for _ in range(reps):
         start = time.perf_counter()
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return times
+
+
+def gradients(fn: Callable[..., object], inputs: Sequence[torch.Tensor], grad_output: torch.Tensor):
+    """Forward and backward: the gradients of ``<fn(*inputs), grad_output>`` with respect to fresh leaf copies of
+    ``inputs`` (of the first output when ``fn`` returns a tuple)."""
+    leaves = [t.detach().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    return torch.autograd.grad(out[0] if isinstance(out, tuple) else out, leaves, grad_output)
 
 
 class BudgetExhausted(Exception):
@@ -238,13 +249,8 @@ class Context:
         (TFLOP/s), with ``l2_bytes`` (bytes re-read from L2) the achieved L2 bandwidth; the time floor
         ``max(bytes / copy bandwidth, l2_bytes / L2 bandwidth, flops / FMA rate)`` goes in ``floor``.
         """
-        if args:
-            counter = iter(range(1 << 62))
-
-            def call():
-                return fn(*args[next(counter) % len(args)])
-        else:
-            call = fn
+        inputs = itertools.cycle(args or [()])
+        call = (lambda: fn(*next(inputs))) if args else fn
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise BudgetExhausted(f"{self.family}: budget spent before {op} {provider} {x_name}={x_value}")
         self.progress(f"{self.family}: {op} {provider} {x_name}={x_value} {config or ''}")
@@ -272,7 +278,7 @@ class Context:
             import triton.testing
 
             return tuple(triton.testing.do_bench(call, warmup=25, rep=100, quantiles=[0.2, 0.5, 0.8]))
-        times = _cpu_time(call, reps=3)
+        times = wall_times_ms(call, reps=3)
         return min(times), statistics.median(times), max(times)
 
     def record_failure(self, op, provider, mode, x_name, x_value, config, error: BaseException) -> None:
@@ -334,15 +340,14 @@ def progress_printer(budget_s: float | None = None) -> Callable[[str], None]:
     """A one-line progress display on stderr: ``[  12 |   35 s] family: op provider x=...``; with a time budget
     (``--budget``) the elapsed time reads against it, ``[  12 |   35/200 s]``, which is where a budgeted sweep
     is (the number of points a sweep will reach is not known before it runs)."""
-    count = {"n": 0}
+    points = itertools.count(1)
     start = time.perf_counter()
     of_budget = f"/{budget_s:.0f}" if budget_s is not None else ""
+    end = "\r" if sys.stderr.isatty() else "\n"
 
     def show(message: str) -> None:
-        count["n"] += 1
-        end = "\n" if not sys.stderr.isatty() else "\r"
         elapsed = time.perf_counter() - start
-        sys.stderr.write(f"[{count['n']:4d} | {elapsed:5.0f}{of_budget} s] {message[:100]:<100}{end}")
+        sys.stderr.write(f"[{next(points):4d} | {elapsed:5.0f}{of_budget} s] {message[:100]:<100}{end}")
         sys.stderr.flush()
 
     return show

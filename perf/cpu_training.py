@@ -10,19 +10,17 @@ In one run, side by side (so every ratio compares numbers taken under the same l
   batch-1 decode (one token, one thread, no autograd) and forward + backward at the training batch (8192 tokens;
   Linear in float32 and under bfloat16 autocast).
 
-Writes ``cpu_training.csv`` (one row per figure) and ``cpu_training.json`` into ``--out``. Run it on a quiet
-machine: the script reads the load average before and after and records it.
+Prints the figures and writes them all to ``cpu_training.json`` in ``--out``. Run it on a quiet machine: the
+script reads the load average before and after and records it.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,19 +32,14 @@ from etsc_triton.demo.model import TNNLanguageModel
 from etsc_triton.demo.scoring import torch_threads
 from etsc_triton.demo.train import default_config, model_flops_per_byte
 
+from .harness import wall_times_ms
+
 BATCH, TOKENS_PER_WINDOW = 16, 512
 
 
 def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median wall time of ``fn`` over ``repeats`` calls after ``warmup``."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median wall time (s) of ``fn`` over ``repeats`` calls after ``warmup``."""
+    return statistics.median(wall_times_ms(fn, repeats, warmup)) / 1e3
 
 
 def gemm_rates(size: int = 2048, repeats: int = 10) -> dict[str, float]:
@@ -124,7 +117,7 @@ def layer_timings(tokens: int, repeats: int) -> list[dict[str, object]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m perf.cpu_training", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("perf/results/cpu"), help="folder for the CSV and JSON")
+    parser.add_argument("--out", type=Path, default=Path("perf/results/cpu"), help="folder for the JSON")
     parser.add_argument("--steps", type=int, default=8, help="timed training steps per model")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the batched figures")
     args = parser.parse_args(argv)
@@ -139,20 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         row.update({f"fraction_of_{k}_gemm": row["model_gflops"] / v for k, v in gemm.items()})
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "cpu_training.json").write_text(json.dumps(result, indent=1))
-    with open(args.out / "cpu_training.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["what", "provider", "metric", "value"])
-        for name, rate in gemm.items():
-            writer.writerow(["gemm_2048", name, "GFLOP/s", f"{rate:.1f}"])
-        for mixer, row in models.items():
-            for metric, value in row.items():
-                writer.writerow([f"train_{mixer}", "bf16 autocast", metric, f"{value:.4g}"])
-        for row in layers:
-            shape = f"{row['layer']} {row['d_in']}x{row['d_out']}"
-            for provider, value in row["decode_us"].items():
-                writer.writerow([f"{shape} decode T=1", provider, "us", f"{value:.1f}"])
-            for provider, value in row["train_ms"].items():
-                writer.writerow([f"{shape} fwd+bwd T={BATCH * TOKENS_PER_WINDOW}", provider, "ms", f"{value:.2f}"])
     print(f"GEMM 2048: fp32 {gemm['fp32']:.0f} GFLOP/s, bf16 {gemm['bf16']:.0f} GFLOP/s "
           f"(load average {load_before:.2f} -> {result['load_average'][1]:.2f})")
     for mixer, row in models.items():
@@ -163,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['layer']} {row['d_in']}x{row['d_out']}: decode T=1 memory {decode['memory']:.1f} us, "
               f"linear {decode['linear_fp32']:.1f} us | fwd+bwd T=8192 memory {train['memory']:.1f} ms, linear fp32 "
               f"{train['linear_fp32']:.1f} ms, bf16 {train['linear_bf16']:.1f} ms")
-    print(f"written: {args.out / 'cpu_training.csv'}")
+    print(f"written: {args.out / 'cpu_training.json'}")
     return 0
 
 

@@ -3,22 +3,12 @@
     python -m perf.proof --out DIR [--budget SECONDS]   # a GPU run, at most SECONDS (default 480) of run time
     python -m perf.proof --dry-run --out DIR            # every stage on a CPU at tiny sizes (interpreter)
 
-Stages, ordered by value, each with its own time cap (a stage that ends early leaves its time to the next):
-
-1. environment: GPU, memory, clocks, versions; the two floors measured in this run (copy bandwidth of a 1 GB
-   ``copy_``, fp32 rate of an 8192^3 SGEMM with tf32 off, the L2-resident copy bandwidth);
-2. kernel_configs: every kernel configuration once at a small size against its float64 oracle, forward and
-   backward (``perf/proof_cases.py`` over the compile report's cases, ``tools/cases.py``), in parallel
-   processes that share Triton's cache, so this stage also compiles most kernels for the later ones;
-3. tests: the test suite on the GPU, gpu-marked tests first, then the rest, killed at the cap (pytest-xdist
-   and pytest-timeout are used where importable; the property tests skip themselves without hypothesis);
-4. headline: the headline table (``perf/proof_headline.py``), every point beside its baselines;
-5. demo: the end-to-end demo at the GPU size (its own plot), and the plots of the headline results.
-
-A stage that fails is recorded and the next stage runs. After every stage ``DIR`` holds (four files in all):
+Stages (``STAGES``), ordered by value, each under its own time cap (a stage that ends early leaves its time to
+the next): environment and floors, kernel_configs, tests, headline, demo, serving; each stage function says what
+it does. A stage that fails is recorded and the next stage runs. After every stage ``DIR`` holds four files:
 ``summary.md`` (the tables), ``summary.csv`` (the same rows), ``proof.log`` (what happened, with the tails of
-the subprocess logs) and ``results.tgz`` (the per-stage CSVs, the full logs, the plots, demo.json). The time
-plan per stage is in ``perf/README.md``.
+the subprocess logs) and ``results.tgz`` (the per-stage CSVs, the full logs, the plots, the JSON results). The
+stage table and the time plan: ``perf/README.md``.
 """
 
 from __future__ import annotations
@@ -71,10 +61,6 @@ class StageResult:
     seconds: float
     planned: float
     note: str = ""
-
-
-def importable(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
 
 
 class Proof:
@@ -220,6 +206,14 @@ class Proof:
                 codes[i] = proc.returncode
         return codes
 
+    def run_json(self, name: str, command: list[str], deadline: float, tail: int) -> tuple[int | None, dict | None]:
+        """Run ``command --json <work>/<name>.json`` under ``deadline`` (its log ``<name>.log``, whose last ``tail``
+        lines go into proof.log): the exit code (None: killed at the cap) and the JSON it wrote (None: none)."""
+        path, log_path = self.work / f"{name}.json", self.work / f"{name}.log"
+        (code,) = self.run_processes([([*command, "--json", str(path)], log_path)], deadline)
+        self.log_tail(log_path, tail)
+        return code, json.loads(path.read_text()) if path.exists() else None
+
 
 def kill_group(proc: subprocess.Popen) -> None:
     """SIGTERM to the process group (pytest-xdist workers included), SIGKILL after 5 s."""
@@ -283,35 +277,26 @@ def stage_kernel_configs(proof: Proof, deadline: float) -> str:
 
     cases = case_table(quick=proof.dry_run)
     jobs = max(1, min(proof.jobs, len(cases)))
-    commands = []
-    for shard in range(jobs):
-        command = [sys.executable, "-m", "perf.proof_cases", "--shard", f"{shard}/{jobs}",
-                   "--out", str(proof.work / f"kernel_configs_{shard}.jsonl")]
-        commands.append((command + (["--dry-run"] if proof.dry_run else []),
-                         proof.work / f"kernel_configs_{shard}.log"))
+    outputs = [proof.work / f"kernel_configs_{shard}.jsonl" for shard in range(jobs)]
+    dry_run = ["--dry-run"] if proof.dry_run else []
+    commands = [([sys.executable, "-m", "perf.proof_cases", "--shard", f"{shard}/{jobs}", "--out", str(path), *dry_run],
+                 path.with_suffix(".log")) for shard, path in enumerate(outputs)]
     codes = proof.run_processes(commands, deadline)
-    results = []
-    for shard in range(jobs):
-        path = proof.work / f"kernel_configs_{shard}.jsonl"
-        if path.exists():
-            results += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    results = [json.loads(line) for path in outputs if path.exists() for line in path.read_text().splitlines()
+               if line.strip()]
     with (proof.work / "kernel_configs.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["op", "label", "ok", "worst", "errors", "error", "seconds"])
         writer.writeheader()
         for result in results:
             writer.writerow({**result, "errors": json.dumps(result["errors"])})
-    by_op: dict[str, Counter] = {}
-    for case in cases:
-        by_op.setdefault(case.grid.op, Counter())["cases"] += 1
+    total = Counter(case.grid.op for case in cases)
+    passed, failed = (Counter(r["op"] for r in results if r["ok"] == ok) for ok in (True, False))
     worst: dict[str, float] = {}
-    for result in results:
-        by_op[result["op"]]["passed" if result["ok"] else "failed"] += 1
-        if math.isfinite(result["worst"]):
-            worst[result["op"]] = max(worst.get(result["op"], 0.0), result["worst"])
-    for op, count in by_op.items():
-        missing = count["cases"] - count["passed"] - count["failed"]
-        proof.add("kernel_configs", op, ours=f"{count['passed']}/{count['cases']} passed",
-                  detail=f"{count['failed']} failed, {missing} not run; worst error / tolerance "
+    for result in filter(lambda r: math.isfinite(r["worst"]), results):
+        worst[result["op"]] = max(worst.get(result["op"], 0.0), result["worst"])
+    for op, count in total.items():
+        proof.add("kernel_configs", op, ours=f"{passed[op]}/{count} passed",
+                  detail=f"{failed[op]} failed, {count - passed[op] - failed[op]} not run; worst error / tolerance "
                          f"{worst.get(op, math.nan):.2g}")
     for result in results:
         if not result["ok"]:
@@ -320,14 +305,14 @@ def stage_kernel_configs(proof: Proof, deadline: float) -> str:
     for shard, code in enumerate(codes):
         if code:
             proof.log(f"kernel_configs shard {shard} exited {code}:")
-            proof.log_tail(proof.work / f"kernel_configs_{shard}.log", 15)
-    passed = sum(r["ok"] for r in results)
-    proof.log(f"kernel configurations: {passed}/{len(cases)} passed, {len(results) - passed} failed")
+            proof.log_tail(outputs[shard].with_suffix(".log"), 15)
+    ok = sum(passed.values())
+    proof.log(f"kernel configurations: {ok}/{len(cases)} passed, {len(results) - ok} failed")
     if None in codes:
         return f"cut at the cap: {len(results)} of {len(cases)} cases run"
-    if passed < len(cases):
-        raise RuntimeError(f"{len(cases) - passed} of {len(cases)} kernel configurations failed or did not run")
-    return f"{passed}/{len(cases)} cases"
+    if ok < len(cases):
+        raise RuntimeError(f"{len(cases) - ok} of {len(cases)} kernel configurations failed or did not run")
+    return f"{ok}/{len(cases)} cases"
 
 
 def stage_tests(proof: Proof, deadline: float) -> str:
@@ -335,9 +320,9 @@ def stage_tests(proof: Proof, deadline: float) -> str:
     from .pytest_outcomes import OUTCOMES_ENV
 
     base = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "-p", "perf.pytest_outcomes"]
-    if importable("xdist") and not proof.dry_run:
+    if importlib.util.find_spec("xdist") and not proof.dry_run:
         base += ["-n", str(proof.jobs)]
-    if importable("pytest_timeout"):
+    if importlib.util.find_spec("pytest_timeout"):
         base += [f"--timeout={TEST_TIMEOUT_S}"]
     notes = []
     for phase, marker in (("gpu", "gpu"), ("rest", "not gpu")):
@@ -400,20 +385,15 @@ def stage_headline(proof: Proof, deadline: float) -> str:
 
 def stage_demo(proof: Proof, deadline: float) -> str:
     """The end-to-end demo (GPU size; ``--quick`` on a CPU) in a subprocess under the cap."""
-    demo_json = proof.work / "demo.json"
     # The random-weight model at the GPU size: the decode-latency headline (the trained model is CPU-sized).
-    command = [sys.executable, "-m", "etsc_triton.demo", "--random", "--json", str(demo_json), "--out",
-               str(proof.work / "plots")]
+    command = [sys.executable, "-m", "etsc_triton.demo", "--random", "--out", str(proof.work / "plots")]
     if proof.dry_run:
         command += ["--quick", "--device", "cpu"]
-    log_path = proof.work / "demo.log"
-    (code,) = proof.run_processes([(command, log_path)], deadline)
-    proof.log_tail(log_path, 30)
+    code, result = proof.run_json("demo", command, deadline, tail=30)
     if code is None:
         return "cut at the cap"
-    if not demo_json.exists():
+    if result is None:
         raise RuntimeError(f"the demo exited {code} without results")
-    result = json.loads(demo_json.read_text())
     lengths = result["lengths"]
     proof.add("demo", "greedy tokens identical (ssm, tnn_cache, fft)", ours=str(result["tokens_identical"]),
               detail=f"max rel diff ssm vs fft logits {result['max_rel_err']:.2e}")
@@ -434,7 +414,6 @@ def stage_serving(proof: Proof, deadline: float) -> str:
     """Continuous batching against one request at a time (``python -m etsc_triton.demo.serving``) in a
     subprocess under the cap: the GPU-size random-weight TNN (tiny in a dry run), tokens checked against
     ``generate`` for 4 requests."""
-    result_json = proof.work / "serving.json"
     if proof.dry_run:
         size = ["--d-model", "16", "--layers", "2", "--n", "31", "--vocab", "32", "--requests", "6",
                 "--max-running", "3", "--prompt", "2", "12", "--output", "2", "8", "--device", "cpu"]
@@ -442,15 +421,12 @@ def stage_serving(proof: Proof, deadline: float) -> str:
         size = ["--d-model", "512", "--layers", "6", "--n", "2047", "--requests", "64", "--max-running", "64",
                 "--prompt", "64", "512", "--output", "32", "128", "--arrivals-per-step", "4", "--device", "cuda"]
     command = [sys.executable, "-m", "etsc_triton.demo.serving", *size, "--prefill", "scan", "--repeats", "1",
-               "--check", "4", "--json", str(result_json)]
-    log_path = proof.work / "serving.log"
-    (code,) = proof.run_processes([(command, log_path)], deadline)
-    proof.log_tail(log_path, 12)
+               "--check", "4"]
+    code, result = proof.run_json("serving", command, deadline, tail=12)
     if code is None:
         return "cut at the cap"
-    if code != 0 or not result_json.exists():
+    if code != 0 or result is None:
         raise RuntimeError(f"the serving run exited {code}")
-    result = json.loads(result_json.read_text())
     batched, alone = result["continuous"], result["one_at_a_time"]
     config = result["config"]
     proof.add("serving", "continuous batching, tokens/s", size=f"{config['requests']} requests, "

@@ -1,15 +1,9 @@
 """Every kernel configuration once, against its float64 oracle: the proof's second stage (``python -m perf.proof``).
 
-The cases are the compile report's (:mod:`tools.cases`), run the same way and under the same tile policy, so
-every configuration that report compiles for sm_90 is launched here once before anything is timed. What the proof
-adds: each case runs with ``backend="triton"`` on the device and through its oracle (``etsc_triton.reference``)
-on the CPU in float64 / complex128 from the same inputs; every output and every gradient is compared by relative
-2-norm error against a tolerance.
-
-Tolerances (each with its measured worst case). On a GPU an fp32 ``tl.dot`` runs in tf32 unless told otherwise:
-the only one (``ssm_kernel``, forward and backward) asks for ``input_precision="ieee"``, and ``KERNEL_TOL`` is
-set so that a tf32 product (about 1e-4 to 1e-3 relative) fails on purpose. The oracle runs on the CPU, so no tf32
-enters the reference.
+The cases are the compile report's (:mod:`tools.cases`), under the same tile policy. Each runs with
+``backend="triton"`` on the device and through its oracle (``etsc_triton.reference``) on the CPU in float64 /
+complex128 from the same inputs; every output and gradient is compared by relative 2-norm error against a
+tolerance (below, each with its measured worst case; the CPU oracle has no tf32).
 
     python -m perf.proof_cases --shard 0/4 --out part0.jsonl   # what the proof runs, one process per shard
 """

@@ -1,15 +1,10 @@
 """The kernel cases: one table of op calls that reaches every launch configuration the launchers pick on a GPU.
 
-Two users share it. The compile report (:mod:`tools.compile_report`) runs every case in Triton's interpreter and
-compiles each recorded launch for sm_90; the GPU proof (:mod:`perf.proof_cases`) runs every case on the GPU
-against its float64 oracle. Both run a case the same way (:func:`evaluate`: the op, then the gradients of a
-fixed random weighting of its outputs) under the same tile policy (:func:`case_tiles`: 2 SMs assumed, plus the
-row's changes), so the launches the report compiles are the launches the proof checks.
-
-Each :class:`CaseGrid` names an op, the axes of its grid (every combination runs; a tuple of names takes its
-values together), the tile-policy fields it changes and, in ``quick``, smaller values of the long axes for a
-dry run on a CPU. One builder per op turns a point of the grid into small CPU inputs. ``sm_count()`` is 2 for
-CPU tensors, so small shapes already take the split-K, chunked and 64-anchor paths.
+The compile report (:mod:`tools.compile_report`) compiles every case's launches for sm_90; the GPU proof
+(:mod:`perf.proof_cases`) runs every case against its float64 oracle. Both run a case through :func:`evaluate`
+under :func:`case_tiles` (2 SMs assumed, plus the row's changes), so the launches the report compiles are the
+launches the proof checks. One builder per op turns a point of a :class:`CaseGrid` into small CPU inputs;
+``sm_count()`` is 2 for CPU tensors, so small shapes already take the split-K, chunked and 64-anchor paths.
 """
 
 from __future__ import annotations

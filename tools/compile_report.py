@@ -5,15 +5,8 @@
     python -m tools.compile_report --configs FILE.json    # skip the capture, compile launches captured before
     python -m tools.compile_report --only "ssm_scan" --save-configs FILE.json   # the cases whose name matches
 
-No GPU is needed. Two steps:
-
-1. Capture (a subprocess with ``TRITON_INTERPRET=1``): every case of :mod:`tools.cases` runs its op with
-   ``backend="triton"`` on small CPU inputs under ``use_tiles(GPU_TILES)`` (with the case's policy changes),
-   so the launchers pick the GPU's tiles, and every launch is recorded (:mod:`tools.sm90`).
-2. Compile (this process, interpreter off): each unique launch is specialised as on the GPU, compiled for
-   sm_90 in a temporary triton cache, and its registers and spills read from triton's ``ptxas -v`` log; shared
-   memory from the compiled metadata, global access widths from the PTX.
-
+No GPU is needed. A ``TRITON_INTERPRET=1`` subprocess captures the launches of every case of :mod:`tools.cases`
+at the GPU's tiles; this process compiles each unique launch for sm_90 (:mod:`tools.sm90`; tools/README.md).
 The exit code is 1 when a kernel fails to compile (or a capture case fails), 0 otherwise. Works with triton
 3.6 and 3.9.
 """
@@ -49,7 +42,7 @@ def compile_one(record: dict) -> dict:
         result["config"], result["args"] = short_config(fn, signature, constexprs)
         result["key"] = json.dumps([result["kernel"], signature, *(sorted((list(k), repr(v)) for k, v in d.items())
                                                                     for d in (constexprs, attrs)), record["options"]])
-        kernel, stats = compile_launch(record)
+        kernel, stats = compile_launch(fn, signature, constexprs, attrs, record["options"])
     except Exception as exc:
         stage = "compile" if "key" in result else "specialisation"
         result["status"] = f"{stage} failed: {type(exc).__name__}: {' '.join(str(exc).split())}"[:400]

@@ -188,20 +188,19 @@ def parse_ptxas_log(text: str) -> dict:
     return stats
 
 
-def compile_launch(record: dict):
-    """Compile one recorded launch for sm_90: ``(triton CompiledKernel, ptxas stats)``; raises on a compile error.
-    Sets ``TRITON_ALWAYS_COMPILE`` and ``TRITON_DUMP_PTXAS_LOG`` (read by triton at each compile)."""
+def compile_launch(fn, signature: dict, constexprs: dict, attrs: dict, options: dict):
+    """Compile a specialised launch (:func:`specialize`) for sm_90: ``(triton CompiledKernel, ptxas stats)``;
+    raises on a compile error. Sets ``TRITON_ALWAYS_COMPILE`` and ``TRITON_DUMP_PTXAS_LOG`` (read by triton at
+    each compile)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     os.environ.update(TRITON_ALWAYS_COMPILE="1", TRITON_DUMP_PTXAS_LOG="1")
-    fn = jit_function(record)
-    signature, constexprs, attrs = specialize(fn, record)
     source = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     log = io.StringIO()
     with contextlib.redirect_stdout(log):  # triton prints its ptxas -v log: the exact numbers
-        kernel = triton.compile(source, target=GPUTarget("cuda", TARGET_ARCH, 32), options=dict(record["options"]))
+        kernel = triton.compile(source, target=GPUTarget("cuda", TARGET_ARCH, 32), options=dict(options))
     return kernel, parse_ptxas_log(log.getvalue())
 
 

@@ -12,7 +12,7 @@ import torch
 
 from perf import __main__ as perf_main
 from perf import harness, plots
-from perf.bench_decode import mode_truncation_study
+from perf.reduction_study import mode_truncation_study
 
 REPO = Path(__file__).resolve().parent.parent
 

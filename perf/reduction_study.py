@@ -8,7 +8,7 @@ hold, reduced from its modes) and Hyena-style implicit filters. Per rank, agains
 balanced truncation of real order 2r (:func:`etsc_triton.ops.reduce.naive.balanced_truncation`), its modes
 rounded to complex64, and the same restricted to what fits r folded slots (one conjugate pair or one real pole
 per slot: equal state bytes without two real poles per slot); the Hankel lower bound; the DFT truncation. Then
-``tol=1e-5`` per family: whether it returns, its ranks and time.
+``tol=1e-5`` per family (``max_rank``: the largest rank studied): whether it returns, its ranks and time.
 
 Truncation (``truncation.csv``, ``truncation.png``): the ETSC mode truncation's error and bound against the modes
 kept, for position-MLP kernels and random kernels.
@@ -43,7 +43,8 @@ REPO = Path(__file__).resolve().parent.parent
 RANKS = (1, 2, 3, 4, 6, 8, 12, 16)
 QUICK_RANKS = (1, 2, 4)
 TOL = 1e-5
-Family = tuple[str, torch.Tensor, Callable[[int | None, float | None], Reduction], tuple[torch.Tensor, float] | None]
+Family = tuple[str, torch.Tensor, Callable[[int | None, float | None, int | None], Reduction],
+               tuple[torch.Tensor, float] | None]
 
 
 def trained_taps(channels: int, length: int) -> tuple[torch.Tensor, float]:
@@ -120,19 +121,21 @@ def hyena_taps(channels: int, length: int, emb_dim: int = 33, order: int = 64) -
 
 
 def kernel_families(channels: int, length: int) -> list[Family]:
-    """``(name, kernel [C, L] float64, reduce(rank, tol), taps (t, gamma) or None)`` of the five families."""
+    """``(name, kernel [C, L] float64, reduce(rank, tol, max_rank), taps (t, gamma) or None)`` of the families."""
     lags = torch.arange(length, dtype=torch.float64)
     trained, decay = trained_taps(channels, length)
     families: list[Family] = [
-        (name, t * gamma**lags, lambda rank, tol, t=t, gamma=gamma: reduce_toeplitz(t, gamma, rank, tol=tol),
+        (name, t * gamma**lags, lambda rank, tol, cap, t=t, gamma=gamma:
+         reduce_toeplitz(t, gamma, rank, tol=tol, max_rank=cap),
          (t, gamma))
         for name, t, gamma in (("trained", trained, decay), ("mlp_decay", mlp_taps(channels, length), 0.99),
                                ("damped_modes", damped_mode_taps(channels, length), 1.0))]
     lam, b = s4d_lin_modes(channels)
     families.append(("s4d_lin", et.reference.ssm_kernel(lam, b, length),
-                     lambda rank, tol: et.reduce_ssm(lam, b, rank, length=length, tol=tol), None))
+                     lambda rank, tol, cap: et.reduce_ssm(lam, b, rank, length=length, tol=tol, max_rank=cap), None))
     hyena = hyena_taps(channels, length)
-    families.append(("hyena", hyena, lambda rank, tol: reduce_toeplitz(hyena, 1.0, rank, tol=tol), None))
+    families.append(("hyena", hyena, lambda rank, tol, cap: reduce_toeplitz(hyena, 1.0, rank, tol=tol, max_rank=cap),
+                     None))
     return families
 
 
@@ -162,7 +165,7 @@ def reduction_study(ctx: harness.Context, channels: int, length: int, ranks=RANK
         layer = None if taps is None else ToeplitzSSM(taps[0].float(), taps[1])
         previous = None
         for rank in ranks:
-            result = reduce(rank, None)
+            result = reduce(rank, None, None)
             ours, bound = _relative_error(kernel, result.lam, result.b), result.bound.double() / scale
             lam2r, b2r = balanced[2 * rank]
             err32 = _relative_error(kernel, lam2r.to(torch.complex64), b2r.to(torch.complex64))
@@ -199,7 +202,7 @@ def reduction_study(ctx: harness.Context, channels: int, length: int, ranks=RANK
                           x_value=rank, config=cfg)
         start = time.perf_counter()
         try:
-            result = reduce(None, TOL)
+            result = reduce(None, TOL, max(ranks))
             values = {"returned": 1.0, "rank": float(result.lam.shape[-1]),
                       "rank_median": float(result.ranks.double().median()),
                       "worst_relative_bound": float((result.bound.double() / scale).max())}
@@ -354,11 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--length", type=int, default=2048)
     parser.add_argument("--quick", action="store_true", help=f"ranks {QUICK_RANKS} only")
+    parser.add_argument("--ranks", type=lambda text: tuple(int(r) for r in text.split(",")), default=RANKS)
     parser.add_argument("--model", action="store_true", help="also reduce the whole demo-size model")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results, plots = args.out or REPO / "perf" / "results" / "accuracy", args.out or REPO / "plots" / "accuracy"
-    ranks = QUICK_RANKS if args.quick else RANKS
+    ranks = QUICK_RANKS if args.quick else args.ranks
     studies = [("truncation", lambda ctx: truncation_study(ctx, 64, args.length), plot_truncation),
                ("reduction", lambda ctx: reduction_study(ctx, args.channels, args.length, ranks), plot_reduction)]
     if args.model:

@@ -33,12 +33,21 @@ def _damped(channels, length, seed, modes=6):
     return kernel + 1e-7 * torch.randn(channels, length, generator=g, dtype=torch.float64)
 
 
+def _assert_certified(kernel, result):
+    reduced = et.reference.ssm_kernel(result.lam.to(torch.complex128), result.b.to(torch.complex128),
+                                      kernel.shape[-1])
+    assert ((kernel - reduced).abs().amax(-1) <= result.bound.double()).all()
+
+
 KERNELS = [("repeated_pole", _repeated_pole(3, 151, 0)), ("damped", _damped(3, 97, 1))]
 
 
 @pytest.mark.parametrize("name, kernel", KERNELS, ids=[k[0] for k in KERNELS])
 def test_bound_never_grows_with_the_rank(name, kernel):
-    bounds = torch.stack([reduce_toeplitz(kernel, 1.0, rank).bound for rank in range(1, 6)], 1)
+    results = [reduce_toeplitz(kernel, 1.0, rank) for rank in range(1, 6)]
+    for result in results:
+        _assert_certified(kernel, result)
+    bounds = torch.stack([result.bound for result in results], 1)
     # the ladder keeps every system's best certified fit of any rank: equal or smaller, never larger
     assert (bounds[:, 1:] <= bounds[:, :-1]).all(), bounds.tolist()
 
@@ -48,6 +57,7 @@ def test_tol_answers_with_the_rank_that_rank_certifies_first(name, kernel):
     scale = kernel.abs().amax(-1)
     tol = 3e-4
     result = reduce_toeplitz(kernel, 1.0, tol=tol)
+    _assert_certified(kernel, result)
     assert (result.bound.double() <= tol * scale).all()
     ranks = result.ranks
     assert result.lam.shape[-1] == int(ranks.max())  # padded to the largest rank a channel needs
@@ -71,6 +81,19 @@ def test_tol_falls_back_on_the_input_modes():
     result = et.reduce_ssm(lam, b, tol=1e-9, length=61)
     scale = et.reference.ssm_kernel(lam.to(torch.complex128), b.to(torch.complex128), 61).abs().amax(-1)
     assert result.lam.shape[-1] <= 5 and (result.bound.double() <= 1e-9 * scale).all()
+    _assert_certified(et.reference.ssm_kernel(lam.to(torch.complex128), b.to(torch.complex128), 61), result)
+
+
+def test_tol_falls_back_on_the_taps_etsc_modes():
+    # white-noise taps: no low-order fit meets 1e-6, the taps' own ETSC modes (ceil(15/2) = 8 folded) do
+    t = torch.randn(2, 15, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    for reduce in (reduce_toeplitz, reduce_reference.reduce_toeplitz):
+        result = reduce(t, 0.9, tol=1e-6)
+        kernel = t * 0.9 ** torch.arange(15, dtype=torch.float64)
+        assert result.lam.shape[-1] <= 8 and (result.bound.double() <= 1e-6 * kernel.abs().amax(-1)).all()
+        error = (kernel - et.reference.ssm_kernel(result.lam.to(torch.complex128), result.b.to(torch.complex128),
+                                                  15)).abs().amax(-1)
+        assert (error <= result.bound.double()).all()
 
 
 def test_max_rank_bounds_the_climb():
@@ -85,9 +108,12 @@ def test_max_rank_bounds_the_climb():
 
 def test_the_reference_climbs_the_same_way():
     kernel = KERNELS[0][1]
-    bounds = torch.stack([reduce_reference.reduce_toeplitz(kernel, 1.0, rank).bound for rank in range(1, 5)], 1)
+    results = [reduce_reference.reduce_toeplitz(kernel, 1.0, rank) for rank in range(1, 5)]
+    bounds = torch.stack([result.bound for result in results], 1)
     assert (bounds[:, 1:] <= bounds[:, :-1]).all()
     result = reduce_reference.reduce_toeplitz(kernel, 1.0, tol=1e-2)
+    for checked in [*results, result]:
+        _assert_certified(kernel, checked)
     assert (result.bound.double() <= 1e-2 * kernel.abs().amax(-1)).all()
 
 
@@ -142,6 +168,8 @@ def test_convert_reduce_needs_rank_or_tol():
         layer.convert(method="reduce")
     layer.convert(method="reduce", tol=1e-2)
     assert layer.channel_ranks.shape == (3,) and int(layer.channel_ranks.max()) == layer.state_size
+    # the report's error is measured through the float32 kernel: within its rounding of the certified bound
+    assert (layer.report.kernel_error <= layer.report.truncation_bound + 1e-6 * layer.t.abs().amax(-1)).all()
 
 
 def test_balanced_truncation_krylov_path_matches_the_dense_one(monkeypatch):

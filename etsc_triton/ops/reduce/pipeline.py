@@ -44,8 +44,8 @@ def reduce_kernel(kernel: torch.Tensor, rank: int | None, tol: float | None, *, 
         scale_terms: `[...]` float64 sum of the magnitudes of the terms the kernel's own float64 evaluation added
             (``sum |b|`` of the original modes, ``max |t|`` for taps), and ``terms`` their number: the
             certificate's margin for the kernel.
-        exact: ``(lam, b)`` complex128 `[..., N]` of the original system (its rounding is the candidate at
-            ranks ``>= N``).
+        exact: ``(lam, b)`` complex128 `[..., N]` realising the kernel exactly (the input modes, or the taps'
+            ETSC modes under ``tol``): their rounding is the candidate at ranks ``>= N``.
         fn_name: the public function named in errors.
 
     Returns:

@@ -99,7 +99,9 @@ def reduce_toeplitz(
         gamma: decay in (0, 1]: None (1), a float, or a real tensor broadcastable to `t.shape[:-1]`.
         rank: folded modes to keep (1 .. 64), or None with ``tol``.
         length: the horizon, lags ``0 .. length-1`` (default and at most n).
-        tol: instead of ``rank``: per row, the smallest rank with ``bound <= tol * max_j |gamma^j t_j|``.
+        tol: instead of ``rank``: per row, the smallest rank with ``bound <= tol * max_j |gamma^j t_j|`` (the
+            rank at which ``rank=`` first certifies it; the taps' own ETSC modes are the candidate at rank
+            ``ceil(length / 2)``).
         max_rank: with ``tol``: the highest rank tried (1 .. 64, default 64).
         backend: as in :func:`reduce_ssm`.
 

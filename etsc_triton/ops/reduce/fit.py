@@ -197,8 +197,8 @@ def refine(kernel: torch.Tensor, poles: Poles, b: torch.Tensor,
     (Lawson's multiplicative update ``w_j <- w_j |e_j|``). A step is kept per system only when it lowers that
     system's error in the norm being minimised; a system whose error stalls (``STALL_STEPS`` accepted steps
     running with less than ``STALL`` relative progress, or rejections up to a damping of ``DAMPING_EXIT``) leaves
-    the batch until the next stage, so converged systems cost nothing. Returns the refined ``(lam, b)`` complex128 `[C, r]` (the slots' kinds
-    are kept)."""
+    the batch until the next stage, so converged systems cost nothing. Returns the refined ``(lam, b)``
+    complex128 `[C, r]` (the slots' kinds are kept)."""
     length = kernel.shape[1]
     rank = poles.slots
     lam, b = poles.lam.clone(), b.clone()

@@ -11,9 +11,9 @@ import torch
 
 from .certificate import certified_bound, evaluation_margin
 from .contract import Reduction
-from .fit import PRUNE_EXTRA, fit_rank, leading_subspace
-from .modal import Poles, hankel_size
-from .rounding import round_fit, round_poles
+from .fit import PRUNE_EXTRA, REAL_POLE, fit_rank, leading_subspace
+from .modal import Poles, hankel_size, stabilise
+from .rounding import round_fit
 
 CHUNK_BYTES = 1 << 28  # working set per channel chunk (complex128 powers and the Jacobian)
 
@@ -69,7 +69,10 @@ def reduce_kernel(kernel: torch.Tensor, rank: int | None, tol: float | None, *, 
     for r in range(1, top + 1):
         if exact_flat is not None and r >= n_exact:
             rows = pending
-            lam_r, b_r = round_poles(exact_flat[0][rows]), exact_flat[1][rows].to(torch.complex64)
+            # the exact modes rounded, their residues refitted to the rounded poles where that is better
+            modes = stabilise(exact_flat[0][rows])
+            real = modes.imag.abs() <= REAL_POLE * modes.abs()
+            lam_r, b_r = round_fit(flat[rows], Poles(modes, real, torch.ones_like(real)), exact_flat[1][rows])
             _keep_better(lam, b, bound, rows, lam_r, b_r, certified_bound(flat[rows], margin[rows], lam_r, b_r))
         else:
             fits = _climb(flat, margin, r, pending, fits, (lam, b, bound), threshold)

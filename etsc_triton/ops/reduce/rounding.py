@@ -153,7 +153,9 @@ def search_rounding(kernel: torch.Tensor, poles: Poles, threshold: torch.Tensor 
             trial = current.clone()
             trial[:, slot] = corner.to(torch.complex128)
             b = fit_residues(kernel, Poles(trial, is_real, used))
-            errors.append(max_error(kernel, trial.to(torch.complex64), torch.where(used, b, 0).to(torch.complex64)))
+            error = max_error(kernel, trial.to(torch.complex64), torch.where(used, b, 0).to(torch.complex64))
+            # a corner outside the unit disc is no candidate (the corner towards 0 of a pole inside is inside)
+            errors.append(torch.where(corner.to(torch.complex128).abs() > 1, math.inf, error))
             options.append(trial[:, slot])
         best = torch.stack(errors, 1).argmin(1)
         current[:, slot] = torch.stack(options, 1)[rows, best]

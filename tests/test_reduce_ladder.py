@@ -96,6 +96,74 @@ def test_tol_falls_back_on_the_taps_etsc_modes():
         assert (error <= result.bound.double()).all()
 
 
+def _white_taps(channels, length, seed):
+    """White-noise taps: no fit of fewer modes than the taps' own ETSC modes describes them."""
+    return torch.randn(channels, length, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _measured(kernel, result):
+    """The float64 error of the returned modes (the quantity the bound certifies)."""
+    reduced = et.reference.ssm_kernel(result.lam.to(torch.complex128), result.b.to(torch.complex128),
+                                      kernel.shape[-1])
+    return (kernel - reduced).abs().amax(-1)
+
+
+@pytest.mark.parametrize("reduce", [reduce_toeplitz, reduce_reference.reduce_toeplitz], ids=["fast", "reference"])
+def test_tol_without_max_rank_always_answers(reduce):
+    # white noise over 63 lags (odd: the last ETSC mode is a real pole): only the 32 ETSC modes describe it
+    t = _white_taps(2, 63, 11)
+    scale = t.abs().amax(-1)
+    result = reduce(t, 1.0, tol=1e-5)
+    error = _measured(t, result)
+    assert result.lam.shape[-1] <= 32 and (result.bound.double() <= 1e-5 * scale).all()
+    # certified: above the measured error, by no more than the evaluation margin (about 1e-12 relative)
+    assert (error <= result.bound.double()).all() and (result.bound.double() <= error + 1e-9 * scale).all()
+    with pytest.raises(ValueError, match=r"not met by any rank up to 4 .*raise tol or max_rank"):
+        reduce(t, 1.0, tol=1e-5, max_rank=4)
+
+
+@pytest.mark.parametrize("reduce", [reduce_toeplitz, reduce_reference.reduce_toeplitz], ids=["fast", "reference"])
+@pytest.mark.parametrize("gamma", [1.0, 0.97])
+def test_tol_returns_the_etsc_modes_beyond_the_fitted_ranks(monkeypatch, reduce, gamma):
+    # the fitted ladder capped at 4 ranks: the 32 ETSC modes of 63 white-noise lags lie beyond it, as 1024 lie
+    # beyond 64 over 2048 lags; the exact modes come back whatever their count, still under the tolerance
+    from etsc_triton.ops.reduce import pipeline
+
+    monkeypatch.setattr(pipeline, "MAX_RANK", 4)
+    monkeypatch.setattr(reduce_reference, "MAX_RANK", 4)
+    t = _white_taps(3, 63, 12)
+    kernel = t * gamma ** torch.arange(63, dtype=torch.float64)
+    scale = kernel.abs().amax(-1)
+    result = reduce(t, gamma, tol=1e-5)
+    error = _measured(kernel, result)
+    assert result.lam.shape[-1] == 32 and (result.ranks == 32).all()
+    assert (result.lam.abs() <= 1).all() and (result.bound.double() <= 1e-5 * scale).all()
+    assert (error <= result.bound.double()).all() and (result.bound.double() <= error + 1e-9 * scale).all()
+    real = result.lam.imag == 0  # the real pole -gamma of the odd horizon, with a real residue
+    assert int(real.sum()) == 3 and bool((result.b.imag[real] == 0).all())
+    with pytest.raises(ValueError, match=r"not met by any rank up to 3 .*raise tol or max_rank"):
+        reduce(t, gamma, tol=1e-5, max_rank=3)
+    with pytest.raises(ValueError, match=r"exact modes rounded to complex64 included .*raise tol"):
+        reduce(t, gamma, tol=1e-12)
+
+
+def test_tol_returns_the_input_modes_beyond_the_fitted_ranks(monkeypatch):
+    from etsc_triton.ops.reduce import pipeline
+
+    monkeypatch.setattr(pipeline, "MAX_RANK", 2)
+    g = torch.Generator().manual_seed(13)
+    lam = torch.polar(0.9 + 0.09 * torch.rand(2, 12, generator=g, dtype=torch.float64),
+                      3 * torch.rand(2, 12, generator=g, dtype=torch.float64))
+    b = torch.randn(2, 12, generator=g, dtype=torch.complex128)
+    kernel = et.reference.ssm_kernel(lam, b, 200)
+    result = et.reduce_ssm(lam, b, tol=1e-6, length=200)
+    error = _measured(kernel, result)
+    assert result.lam.shape[-1] == 12 and (result.bound.double() <= 1e-6 * kernel.abs().amax(-1)).all()
+    assert (error <= result.bound.double()).all()
+    with pytest.raises(ValueError, match="max_rank"):
+        et.reduce_ssm(lam, b, tol=1e-6, length=200, max_rank=2)
+
+
 def test_max_rank_bounds_the_climb():
     kernel = _damped(2, 61, 2)
     with pytest.raises(ValueError, match=r"reduce_toeplitz: tol = 1e-09 is not met by any rank up to 2 .*max_rank"):

@@ -51,9 +51,11 @@ def _check_rank(fn_name: str, name: str, rank: object) -> int:
 
 
 def check_rank_tol(fn_name: str, rank: object, tol: object,
-                   max_rank: object = None) -> tuple[int | None, float | None, int]:
+                   max_rank: object = None) -> tuple[int | None, float | None, int | None]:
     """Exactly one of ``rank`` (int in [1, MAX_RANK]) and ``tol`` (float > 0) must be given; ``max_rank`` (int in
-    [1, MAX_RANK], default MAX_RANK) goes with ``tol``. Returns ``(rank, tol, max_rank)``."""
+    [1, MAX_RANK]) goes with ``tol``. Returns ``(rank, tol, max_rank)``: ``max_rank`` is ``rank`` with ``rank``,
+    and None under ``tol`` without it (the default: fitted ranks up to MAX_RANK, then the exact modes whatever
+    their count)."""
     if (rank is None) == (tol is None):
         raise ValueError(f"{fn_name}: give exactly one of rank and tol, got rank={rank!r}, tol={tol!r}")
     if rank is not None:
@@ -66,7 +68,7 @@ def check_rank_tol(fn_name: str, rank: object, tol: object,
     tol = float(tol)
     if not 0.0 < tol < math.inf:
         raise ValueError(f"{fn_name}: tol must be a positive finite float, got {tol}")
-    return None, tol, MAX_RANK if max_rank is None else _check_rank(fn_name, "max_rank", max_rank)
+    return None, tol, None if max_rank is None else _check_rank(fn_name, "max_rank", max_rank)
 
 
 def check_finite(fn_name: str, **tensors: torch.Tensor) -> None:
@@ -92,16 +94,31 @@ def warn_unstable(fn_name: str, lam: torch.Tensor, length: int) -> None:
                       "and the bound holds over the horizon only", RuntimeWarning, stacklevel=3)
 
 
-def etsc_modes(taps: torch.Tensor, gamma64: torch.Tensor, max_rank: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def etsc_modes(taps: torch.Tensor, gamma64: torch.Tensor,
+               max_rank: int | None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The exact ETSC modes complex128 `[..., ceil(L/2)]` of float64 taps `[..., L]` with decay ``gamma64``, when
-    they fit in ``max_rank`` slots (else None): they reproduce every lag of the horizon, so under ``tol`` they are
-    the taps' candidate at that rank, as the input modes are for ``reduce_ssm``."""
-    if taps.numel() == 0 or (taps.shape[-1] + 1) // 2 > max_rank:
+    they fit in ``max_rank`` slots or ``max_rank`` is None (else None): they reproduce every lag of the horizon,
+    so under ``tol`` they are the taps' last candidate, as the input modes are for ``reduce_ssm``."""
+    if taps.numel() == 0 or (max_rank is not None and (taps.shape[-1] + 1) // 2 > max_rank):
         return None
     from ..toeplitz import naive as toeplitz_naive  # ops/toeplitz imports this package: a late import
 
     lam, b = toeplitz_naive.toeplitz_to_ssm(taps, gamma64)
     return lam, b
+
+
+def etsc_rounded_residues(lam: torch.Tensor, b: torch.Tensor, lam32: torch.Tensor, length: int) -> torch.Tensor:
+    """Residues complex128 `[..., N]` for the ETSC modes ``(lam, b)`` of :func:`etsc_modes` over ``length`` lags
+    with their poles rounded to ``lam32``: ``b`` plus the first-order correction for the
+    rounding (``lam32^j ~ lam^j (1 + j eps)``, the error's ETSC solve by one FFT), which leaves
+    ``O((j eps)^2)`` where the plain rounding leaves ``j eps |b|``. ``O(L log L)`` per system: at a thousand
+    modes a least-squares refit to the rounded poles (a QR of `[L, 2N]`) costs seconds per system and gains
+    nothing measurable over it."""
+    from ..toeplitz import naive as toeplitz_naive  # ops/toeplitz imports this package: a late import
+
+    correction: torch.Tensor = toeplitz_naive.node_rounding_correction(  # type: ignore[no-untyped-call]
+        b, lam, lam32, length, True)
+    return b + correction
 
 
 def check_backend(fn_name: str, backend: object) -> None:
@@ -112,7 +129,7 @@ def check_backend(fn_name: str, backend: object) -> None:
 
 
 def check_reduce_args(lam: object, b: object, rank: object, length: object, tol: object,
-                      max_rank: object = None) -> tuple[int | None, int, float | None, int]:
+                      max_rank: object = None) -> tuple[int | None, int, float | None, int | None]:
     """Validate ``reduce_ssm`` arguments; return ``(rank, length, tol, max_rank)``."""
     lam = check_tensor(FN_NAME, "lam", lam, kind="complex", min_ndim=1)
     b = check_tensor(FN_NAME, "b", b, kind="complex", min_ndim=1)
@@ -125,7 +142,7 @@ def check_reduce_args(lam: object, b: object, rank: object, length: object, tol:
 
 
 def check_taps_args(fn_name: str, t: object, gamma: object, rank: object, tol: object, length: object,
-                    max_rank: object = None) -> tuple[torch.Tensor, int | None, int, float | None, int]:
+                    max_rank: object = None) -> tuple[torch.Tensor, int | None, int, float | None, int | None]:
     """Validate ``reduce_toeplitz`` arguments; return ``(gamma, rank, length, tol, max_rank)`` with gamma a float64
     tensor of ``t.shape[:-1]`` and length defaulting to n."""
     t = check_tensor(fn_name, "t", t, kind="real", min_ndim=1, nonempty={-1: "lag"})

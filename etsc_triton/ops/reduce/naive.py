@@ -17,7 +17,15 @@ import torch
 
 from ..checks import check_int, check_tensor
 from ..complex import vandermonde_kernel64
-from .contract import FN_NAME, TAPS_FN_NAME, Reduction, check_reduce_args, check_taps_args, etsc_modes
+from .contract import (
+    FN_NAME,
+    MAX_RANK,
+    TAPS_FN_NAME,
+    Reduction,
+    check_reduce_args,
+    check_taps_args,
+    etsc_modes,
+)
 
 
 def reduction_error(
@@ -136,6 +144,19 @@ def _certified(kernel: torch.Tensor, own_margin: float, lam32: torch.Tensor, b32
     return float(torch.nextafter(torch.tensor(error + margin, dtype=torch.float32), torch.tensor(math.inf)))
 
 
+def _exact_modes(kernel: torch.Tensor, own_margin: float,
+                 exact: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """One system's exact modes, however many, in complex64: the poles rounded, the better certified of the
+    residues as they are and solved again for the rounded poles."""
+    lam32 = _round_poles(exact[0])
+    lam32 = torch.where(lam32.imag.abs() <= 1e-13 * lam32.abs(), lam32.real.to(lam32.dtype), lam32)
+    kept = exact[1].to(torch.complex64)
+    kept = torch.where(lam32.imag == 0, kept.real.to(kept.dtype), kept)
+    solved = _residues(kernel, lam32.to(torch.complex128)).to(torch.complex64)
+    return min(((lam32, b32, _certified(kernel, own_margin, lam32, b32)) for b32 in (kept, solved)),
+               key=lambda fit: fit[2])
+
+
 def _dense_ladder(kernel: torch.Tensor, own_margin: float, ranks: range, tol: float | None,
                   exact: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor, float]:
     """One system: the best certified fit over ranks ``1 .. r`` (the fit of rank k, or the best of a lower rank
@@ -146,7 +167,7 @@ def _dense_ladder(kernel: torch.Tensor, own_margin: float, ranks: range, tol: fl
                                                       torch.zeros(0, dtype=torch.complex64), math.inf)
     for rank in ranks:
         if exact is not None and rank >= exact[0].shape[-1]:
-            lam32, b32 = _round_poles(exact[0]), exact[1].to(torch.complex64)
+            lam32, b32, _ = _exact_modes(kernel, own_margin, exact)
         else:
             lam = torch.zeros(1, dtype=torch.complex128)  # one or two lags: a real mode at 0
             for order in range(min(2 * rank, p - 1), 0, -1):
@@ -162,27 +183,41 @@ def _dense_ladder(kernel: torch.Tensor, own_margin: float, ranks: range, tol: fl
             best = (lam32, b32, bound)
         if tol is not None and best[2] <= tol * float(kernel.abs().max()):
             break
+        if exact is not None and rank >= exact[0].shape[-1]:
+            break  # a higher rank would return the same exact modes
     return best
 
 
-def reduce_dense(kernel: torch.Tensor, rank: int | None, tol: float | None, max_rank: int, own_margin: torch.Tensor,
-                 exact: tuple[torch.Tensor, torch.Tensor] | None, fn_name: str) -> Reduction:
+def reduce_dense(kernel: torch.Tensor, rank: int | None, tol: float | None, max_rank: int | None,
+                 own_margin: torch.Tensor, exact: tuple[torch.Tensor, torch.Tensor] | None,
+                 fn_name: str) -> Reduction:
     """The dense reduction of float64 kernels `[..., L]`, one system at a time (``own_margin [...]``: the
-    evaluation error of the kernel itself; ``exact``: the input modes, returned when the rank reaches them)."""
+    evaluation error of the kernel itself; ``exact``: the input modes, returned when the rank reaches them, or
+    under ``tol`` without ``max_rank`` after every fitted rank up to MAX_RANK missed it, however many)."""
     batch, length = kernel.shape[:-1], kernel.shape[-1]
     flat = kernel.reshape(-1, length).to(torch.float64)
     margins = own_margin.reshape(-1).tolist()
     exact_flat = None if exact is None else [x.reshape(flat.shape[0], -1) for x in exact]
     n_exact = 0 if exact is None else exact[0].shape[-1]
-    cap = rank if rank is not None else min(max_rank, max((length + 1) // 2 + 1, n_exact))
+    ceiling = MAX_RANK if max_rank is None else max_rank
+    cap = rank if rank is not None else min(ceiling, max((length + 1) // 2 + 1, n_exact))
+    scale = flat.abs().amax(-1)
     fits = []
     for c in range(flat.shape[0]):
         modes = None if exact_flat is None else (exact_flat[0][c], exact_flat[1][c])
-        fits.append(_dense_ladder(flat[c], margins[c], range(1, cap + 1), tol, modes))
-    scale = flat.abs().amax(-1)
+        fit = _dense_ladder(flat[c], margins[c], range(1, cap + 1), tol, modes)
+        if (tol is not None and max_rank is None and modes is not None and n_exact > cap
+                and fit[2] > tol * float(scale[c])):
+            beyond = _exact_modes(flat[c], margins[c], modes)
+            fit = beyond if beyond[2] < fit[2] else fit
+        fits.append(fit)
     bounds = torch.tensor([fit[2] for fit in fits], dtype=torch.float32)
     if tol is not None and bool((bounds.double() > tol * scale).any()):
         worst = float((bounds.double() / scale.clamp_min(1e-300)).max())
+        if max_rank is None:
+            raise ValueError(f"{fn_name}: tol = {tol:g} is not met by any rank up to {max(cap, n_exact)} in every "
+                             f"system, the exact modes rounded to complex64 included (best relative bound "
+                             f"{worst:.3g}): below what complex64 modes resolve of this kernel; raise tol")
         raise ValueError(f"{fn_name}: tol = {tol:g} is not met by any rank up to {cap} in every system "
                          f"(best relative bound {worst:.3g}); raise tol or max_rank, or use the exact conversion")
     width = cap if tol is None else max([fit[0].shape[0] for fit in fits] + [1])  # unused slots: lam = b = 0

@@ -18,6 +18,7 @@ from .contract import (
     check_reduce_args,
     check_taps_args,
     etsc_modes,
+    etsc_rounded_residues,
     warn_unstable,
 )
 from .pipeline import reduce_kernel
@@ -46,10 +47,13 @@ def reduce_ssm(
         rank: folded modes to keep (1 .. 64), or None with ``tol``.
         length: the horizon: lags ``0 .. length-1`` are approximated and certified (>= 1).
         tol: instead of ``rank``: per system, the smallest rank whose bound is ``<= tol * max_j |K_j|`` (the
-            rank at which ``rank=`` first certifies it); the batch is padded to the largest with unused modes.
-            At ranks ``>= N`` the input modes themselves are a candidate, so a tolerance they meet is always met.
-            Raises ``ValueError`` when no rank up to ``max_rank`` meets it in some system.
-        max_rank: with ``tol``: the highest rank tried (1 .. 64, default 64).
+            rank at which ``rank=`` first certifies it); the batch is padded to the largest with unused modes
+            (``Reduction.ranks``: each system's own). At ranks ``>= N`` the input modes themselves (rounded to
+            complex64) are the candidate, so a tolerance they meet is always met: without ``max_rank``, a system
+            that no fitted rank up to 64 certifies gets the input modes whatever N is (the result is then N
+            wide). Raises ``ValueError`` only where even they miss it (a tolerance below what complex64 modes
+            resolve of the kernel), or with ``max_rank`` where no rank up to it meets it.
+        max_rank: with ``tol``: the highest rank tried (1 .. 64); given, the result is never wider than it.
         backend: ``"auto"``, ``"triton"`` or ``"torch"``: validated like every op's; all three run the same
             torch pipeline on the inputs' device (there is no Triton kernel to pick).
 
@@ -92,7 +96,8 @@ def reduce_toeplitz(
     backend: str = "auto",
 ) -> Reduction:
     """Reduce causal Toeplitz kernels ``K_j = gamma^j t_j`` to ``rank`` folded modes with a certified error: the
-    order reduction of :func:`reduce_ssm` fitted straight to the taps (no ETSC modes are formed).
+    order reduction of :func:`reduce_ssm` fitted straight to the taps (ETSC modes are formed only under ``tol``,
+    as its last candidate).
 
     Args:
         t: `[..., n]` real floating taps, lag last.
@@ -100,9 +105,14 @@ def reduce_toeplitz(
         rank: folded modes to keep (1 .. 64), or None with ``tol``.
         length: the horizon, lags ``0 .. length-1`` (default and at most n).
         tol: instead of ``rank``: per row, the smallest rank with ``bound <= tol * max_j |gamma^j t_j|`` (the
-            rank at which ``rank=`` first certifies it; the taps' own ETSC modes are the candidate at rank
-            ``ceil(length / 2)``).
-        max_rank: with ``tol``: the highest rank tried (1 .. 64, default 64).
+            rank at which ``rank=`` first certifies it; ``Reduction.ranks``: each row's own, the batch padded to
+            the largest). The taps' own ETSC modes (``ceil(length / 2)`` folded DFT modes, rounded to complex64
+            with a first-order correction of the residues for the poles' rounding) are the candidate at that
+            rank: without ``max_rank``, a row that no fitted rank up to 64 certifies gets them however many
+            they are (``ceil(length / 2)`` wide), so the tolerance always gets an answer down to what complex64
+            modes resolve of the kernel.
+        max_rank: with ``tol``: the highest rank tried (1 .. 64); given, the result is never wider than it and
+            ``ValueError`` names the best relative bound where no rank up to it meets ``tol``.
         backend: as in :func:`reduce_ssm`.
 
     Returns:
@@ -130,5 +140,12 @@ def reduce_taps(fn_name: str, t: torch.Tensor, gamma: object, rank: object, tol:
     lags = torch.arange(length, dtype=torch.float64, device=t.device)
     kernel = taps * gamma64[..., None] ** lags
     exact = None if tol is None else etsc_modes(taps, gamma64, max_rank)
+    exact_residues = None
+    if exact is not None:
+        lam_e, b_e = (x.reshape(-1, x.shape[-1]) for x in exact)
+
+        def exact_residues(rows: torch.Tensor, lam32: torch.Tensor) -> torch.Tensor:
+            return etsc_rounded_residues(lam_e[rows], b_e[rows], lam32, length)
+
     return reduce_kernel(kernel, rank, tol, max_rank=max_rank, scale_terms=taps.abs().amax(-1), terms=1,
-                         exact=exact, fn_name=fn_name)
+                         exact=exact, exact_residues=exact_residues, fn_name=fn_name)

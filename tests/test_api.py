@@ -8,8 +8,8 @@ import torch
 import etsc_triton as et
 from etsc_triton.ops import checks, dispatch
 
-OPS = ["toeplitz_to_ssm", "ssm_kernel", "vandermonde_solve", "ssm_scan", "ssm_step", "ssm_prefill_state", "lsh_hash",
-       "memory_gather", "memory_layer"]
+OPS = ["toeplitz_to_ssm", "ssm_kernel", "vandermonde_solve", "reduce_ssm", "reduce_toeplitz", "ssm_scan", "ssm_step",
+       "ssm_prefill_state", "lsh_hash", "memory_gather", "memory_layer"]
 
 
 @pytest.mark.parametrize("name", OPS)

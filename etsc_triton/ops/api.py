@@ -7,7 +7,7 @@ same name in the ``naive`` module of the op's family (``ops/<family>/naive.py``)
 
 from .lsh import lsh_hash, memory_gather, memory_layer
 from .prefill import ssm_prefill_state
-from .reduce import reduce_ssm
+from .reduce import reduce_ssm, reduce_toeplitz
 from .ssm import ssm_scan, ssm_step
 from .toeplitz import ssm_kernel, toeplitz_to_ssm, vandermonde_solve
 
@@ -16,6 +16,7 @@ __all__ = [
     "ssm_kernel",
     "vandermonde_solve",
     "reduce_ssm",
+    "reduce_toeplitz",
     "ssm_scan",
     "ssm_step",
     "ssm_prefill_state",

@@ -120,11 +120,10 @@ def reduce_toeplitz(
         on ``max_(j < length) |K^r_j - gamma^j t_j|`` (not differentiable).
 
     Example:
-        >>> import torch
-        >>> from etsc_triton.ops.reduce import reduce_toeplitz
+        >>> import torch, etsc_triton as et
         >>> lags = torch.arange(200.0)
         >>> t = torch.exp(-((lags - 30.0) / 40.0) ** 2)[None]
-        >>> lam, b, bound = reduce_toeplitz(t, 0.98, 3)
+        >>> lam, b, bound = et.reduce_toeplitz(t, 0.98, 3)
         >>> lam.shape, bool(bound < 1e-3)
         (torch.Size([1, 3]), True)
     """

@@ -74,9 +74,9 @@ def test_one_result_form_whatever_the_keywords():
     for result in (et.reduce_ssm(lam, b, 2, length=30), et.reduce_ssm(lam, b, tol=1e-3, length=30),
                    reduce_toeplitz(t, 0.9, 2), reduce_toeplitz(t, 0.9, tol=1e-3, length=30)):
         assert isinstance(result, Reduction) and len(result) == 3
-    with pytest.warns(DeprecationWarning, match="reduce_toeplitz"):
-        old = et.toeplitz_to_ssm(t, 0.9, rank=2)
-    assert torch.equal(old.bound, reduce_toeplitz(t, 0.9, 2).bound)
+    assert len(et.toeplitz_to_ssm(t, 0.9)) == 2
+    with pytest.raises(TypeError, match="rank"):  # the conversion no longer reduces: reduce_toeplitz does
+        et.toeplitz_to_ssm(t, 0.9, rank=2)
 
 
 @pytest.mark.parametrize("length", [63, 301])  # 301: p = 151, the sketched subspace with FFT products
@@ -165,9 +165,6 @@ def test_tol_picks_the_smallest_adequate_rank():
 def test_tol_that_no_rank_meets_is_refused():
     g = torch.Generator().manual_seed(12)
     t = torch.randn(2, 30, generator=g)
-    with pytest.raises(ValueError, match=r"toeplitz_to_ssm: tol = 1e-12 is not met by any rank up to \d+"):
-        with pytest.warns(DeprecationWarning, match="reduce_toeplitz"):
-            et.toeplitz_to_ssm(t, 0.9, tol=1e-12)
     with pytest.raises(ValueError, match=r"reduce_toeplitz: tol = 1e-12 is not met by any rank up to \d+"):
         reduce_toeplitz(t, 0.9, tol=1e-12)
 
@@ -232,11 +229,8 @@ BAD = [
     (lambda lam, b: et.reduce_ssm(lam, b, length=10, tol="1"), TypeError, "tol must be a float, got str"),
     (lambda lam, b: et.reduce_ssm(lam[:, :0], b[:, :0], 1, length=10), ValueError, "lam must not be empty"),
     (lambda lam, b: et.reduce_ssm(lam, b, 1, length=10, backend="cuda"), ValueError, "backend must be one of"),
-    (lambda lam, b: et.toeplitz_to_ssm(lam.real, rank=1, length=4), ValueError, r"length must lie in \[1, n\]"),
-    (lambda lam, b: et.toeplitz_to_ssm(lam.real, length=2), ValueError, "give rank or tol with it"),
-    (lambda lam, b: et.toeplitz_to_ssm(lam.real, rank=1, real=False), ValueError, "need real=True"),
-    (lambda lam, b: et.toeplitz_to_ssm(lam.real, rank=0), ValueError, "toeplitz_to_ssm: rank must be >= 1"),
-    (lambda lam, b: et.toeplitz_to_ssm(lam.real, tol=-1.0), ValueError, "toeplitz_to_ssm: tol must be a positive"),
+    (lambda lam, b: reduce_toeplitz(lam.real, 1.0, 0), ValueError, "reduce_toeplitz: rank must be >= 1"),
+    (lambda lam, b: reduce_toeplitz(lam.real, 1.0, tol=-1.0), ValueError, "reduce_toeplitz: tol must be a positive"),
     (lambda lam, b: reduce_toeplitz(lam.real, 1.0, 1, length=4), ValueError, r"reduce_toeplitz: length must lie in"),
     (lambda lam, b: reduce_toeplitz(lam.real, 0.9), ValueError, "reduce_toeplitz: give exactly one of rank and tol"),
     (lambda lam, b: reduce_toeplitz(lam.real, 1.5, 1), ValueError, r"reduce_toeplitz: gamma must lie in \(0, 1\]"),
@@ -246,7 +240,6 @@ BAD = [
 ]
 
 
-@pytest.mark.filterwarnings("ignore:toeplitz_to_ssm:DeprecationWarning")
 @pytest.mark.parametrize("call, error, message", BAD, ids=[m[:40] for _, _, m in BAD])
 def test_bad_input_is_refused_with_a_clear_message(call, error, message):
     lam, b = _modes(2, 3, seed=17)

@@ -205,7 +205,7 @@ class ToeplitzSSM(nn.Module):
             rank: ``method="truncate"``: keep, per channel, the ``rank`` DFT modes with the largest ``|b|``
                 (``None``: keep all). ``method="reduce"``: the folded modes of the reduced system.
             method: ``"truncate"`` (the ETSC modes, optionally truncated) or ``"reduce"`` (order reduction of
-                the taps with a certified error, :func:`etsc_triton.ops.reduce.reduce_toeplitz`; give ``rank`` or
+                the taps with a certified error, :func:`etsc_triton.reduce_toeplitz`; give ``rank`` or
                 ``tol``).
             tol: ``method="reduce"`` only: per channel, the smallest rank whose certified bound is
                 ``<= tol * max|K|`` (:attr:`channel_ranks`; the state has the largest).

@@ -173,15 +173,3 @@ def check_taps_args(fn_name: str, t: object, gamma: object, rank: object, tol: o
         )
     check_finite(fn_name, t=t[..., :length])
     return gamma64, rank, length, tol, max_rank
-
-
-def check_deprecated_taps_args(fn_name: str, real: object, rank: object, tol: object) -> None:
-    """``toeplitz_to_ssm(t, gamma, rank=|tol=, length=)``, the reduction's former entry point: it returns three
-    tensors where the conversion returns two, so it is deprecated for :func:`reduce_toeplitz` (one result form
-    per function). Refuses what only that path can get wrong, then warns."""
-    if not real:
-        raise ValueError(f"{fn_name}: rank / tol / length need real=True (the reduction returns folded modes)")
-    if rank is None and tol is None:
-        raise ValueError(f"{fn_name}: length is the horizon of a reduction: give rank or tol with it")
-    warnings.warn(f"{fn_name}(..., rank=|tol=, length=) is deprecated: use etsc_triton.ops.reduce.reduce_toeplitz "
-                  "(same arguments and result)", DeprecationWarning, stacklevel=3)

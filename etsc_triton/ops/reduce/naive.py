@@ -1,6 +1,6 @@
 """Float64 Torch references for order reduction, dense and slow on purpose: the kernel error over a horizon, the
 finite-Hankel lower bound, balanced truncation, and a dense reduction with the signatures of
-:func:`etsc_triton.reduce_ssm` and :func:`etsc_triton.ops.reduce.reduce_toeplitz`.
+:func:`etsc_triton.reduce_ssm` and :func:`etsc_triton.reduce_toeplitz`.
 
 The dense reduction shares nothing with the fast path but the contract (``contract.py``: checks, result
 record): one system at a time, the full SVD of its ``p x p`` Hankel matrix, ERA on the leading singular vectors,
@@ -255,7 +255,7 @@ def reduce_toeplitz(
     tol: float | None = None,
     max_rank: int | None = None,
 ) -> Reduction:
-    """Dense float64 reference of :func:`etsc_triton.ops.reduce.reduce_toeplitz`."""
+    """Dense float64 reference of :func:`etsc_triton.reduce_toeplitz`."""
     return reduce_taps(TAPS_FN_NAME, t, gamma, rank, tol, length, max_rank)
 
 

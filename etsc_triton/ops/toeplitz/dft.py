@@ -30,8 +30,6 @@ from torch.library import wrap_triton
 
 from ..complex import load_complex, store_complex
 from ..dispatch import registered_launcher, resolve_backend, with_reference_gradient
-from ..reduce.contract import check_deprecated_taps_args
-from ..reduce.reduce import reduce_taps
 from ..tiles import cdiv, next_power_of_2
 from . import naive
 from .contract import check_toeplitz_args, etsc_mode_count
@@ -236,11 +234,8 @@ def toeplitz_to_ssm(
     *,
     real: bool = True,
     compensate: bool = True,
-    rank: int | None = None,
-    tol: float | None = None,
-    length: int | None = None,
     backend: str = "auto",
-) -> tuple[torch.Tensor, ...]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Convert causal Toeplitz kernels into diagonal SSMs exactly (ETSC; derivation in the op README).
 
     The returned SSM realises ``K_j = Re sum_s b_s lam_s^j = gamma^j t_j`` for ``0 <= j < n`` (exact up to
@@ -253,14 +248,12 @@ def toeplitz_to_ssm(
         compensate: correct b, to first order, for the complex64 rounding of lam (default). Without it the
             realised kernel's relative error grows like ~1.7e-8 n (2.9e-4 at n = 16384); with it it stays
             below ~1e-6 up to n = 65536, for about three times the memory traffic (see the op README).
-        rank, tol, length: deprecated (a ``DeprecationWarning``): the order reduction of the taps, now
-            :func:`etsc_triton.ops.reduce.reduce_toeplitz` with the same arguments and result.
         backend: ``"auto"`` (Triton on CUDA, else Torch), ``"triton"`` or ``"torch"``.
 
     Returns:
         ``(lam, b)``: complex64 `[..., N]` nodes and weights, modes ordered k = 1, 2, ...; differentiable in t and
-        a tensor gamma (the backward differentiates the Torch reference of the same conversion). With the
-        deprecated ``rank`` / ``tol`` / ``length``: the ``(lam, b, bound)`` of ``reduce_toeplitz``.
+        a tensor gamma (the backward differentiates the Torch reference of the same conversion). The order
+        reduction of the taps is :func:`etsc_triton.reduce_toeplitz`.
 
     Example:
         >>> import torch, etsc_triton as et
@@ -270,9 +263,6 @@ def toeplitz_to_ssm(
         (torch.Size([4, 32]), torch.complex64)
     """
     gamma_checked = check_toeplitz_args(t, gamma, real, compensate)
-    if rank is not None or tol is not None or length is not None:
-        check_deprecated_taps_args("toeplitz_to_ssm", real, rank, tol)
-        return reduce_taps("toeplitz_to_ssm", t, gamma_checked, rank, tol, length, None, backend)
     which = resolve_backend("toeplitz_to_ssm", backend, t, empty=t.numel() == 0)
     if which == "torch":
         lam, b = naive.toeplitz_to_ssm(t.to(torch.float32), gamma, real=real, compensate=compensate)

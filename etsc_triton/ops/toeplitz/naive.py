@@ -13,8 +13,6 @@ import math
 import torch
 
 from ..complex import vandermonde_kernel64
-from ..reduce.contract import check_deprecated_taps_args
-from ..reduce.naive import reduce_taps
 from .contract import check_kernel_args, check_solve_args, check_toeplitz_args, etsc_mode_count
 
 
@@ -92,15 +90,9 @@ def toeplitz_to_ssm(
     *,
     real: bool = True,
     compensate: bool = True,
-    rank: int | None = None,
-    tol: float | None = None,
-    length: int | None = None,
-) -> tuple[torch.Tensor, ...]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """ETSC conversion by the definition (op README): full DFT of the zero-sum extended vector, taken in
     float64 and rounded once (a float32 DFT of the extended vector loses ~eps * |sum t| in every mode).
-
-    With the deprecated ``rank`` or ``tol`` (and optionally ``length``): the dense reference of
-    :func:`etsc_triton.ops.reduce.reduce_toeplitz` instead; returns its ``(lam, b, bound)``.
 
     Args:
         t: `[..., n]` real kernel coefficients, lag last.
@@ -114,9 +106,6 @@ def toeplitz_to_ssm(
         `(lam, b)` complex `[..., N]`, complex128 for float64 t, complex64 otherwise.
     """
     gamma = check_toeplitz_args(t, gamma, real, compensate)
-    if rank is not None or tol is not None or length is not None:
-        check_deprecated_taps_args("toeplitz_to_ssm", real, rank, tol)
-        return reduce_taps("toeplitz_to_ssm", t, gamma, rank, tol, length, None)
     cdtype = _complex_dtype_for(t)
     n = t.shape[-1]
     m = n + 1

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         files = [f for path in args.plot_only for f in (sorted(path.glob("*.csv")) if path.is_dir() else [path])]
         rows = [row for f in files for row in harness.read_results(f)]
         out = args.out or (args.plot_only[0] if args.plot_only[0].is_dir() else args.plot_only[0].parent)
-        paths = plots.draw_all(rows, out, [importlib.import_module(FAMILIES[f]) for f in families])
+        paths = plots.draw_all(rows, out)
         print(f"{len(paths)} plots in {out}")
         return 0
     if device == "cpu" and not args.quick:
@@ -75,17 +75,16 @@ def main(argv: list[str] | None = None) -> int:
     deadline = None if args.budget is None else time.monotonic() + args.budget
     ctx = harness.Context(device=device, quick=args.quick, floors=floors,
                           progress=harness.progress_printer(args.budget), deadline=deadline)
-    modules, cut_short, written = [], [], []
+    cut_short, written = [], []
     for family in families:
         module = importlib.import_module(FAMILIES[family])
-        modules.append(module)
         first_row, started = len(ctx.rows), time.monotonic()
         cut_short.append(harness.run_family(ctx, family, module.run))
         results = results_dir / (f"{family}_quick.csv" if args.quick else f"{family}.csv")
         harness.write_results(ctx.rows[first_row:], results)  # now: a killed run keeps what it measured
         written.append(f"{family}: {len(ctx.rows) - first_row} rows in {time.monotonic() - started:.0f} s -> "
                        f"{results}")
-    paths = plots.draw_all(ctx.rows, plots_dir, modules)
+    paths = plots.draw_all(ctx.rows, plots_dir)
     print()
     print(plots.summary_table(ctx.rows, floors))
     print()

@@ -1,5 +1,5 @@
-"""Conversion family: the ETSC solve (toeplitz_to_ssm), the Vandermonde evaluation (ssm_kernel), the
-Vandermonde solve, and the stability study (relative error vs n for the DFT solve, the general solve, Adam).
+"""Conversion family: the ETSC solve (toeplitz_to_ssm), the Vandermonde evaluation (ssm_kernel) and the
+Vandermonde solve.
 
 Providers:
 - ``triton``: ours (b compensates the complex64 rounding of lam, op README); ``torch``: our reference oracle
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
@@ -28,7 +27,6 @@ import etsc_triton as et
 from etsc_triton.reference import realised_kernel64
 
 from .harness import gradients, random_ssm, rel_err
-from .plots import plt, save_loglog
 
 FAMILY = "conversion"
 
@@ -166,52 +164,6 @@ def bench_vandermonde_solve(ctx) -> None:
                       x_value=size, config=config)
 
 
-def adam_fit_error(t: torch.Tensor, steps: int) -> float:
-    """Fit (lam, b) with n free complex modes to t by Adam on the MSE of the realised kernel; final rel err."""
-    rows, n = t.shape
-    gen = torch.Generator().manual_seed(n)
-    log_radius = (-0.5 * torch.rand(rows, n, generator=gen)).to(t.device).requires_grad_()
-    angle = (2 * math.pi * torch.rand(rows, n, generator=gen)).to(t.device).requires_grad_()
-    b = (0.1 * torch.randn(rows, n, 2, generator=gen)).to(t.device).requires_grad_()
-    opt = torch.optim.Adam([log_radius, angle, b], lr=1e-2)
-    lags = torch.arange(n, device=t.device, dtype=torch.float32)
-
-    def kernel():
-        mag = torch.exp(log_radius[..., None] * lags)  # [rows, N, n]
-        phase = angle[..., None] * lags
-        return (b[..., 0, None] * mag * torch.cos(phase) - b[..., 1, None] * mag * torch.sin(phase)).sum(-2)
-
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = ((kernel() - t) ** 2).mean()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        lam = torch.polar(torch.exp(log_radius), angle).to(torch.complex64)
-        weights = torch.complex(b[..., 0], b[..., 1]).to(torch.complex64)
-        return rel_err(realised_kernel64(lam, weights, n), t.double())
-
-
-def bench_stability(ctx) -> None:
-    steps = 50 if ctx.quick else 2000
-    for n in ctx.sizes(quick=[8, 16], full=[8, 16, 32, 64, 128, 256, 512, 1024]):
-        gen = torch.Generator().manual_seed(n)
-        t = torch.randn(ERROR_ROWS, n, generator=gen).to(ctx.device)
-        target = t.double()
-        lam, b = et.toeplitz_to_ssm(t, real=False)
-        errors = {"dft_solve": rel_err(realised_kernel64(lam, b, n), target)}
-        dft_nodes = lam
-        real_nodes = (
-            torch.linspace(0.05, 0.95, n, device=ctx.device).to(torch.complex64).expand(ERROR_ROWS, n)
-        )
-        for name, nodes in (("vandermonde_dft_nodes", dft_nodes), ("vandermonde_real_nodes", real_nodes)):
-            weights = et.vandermonde_solve(nodes, t)
-            errors[name] = rel_err(realised_kernel64(nodes, weights, n), target)
-        errors[f"adam_{steps}_steps"] = adam_fit_error(t, steps)
-        for method, error in errors.items():
-            ctx.value(op="stability", provider=method, metric="rel_err", value=error, x_name="n", x_value=n)
-
-
 def run(ctx) -> None:
     for n in ctx.sizes(quick=[15, 64], full=[64, 256, 1024, 4096, 16384, 65536]):
         for d in ctx.sizes(quick=[4], full=[64, 512, 4096]):
@@ -222,28 +174,4 @@ def run(ctx) -> None:
     for modes in ctx.sizes(quick=[8, 33], full=[16, 64, 256, 1024]):
         kernel_point(ctx, channels, modes, ctx.sizes(quick=[63], full=[4096])[0], "N")
     bench_vandermonde_solve(ctx)
-    bench_stability(ctx)
 
-
-def plot(rows: list[dict], out_dir) -> list[Path]:
-    """The stability figure: realised-kernel relative error vs n, one line per method."""
-    points = [r for r in rows if r["op"] == "stability" and r["metric"] == "rel_err"]
-    if not points:
-        return []
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ceiling = 1e20  # overflow (inf / NaN weights) is drawn here with an x marker
-    for method in sorted({r["provider"] for r in points}):
-        line = sorted((float(r["x_value"]), float(r["p50"])) for r in points if r["provider"] == method)
-        xs = [x for x, _ in line]
-        ys = [min(max(y, 1e-17), ceiling) if math.isfinite(y) else ceiling for _, y in line]
-        (drawn,) = ax.plot(xs, ys, marker="o", label=method)
-        overflow = [x for x, y in line if not math.isfinite(y) or y > ceiling]
-        if overflow:
-            ax.plot(overflow, [ceiling] * len(overflow), ls="none", marker="x", ms=10, color=drawn.get_color())
-    gpu = points[0].get("gpu", "")
-    path = save_loglog(
-        fig, ax, Path(out_dir) / "stability.png", dpi=130,
-        title=f"Toeplitz -> SSM: realised-kernel error vs n ({gpu})\ncomplex64 (lam, b), evaluated in float64",
-        xlabel="n (kernel length = number of modes)", ylabel="relative error of the realised kernel (x: overflow)",
-    )
-    return [path]

@@ -25,10 +25,7 @@ gather's multiply-adds), ``2 T d^2`` for nn.Linear.
 
 from __future__ import annotations
 
-import json
-from collections import defaultdict
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +33,6 @@ import torch.nn.functional as F
 import etsc_triton as et
 
 from .harness import Context, capture_cuda_graph, rel_err
-from .plots import plt, save_loglog
 
 FAMILY = "memory"
 OP = "memory_layer"
@@ -44,11 +40,6 @@ TAU = 8
 ROWS = 2**TAU
 ORIGINAL_LIMIT_BYTES = 4e9
 GRAPH_MAX_TOKENS = 16
-# Ours -> the nn.Linear timings it is compared with in the "vs linear" plots (line style of each).
-LINEAR_PAIRS = {
-    "triton": (("linear_fp32", "-"), ("linear_bf16", ":")),
-    "triton_cudagraph": (("linear_fp32_cudagraph", "--"),),
-}
 
 
 def original_hash(x: torch.Tensor, num_tables: int, tau: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,39 +191,3 @@ def run(ctx: Context) -> None:
                     layer_point(ctx, d, tau, dtype, tokens, "fwd", ["torch"])
                     layer_point(ctx, d, tau, dtype, tokens, "fwd_bwd", ["torch"])
 
-
-def plot(rows, out_dir):
-    """Where the memory layer beats nn.Linear in wall time: time(linear) / time(triton) against T, per d."""
-    times = defaultdict(dict)
-    for row in rows:
-        if row["op"] != OP or row["metric"] != "time" or row["p50"] in (None, ""):
-            continue
-        config = json.loads(row["config"])
-        key = (row["mode"], config["d"], config["tables"], row["provider"])
-        times[key][float(row["x_value"])] = float(row["p50"])
-    paths = []
-    gpu = rows[0]["gpu"] if rows else "unknown"
-    for mode in ("fwd", "fwd_bwd"):
-        fig, ax = plt.subplots(figsize=(7.5, 4.8))
-        drawn = False
-        for (m, d, tables, provider), ours in sorted(times.items()):
-            if m != mode or provider not in LINEAR_PAIRS:
-                continue
-            for baseline, style in LINEAR_PAIRS[provider]:
-                base = times.get((mode, d, tables, baseline), {})
-                xs = sorted(set(ours) & set(base))
-                if xs:
-                    ours_name = "" if provider == "triton" else f" ({provider})"
-                    ax.plot(xs, [base[x] / ours[x] for x in xs], ls=style, marker="o",
-                            label=f"d={d}, {tables} tables{ours_name} vs {baseline}")
-                    drawn = True
-        if not drawn:
-            plt.close(fig)
-            continue
-        ax.axhline(1.0, color="black", lw=1)
-        paths.append(save_loglog(
-            fig, ax, Path(out_dir) / f"memory_layer_{mode}_vs_linear.png", xlabel="T (tokens)",
-            ylabel="time(nn.Linear) / time(memory_layer)  (> 1: memory layer wins)",
-            title=f"memory_layer ({mode}) against nn.Linear of the same shape\non {gpu}",
-        ))
-    return paths

@@ -96,14 +96,9 @@ def draw_group(key: tuple, rows: list[dict], out_dir: Path) -> Path:
     return save_loglog(fig, ax, path, title=title, xlabel=x_name, ylabel="time (ms, median; band p20-p80)")
 
 
-def draw_all(rows: list[dict], out_dir: Path, modules: list) -> list[Path]:
-    """Every generic timing plot plus each bench module's own ``plot(rows, out_dir)`` figures."""
-    paths = [draw_group(key, group, out_dir) for key, group in sorted(timing_groups(rows).items())]
-    for module in modules:
-        extra = getattr(module, "plot", None)
-        if extra is not None:
-            paths.extend(extra(rows, out_dir) or [])
-    return paths
+def draw_all(rows: list[dict], out_dir: Path) -> list[Path]:
+    """Every timing plot of the rows, one per (op, mode, x_name, config) group."""
+    return [draw_group(key, group, out_dir) for key, group in sorted(timing_groups(rows).items())]
 
 
 def summary_table(rows: list[dict], floors) -> str:

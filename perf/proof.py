@@ -358,7 +358,7 @@ def stage_tests(proof: Proof, deadline: float) -> str:
 
 def stage_headline(proof: Proof, deadline: float) -> str:
     """The headline points in this process; results and plots after every family."""
-    from . import bench_conversion, bench_decode, bench_memory, bench_ssm, harness, plots
+    from . import harness, plots
     from .proof_headline import POINTS
 
     floors = proof.floors or harness.Floors(math.nan, math.nan)  # the environment stage failed: no fractions
@@ -378,7 +378,7 @@ def stage_headline(proof: Proof, deadline: float) -> str:
     for line in ctx.failures:
         proof.log(f"failed point: {line}")
         notes.append(f"failed point: {line[:120]}")
-    plots.draw_all(ctx.rows, proof.work / "plots", [bench_conversion, bench_ssm, bench_memory, bench_decode])
+    plots.draw_all(ctx.rows, proof.work / "plots")
     proof.log(plots.summary_table(ctx.rows, floors))
     return "; ".join(notes)
 

@@ -61,7 +61,7 @@ def test_summary_reports_speedup_over_best_baseline(tmp_path):
     table = plots.summary_table(ctx.rows, ctx.floors)
     line = table.splitlines()[-1]
     assert "original 3.0000" in line and "3.00x" in line and "50%" in line
-    assert plots.draw_all(ctx.rows, tmp_path, [])[0].exists()
+    assert plots.draw_all(ctx.rows, tmp_path)[0].exists()
 
 
 def test_budget_stops_new_points_and_keeps_recorded_rows():

@@ -10,9 +10,6 @@
   token), ``scan`` (``ssm_scan``).
 * ``decode_layer_step`` (x = batch): one layer's decode step (``ssm_step``) at the ETSC state (``ceil(n/2)``
   modes) and at the reduced rank, with the bytes each step moves.
-
-The accuracy studies (mode truncation, order reduction against balanced truncation) are
-``python -m perf.reduction_study``: they measure errors, not time.
 """
 
 from __future__ import annotations
@@ -26,6 +23,13 @@ from etsc_triton.demo.model import TNNConfig, TNNLanguageModel, make_decoder
 from etsc_triton.nn.toeplitz import ToeplitzSSM
 
 FAMILY = "decode"
+
+
+def model_config(quick: bool) -> TNNConfig:
+    """The decoded TNN: the demo's GPU size (6 layers, D=512, n=2048), or a tiny one for CPU runs."""
+    if quick:
+        return TNNConfig(vocab_size=32, d_model=16, n_layers=2, n=31, rpe_hidden=8, decay=0.95)
+    return TNNConfig(vocab_size=256, d_model=512, n_layers=6, n=2048, rpe_hidden=64, decay=0.99)
 
 
 class OriginalETSCDecoder:
@@ -118,15 +122,8 @@ def _prefill_sweep(ctx, channels: int, n: int, batches, lengths, backend: str) -
             y, final = layer.prefill(x)
             y_scan, final_scan = et.ssm_scan(x, layer.lam, layer.b, backend=backend)
             err = ((final - final_scan).abs().max() / final_scan.abs().max()).item()
-            ctx.value(
-                op="prefill_layer",
-                provider="triton",
-                metric="state_rel_err",
-                value=err,
-                x_name="prompt_len",
-                x_value=length,
-                config=cfg,
-            )
+            ctx.value(op="prefill_layer", provider="triton", metric="state_rel_err", value=err,
+                      x_name="prompt_len", x_value=length, config=cfg)
 
 
 def _reduced_step(ctx, model: TNNLanguageModel, batches, backend: str) -> None:
@@ -154,20 +151,11 @@ def _reduced_step(ctx, model: TNNLanguageModel, batches, backend: str) -> None:
 
 def run(ctx) -> None:
     backend = "triton" if ctx.on_gpu or ctx.quick else "auto"
-    if ctx.quick:
-        config = TNNConfig(vocab_size=32, d_model=16, n_layers=2, n=31, rpe_hidden=8, decay=0.95)
-    else:
-        config = TNNConfig(vocab_size=256, d_model=512, n_layers=6, n=2048, rpe_hidden=64, decay=0.99)
+    config = model_config(ctx.quick)
     model = TNNLanguageModel(config).to(ctx.device)
     for batch in ctx.sizes(quick=[1], full=[1, 16]):
         decode_sweep(ctx, model, batch, ctx.sizes(quick=[8, 40], full=[64, 256, 1024, 2048, 4096, 8192]), backend)
-    _prefill_sweep(
-        ctx,
-        ctx.sizes(quick=[8], full=[512])[0],
-        config.n,
-        ctx.sizes(quick=[1], full=[1, 16]),
-        ctx.sizes(quick=[64], full=[8192]),
-        backend,
-    )
+    _prefill_sweep(ctx, ctx.sizes(quick=[8], full=[512])[0], config.n, ctx.sizes(quick=[1], full=[1, 16]),
+                   ctx.sizes(quick=[64], full=[8192]), backend)
     _reduced_step(ctx, model, ctx.sizes(quick=[1, 4], full=[1, 16, 64]), backend)
 

@@ -38,6 +38,11 @@ def save_loglog(fig, ax, path: Path, *, title: str, xlabel: str, ylabel: str, dp
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
+    return save_figure(fig, path, dpi)
+
+
+def save_figure(fig, path: Path, dpi: int = 110) -> Path:
+    """Lay the figure out, save it (creating the folder) and close it."""
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)

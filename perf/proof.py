@@ -291,13 +291,11 @@ def stage_kernel_configs(proof: Proof, deadline: float) -> str:
             writer.writerow({**result, "errors": json.dumps(result["errors"])})
     total = Counter(case.grid.op for case in cases)
     passed, failed = (Counter(r["op"] for r in results if r["ok"] == ok) for ok in (True, False))
-    worst: dict[str, float] = {}
-    for result in filter(lambda r: math.isfinite(r["worst"]), results):
-        worst[result["op"]] = max(worst.get(result["op"], 0.0), result["worst"])
     for op, count in total.items():
+        worst = max((r["worst"] for r in results if r["op"] == op and math.isfinite(r["worst"])), default=math.nan)
         proof.add("kernel_configs", op, ours=f"{passed[op]}/{count} passed",
                   detail=f"{failed[op]} failed, {count - passed[op] - failed[op]} not run; worst error / tolerance "
-                         f"{worst.get(op, math.nan):.2g}")
+                         f"{worst:.2g}")
     for result in results:
         if not result["ok"]:
             proof.add("kernel_configs", f"FAILED {result['label']}", ours="failed",
@@ -332,14 +330,9 @@ def stage_tests(proof: Proof, deadline: float) -> str:
         started = time.monotonic()
         log_path = proof.work / f"tests_{phase}.log"
         (code,) = proof.run_processes([(base + ["-m", marker, *paths], log_path)], deadline, env=env)
-        counts = Counter()
-        failed = []
-        if outcomes.exists():
-            for line in outcomes.read_text().splitlines():
-                record = json.loads(line)
-                counts[record["outcome"]] += 1
-                if record["outcome"] in ("failed", "error"):
-                    failed.append(record["test"])
+        records = [json.loads(line) for line in outcomes.read_text().splitlines()] if outcomes.exists() else []
+        counts = Counter(record["outcome"] for record in records)
+        failed = [record["test"] for record in records if record["outcome"] in ("failed", "error")]
         status = "cut at the cap" if code is None else f"exit {code}"
         summary = ", ".join(f"{counts[k]} {k}" for k in ("passed", "failed", "error", "skipped"))
         proof.add("tests", f"{phase} ({marker})", ours=summary, size=f"{time.monotonic() - started:.0f} s",

@@ -14,7 +14,7 @@ from math import nan
 
 import torch
 
-from etsc_triton.demo.model import TNNConfig, TNNLanguageModel
+from etsc_triton.demo.model import TNNLanguageModel
 
 from . import bench_conversion, bench_decode, bench_memory, bench_ssm
 from .harness import Context
@@ -149,12 +149,8 @@ def decode_points(ctx: Context, dry_run: bool) -> list[dict]:
     """Greedy decode of the demo's TNN (6 layers, D = 512, n = 2048), one token at lengths 64..8192: flat
     (<= 10% growth from the shortest to the longest) and >= 10x the TNN cache at 8192; the original ETSC eager
     decode beside it."""
-    if dry_run:
-        config = TNNConfig(vocab_size=32, d_model=16, n_layers=2, n=31, rpe_hidden=8, decay=0.95)
-        lengths = [8, 40]
-    else:
-        config = TNNConfig(vocab_size=256, d_model=512, n_layers=6, n=2048, rpe_hidden=64, decay=0.99)
-        lengths = [64, 256, 1024, 2048, 4096, 8192]
+    config = bench_decode.model_config(dry_run)
+    lengths = [8, 40] if dry_run else [64, 256, 1024, 2048, 4096, 8192]
     times = bench_decode.decode_sweep(ctx, TNNLanguageModel(config).to(ctx.device), 1, lengths, "triton")
     short, long = lengths[0], lengths[-1]
     ours = times.pop("triton")

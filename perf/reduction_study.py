@@ -32,13 +32,14 @@ import torch
 
 import etsc_triton as et
 from etsc_triton.demo.checkpoint import load_shipped
-from etsc_triton.demo.model import RelativePositionMLP, SSMDecoder, TNNConfig, TNNLanguageModel, generate
+from etsc_triton.demo.model import RelativePositionMLP, SSMDecoder, TNNLanguageModel, generate
 from etsc_triton.nn.toeplitz import ToeplitzSSM
 from etsc_triton.ops.reduce import Reduction, reduce_toeplitz
 from etsc_triton.ops.reduce.naive import balanced_truncation
 
 from . import harness
-from .plots import plt, save_loglog
+from .bench_decode import model_config
+from .plots import plt, save_figure, save_loglog
 
 REPO = Path(__file__).resolve().parent.parent
 RANKS = (1, 2, 3, 4, 6, 8, 12, 16)
@@ -270,7 +271,7 @@ def truncation_study(ctx: harness.Context, channels: int, n: int) -> None:
 
 def model_reduction(ctx: harness.Context, prompt_length: int = 16) -> None:
     """The GPU-size demo model (random weights) reduced by ``SSMDecoder(method="reduce")`` (module docstring)."""
-    config = TNNConfig(vocab_size=256, d_model=512, n_layers=6, n=2048, rpe_hidden=64, decay=0.99)
+    config = model_config(quick=False)
     model = TNNLanguageModel(config).to(ctx.device)
     prompt = torch.randint(0, 256, (1, prompt_length), generator=torch.Generator().manual_seed(0)).to(ctx.device)
     steps = config.n - prompt_length
@@ -326,12 +327,7 @@ def plot_reduction(rows: list[dict], out_dir: Path) -> list[Path]:
                title=f"{kind}: {json.loads(mine[0]['config'])['length']} lags")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=6)
-    fig.tight_layout()
-    path = Path(out_dir) / "reduction.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    return [save_figure(fig, Path(out_dir) / "reduction.png", dpi=120)]
 
 
 def plot_truncation(rows: list[dict], out_dir: Path) -> list[Path]:

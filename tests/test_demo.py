@@ -148,3 +148,28 @@ def test_decode_rows_run_on_the_decode_threads():
     finally:
         torch.set_num_threads(before)
     assert seen and set(seen) == {DECODE_THREADS} and result["threads"] == DECODE_THREADS == 1
+
+
+def test_stored_reductions_belong_to_their_weights(tmp_path):
+    """The main job adopts stored reductions only for the weights they were computed from, and the stored modes
+    come back bit for bit."""
+    import torch
+
+    from etsc_triton.demo import reductions
+    from etsc_triton.demo.checkpoint import save_model
+    from etsc_triton.demo.model import TNNConfig, TNNLanguageModel
+
+    model = TNNLanguageModel(TNNConfig(vocab_size=256, d_model=8, n_layers=2, n=15, rpe_hidden=8,
+                                       rpe_inputs="log_linear"))
+    weights, other, path = tmp_path / "w.safetensors", tmp_path / "other.safetensors", tmp_path / "r.safetensors"
+    save_model(model, weights)
+    save_model(TNNLanguageModel(TNNConfig(vocab_size=256, d_model=8, n_layers=2, n=15, rpe_hidden=8, seed=1)), other)
+    computed = reductions.compute(model, tols=(1e-2,), jobs=1)
+    reductions.save(computed, weights, path)
+    stored, core_s = reductions.load(1e-2, 2, weights, path)
+    assert core_s >= 0 and len(stored) == 2
+    for (lam, b, bound), (lam0, b0, bound0) in zip(stored, computed[1e-2]["layers"], strict=True):
+        assert torch.equal(lam, lam0) and torch.equal(b, b0) and torch.equal(bound, bound0)
+    assert reductions.load(1e-2, 2, other, path) is None, "other weights: reduce live"
+    assert reductions.load(1e-3, 2, weights, path) is None, "a tolerance not stored: reduce live"
+    assert reductions.load(1e-2, 2, weights, tmp_path / "missing.safetensors") is None

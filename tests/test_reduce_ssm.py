@@ -352,3 +352,22 @@ def test_balanced_truncation_recovers_a_low_order_system_and_keeps_its_error_bou
     assert (_error(kernel, *exact) <= 1e-10 * kernel.abs().amax(-1)).all()
     # balanced truncation's error bound: |e_j| <= ||E||_inf <= 2 (sigma_3 + sigma_4 + ...)
     assert (_error(kernel, *low) <= 2 * sigma[:, 2:].sum(-1)).all()
+
+
+def test_adopt_takes_stored_modes_and_measures_their_error_afresh():
+    taps = _smooth_taps(5, 63, seed=31).float()
+    computed, stored = ToeplitzSSM(taps, 0.95), ToeplitzSSM(taps, 0.95)
+    report = computed.convert(tol=1e-3, method="reduce")
+    adopted = stored.adopt(computed.lam.clone(), computed.b.clone(), report.truncation_bound.float())
+    assert torch.equal(stored.lam, computed.lam) and torch.equal(stored.channel_ranks, computed.channel_ranks)
+    assert torch.equal(adopted.kernel_error, report.kernel_error) and adopted.method == "reduce"
+    other = ToeplitzSSM(_smooth_taps(5, 63, seed=32).float(), 0.95)  # other taps: the error is measured, not copied
+    assert (other.adopt(computed.lam, computed.b, report.truncation_bound).kernel_error > 10 * report.kernel_error).all()
+    for bad, name in ((computed.lam.to(torch.complex128), "lam"), (computed.b[:3], "b")):
+        lam, b = (bad, computed.b) if name == "lam" else (computed.lam, bad)
+        with pytest.raises(ValueError, match=f"ToeplitzSSM.adopt: {name} must be complex64"):
+            ToeplitzSSM(taps, 0.95).adopt(lam, b, report.truncation_bound)
+    with pytest.raises(ValueError, match="ToeplitzSSM.adopt: bound must be"):
+        ToeplitzSSM(taps, 0.95).adopt(computed.lam, computed.b, report.truncation_bound[:2])
+    with pytest.raises(ValueError, match="ToeplitzSSM.adopt: length must be"):
+        ToeplitzSSM(taps, 0.95).adopt(computed.lam, computed.b, report.truncation_bound, length=64)

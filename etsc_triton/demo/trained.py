@@ -37,9 +37,11 @@ import torch
 from ..nn.memory import MemoryLayer
 from ..nn.toeplitz import ToeplitzSSM
 from ..reference import realised_kernel64
-from .checkpoint import load_shipped
+from .checkpoint import load_shipped, shipped_paths
 from .data import eval_windows, load_split, split_record
 from .model import CacheDecoder, FFTDecoder, SSMDecoder, TNNLanguageModel
+from .reductions import HORIZON
+from .reductions import load as load_reductions
 from .scoring import DECODE_THREADS, bits_per_byte, time_decoder, torch_threads
 from .serving import Request, throughput
 
@@ -76,6 +78,9 @@ class SSMVariant:
         taps_dtype: the dtype the position MLP is evaluated in for the taps (None: its own, float32). A reduction
             takes float64: it fits the MLP's function, not the float32 taps' rounding noise.
         tol: the relative kernel tolerance of a reduction (None otherwise).
+        stored: per block ``(lam, b, bound)`` of this reduction computed before (:mod:`.reductions`), adopted
+            instead of reducing here; None: ``convert`` runs.
+        reduce_core_s: the CPU-core seconds the stored reduction took where it was computed.
     """
 
     name: str
@@ -87,17 +92,24 @@ class SSMVariant:
     horizon: int = 1
     taps_dtype: torch.dtype | None = None
     tol: float | None = None
+    stored: list | None = None
+    reduce_core_s: float | None = None
 
 
-def ssm_variants(tols: tuple[float, ...]) -> list[SSMVariant]:
+def ssm_variants(tols: tuple[float, ...], stored: dict[float, tuple[list, float]] | None = None) -> list[SSMVariant]:
     """The exact ETSC conversion and the order reductions (``ToeplitzSSM.convert(method="reduce", tol=...)``,
-    fitted over 4n lags; renamed ``reduced_r<rank>`` once converted, the finest one decoded)."""
+    fitted over 4n lags; renamed ``reduced_r<rank>`` once converted, the finest one decoded). ``stored``: per
+    tolerance, the reduction computed before and its core-seconds (:func:`.reductions.load`)."""
+    stored = stored or {}
     variants = [SSMVariant("etsc", lambda layer: layer.convert(), "exact ETSC (folded DFT modes)", exact=True,
                            extrapolate=True, decode=True)]
-    variants += [SSMVariant(f"reduced_tol{tol:g}", lambda layer, tol=tol: layer.convert(method="reduce", tol=tol),
-                            f"order reduction, tol {tol:.0e} over 4n lags", extrapolate=True,
-                            decode=tol == min(tols), horizon=4, taps_dtype=torch.float64, tol=tol)
-                 for tol in tols]
+    for tol in tols:
+        layers, core_s = stored.get(tol, (None, None))
+        variants.append(SSMVariant(
+            f"reduced_tol{tol:g}", lambda layer, tol=tol: layer.convert(method="reduce", tol=tol),
+            f"order reduction, tol {tol:.0e} over {HORIZON}n lags" + (" (stored)" if layers else ""),
+            extrapolate=True, decode=tol == min(tols), horizon=HORIZON, taps_dtype=torch.float64, tol=tol,
+            stored=layers, reduce_core_s=core_s))
     return variants
 
 
@@ -110,20 +122,24 @@ def truncated_variants(ranks) -> list[SSMVariant]:
 def convert_layers(model: TNNLanguageModel, variant: SSMVariant) -> list[ToeplitzSSM]:
     """One converted :class:`ToeplitzSSM` per block of ``model``, by ``variant.convert``."""
     layers = []
-    for block in model.blocks:
+    for i, block in enumerate(model.blocks):
         layer = ToeplitzSSM(block.coefficients(variant.horizon * block.n, dtype=variant.taps_dtype), block.decay)
-        variant.convert(layer)
+        if variant.stored is not None:
+            layer.adopt(*variant.stored[i])  # measures the kernel error afresh: a bound that fails shows
+        else:
+            variant.convert(layer)
         layers.append(layer)
     return layers
 
 
-def convert_all(model: TNNLanguageModel, tols, ranks) -> tuple[list[SSMVariant], dict[str, list[ToeplitzSSM]]]:
+def convert_all(model: TNNLanguageModel, tols, ranks, stored: dict[float, tuple[list, float]] | None = None
+                ) -> tuple[list[SSMVariant], dict[str, list[ToeplitzSSM]]]:
     """Every variant converted: the reductions renamed by the rank they reached (the largest over the layers; of
     two at one rank the finer tolerance is kept, decoded if either was), the truncations at the preset ranks and
-    at the reductions' ranks, for the like-for-like rows."""
+    at the reductions' ranks, for the like-for-like rows. ``stored``: reductions computed before, by tolerance."""
     variants: list[SSMVariant] = []
     converted: dict[str, list[ToeplitzSSM]] = {}
-    for variant in ssm_variants(tols):
+    for variant in ssm_variants(tols, stored):
         layers = convert_layers(model, variant)
         if variant.tol is not None:
             variant = replace(variant, name=f"reduced_r{max(layer.state_size for layer in layers)}")
@@ -199,6 +215,13 @@ def standing(record: dict[str, Any], quick_bpb: float, eval_bytes: int) -> dict[
             "test_scoring": record.get("test_scoring"), "here": quick_bpb, "here_bytes": eval_bytes}
 
 
+def bound_holds(layer: ToeplitzSSM) -> bool:
+    """Whether a reduced layer's certified bound holds: the kernel its complex64 modes realise, evaluated in
+    float64, against the float64 kernel of its taps, at every lag of the horizon."""
+    error = (realised_kernel64(layer.lam, layer.b, layer.n) - layer.kernel(layer.n, tail="ssm", dtype=torch.float64))
+    return bool((error.abs().amax(-1) <= layer.report.truncation_bound).all())
+
+
 def conversion_section(model: TNNLanguageModel, windows: torch.Tensor, variants: list[SSMVariant],
                        converted: dict[str, list[ToeplitzSSM]]) -> dict[str, Any]:
     """Section 1: bits per byte at the training length, the state each decoder holds for one sequence of n
@@ -216,6 +239,11 @@ def conversion_section(model: TNNLanguageModel, windows: torch.Tensor, variants:
         rows[v.name] = {"bits_per_byte": bits_per_byte(model, windows, n, realised_kernels(layers, n)),
                         "how": v.how, "tol": v.tol, "modes": modes, "state": f"{modes} complex modes x D per layer",
                         "state_bytes": ssm_state_bytes(layers)}
+        if v.tol is not None:
+            rows[v.name].update(
+                stored=v.stored is not None, reduce_core_s=v.reduce_core_s,
+                channel_ranks=sorted(int(r) for layer in layers for r in layer.channel_ranks.unique()),
+                bound_holds=all(bound_holds(layer) for layer in layers))
     for row in rows.values():
         row["rel_to_fft"] = (row["bits_per_byte"] - fft) / fft
     same = [name for name, row in rows.items() if row.get("tol") is not None and abs(row["rel_to_fft"]) <= SAME_MODEL]
@@ -354,7 +382,10 @@ def run(quick: bool = False, device: str | None = None) -> dict[str, Any]:
         sections[name] = time.perf_counter() - wall - sum(sections.values())
         return value
 
-    variants, converted = timed("conversions", convert_all(model, preset["tols"], preset["ranks"]))
+    weights = shipped_paths("glu")[0]
+    stored = {tol: found for tol in preset["tols"]
+              if (found := load_reductions(tol, model.config.n_layers, weights)) is not None}
+    variants, converted = timed("conversions", convert_all(model, preset["tols"], preset["ranks"], stored))
     conversion = timed("bits per byte", conversion_section(model, windows, variants, converted))
     at_n = {name: row["bits_per_byte"] for name, row in conversion["rows"].items()}
     extrapolation = timed("extrapolation", extrapolation_section(model, windows, variants, converted, at_n))
@@ -451,6 +482,13 @@ def format_report(results: dict[str, Any]) -> str:
                      f"({etsc['state_bytes'] / row['state_bytes']:.0f}x less state)")
     else:
         lines.append(f"   no reduction here stays within {SAME_MODEL:.1%} of fft")
+    for name, row in conversion["rows"].items():
+        if row.get("tol") is not None:
+            source = (f"stored, computed in {row['reduce_core_s']:.0f} CPU-core seconds by python -m "
+                      "etsc_triton.demo.reductions" if row["stored"] else "computed here")
+            lines.append(f"   {name}: channel ranks {min(row['channel_ranks'])}-{max(row['channel_ranks'])}, "
+                         f"{source}; every layer's kernel error measured here within its certified bound: "
+                         f"{row['bound_holds']}")
 
     lines += ["", "2. extrapolation: bits per byte on the same bytes in chunks of 1x, 2x, 4x n"]
     names = list(results["extrapolation"]["1x"])

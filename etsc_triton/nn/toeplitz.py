@@ -256,6 +256,29 @@ class ToeplitzSSM(nn.Module):
             raise ValueError("ToeplitzSSM.convert: method='reduce' needs rank (the modes per channel) or tol (the "
                              "certified relative error that picks them)")
         lam, b, bound = reduce_toeplitz(self.t, self.gamma, rank, tol=tol, length=length, backend=self.backend)
+        return self.adopt(lam, b, bound, length=length)
+
+    def adopt(self, lam: torch.Tensor, b: torch.Tensor, bound: torch.Tensor,
+              length: int | None = None) -> ConversionReport:
+        """Take reduced modes computed before (a stored :func:`etsc_triton.reduce_toeplitz` of these taps), as
+        ``convert(method="reduce")`` takes the ones it computes, and measure their kernel error afresh.
+
+        Args:
+            lam, b: complex64 ``[D, r]`` folded modes (unused slots zero).
+            bound: ``[D]`` the certified bound stored with them; the report's ``kernel_error`` is measured here
+                against these taps, so a bound that does not hold shows (``kernel_error > truncation_bound``).
+            length: the horizon they were fitted over (default and at most n).
+        """
+        for name, value in (("lam", lam), ("b", b)):
+            if not isinstance(value, torch.Tensor) or value.dtype != torch.complex64 or value.ndim != 2 \
+                    or value.shape[0] != self.channels or value.shape != lam.shape:
+                raise ValueError(f"ToeplitzSSM.adopt: {name} must be complex64 [{self.channels}, r] like lam, got "
+                                 f"{_describe(value)}")
+        if not isinstance(bound, torch.Tensor) or bound.shape != (self.channels,):
+            raise ValueError(f"ToeplitzSSM.adopt: bound must be a tensor [{self.channels}], got {_describe(bound)}")
+        if length is not None and (isinstance(length, bool) or not isinstance(length, int)
+                                   or not 1 <= length <= self.n):
+            raise ValueError(f"ToeplitzSSM.adopt: length must be an int in [1, {self.n}], got {length!r}")
         horizon = self.n if length is None else length
         realised = ssm_kernel(lam, b, horizon, backend=self.backend)
         exact = self.kernel(horizon, tail="ssm", dtype=torch.float64)

@@ -14,9 +14,8 @@ it returns, its ranks and time.
 Truncation (``truncation.csv``, ``truncation.png``): the ETSC mode truncation's error and bound against the modes
 kept, for position-MLP kernels and random kernels.
 
-``--model`` also reduces the GPU-size demo model (6 layers, D = 512, n = 2048, random weights: 3072 channels)
-with ``tol=1e-5`` and ``rank=4`` (``reduction_model.csv``: time, rank, worst relative error, greedy tokens equal
-to the FFT model's). CSVs go to ``perf/results/accuracy/``, plots to ``plots/accuracy/`` (``--out DIR``: both).
+CSVs go to ``perf/results/accuracy/``, plots to ``plots/accuracy/`` (``--out DIR``: both). The trained model's
+whole reduction is ``python -m etsc_triton.demo.reductions``.
 """
 
 from __future__ import annotations
@@ -32,13 +31,12 @@ import torch
 
 import etsc_triton as et
 from etsc_triton.demo.checkpoint import load_shipped
-from etsc_triton.demo.model import RelativePositionMLP, SSMDecoder, TNNLanguageModel, generate
+from etsc_triton.demo.model import RelativePositionMLP
 from etsc_triton.nn.toeplitz import ToeplitzSSM
 from etsc_triton.ops.reduce import Reduction, reduce_toeplitz
 from etsc_triton.ops.reduce.naive import balanced_truncation
 
 from . import harness
-from .bench_decode import model_config
 from .plots import plt, save_figure, save_loglog
 
 REPO = Path(__file__).resolve().parent.parent
@@ -269,37 +267,6 @@ def truncation_study(ctx: harness.Context, channels: int, n: int) -> None:
                           x_name="modes", x_value=row["rank"], config=cfg)
 
 
-def model_reduction(ctx: harness.Context, prompt_length: int = 16) -> None:
-    """The GPU-size demo model (random weights) reduced by ``SSMDecoder(method="reduce")`` (module docstring)."""
-    config = model_config(quick=False)
-    model = TNNLanguageModel(config).to(ctx.device)
-    prompt = torch.randint(0, 256, (1, prompt_length), generator=torch.Generator().manual_seed(0)).to(ctx.device)
-    steps = config.n - prompt_length
-    fft_tokens = generate(model, prompt, steps, decoder="fft")
-    lags = torch.arange(config.n, dtype=torch.float64, device=ctx.device)
-    with torch.no_grad():
-        exact = [block.coefficients(dtype=torch.float64) * block.decay**lags for block in model.blocks]
-    cfg = {"d": config.d_model, "layers": config.n_layers, "n": config.n, "channels": config.d_model * config.n_layers}
-    etsc_modes = (config.n + 1) // 2
-    for name, options in (("tol1e-05", {"tol": 1e-5}), ("rank4", {"rank": 4})):
-        start = time.perf_counter()
-        decoder = SSMDecoder(model, method="reduce", **options)
-        seconds = time.perf_counter() - start
-        rank = max(layer.state_size for layer in decoder.layers)
-        scales = torch.cat([kernel.abs().amax(-1) for kernel in exact])
-        relative = torch.cat([layer.report.kernel_error.to(torch.float64) for layer in decoder.layers]) / scales
-        bound = torch.cat([layer.report.truncation_bound.to(torch.float64) for layer in decoder.layers]) / scales
-        tokens = generate(model, prompt, steps, decoder="ssm", layers=decoder.layers)
-        same = int((tokens == fft_tokens).all(dim=0).long().cumprod(0).sum())
-        values = {"convert_seconds": seconds, "rank": rank, "state_ratio_vs_etsc": etsc_modes / rank,
-                  "worst_relative_kernel_error": float(relative.max()), "worst_relative_bound": float(bound.max()),
-                  "channels_over_1e-5": float((relative > 1e-5).sum()), "tokens_identical_to_fft": float(same),
-                  "tokens_compared": float(steps)}
-        for metric, value in values.items():
-            ctx.value(op="model_reduction", provider=f"reduce_{name}", metric=metric, value=float(value),
-                      x_name="channels", x_value=config.d_model * config.n_layers, config=cfg)
-
-
 STYLES = (("reduce", "max_error_max", "o-", "tab:blue", "reduction (worst)"),
           ("reduce", "max_error_median", "o--", "tab:blue", "reduction (median)"),
           ("reduce", "bound_max", "x:", "tab:blue", "certified bound (worst)"),
@@ -355,15 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--length", type=int, default=2048)
     parser.add_argument("--quick", action="store_true", help=f"ranks {QUICK_RANKS} only")
     parser.add_argument("--ranks", type=lambda text: tuple(int(r) for r in text.split(",")), default=RANKS)
-    parser.add_argument("--model", action="store_true", help="also reduce the whole demo-size model")
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results, plots = args.out or REPO / "perf" / "results" / "accuracy", args.out or REPO / "plots" / "accuracy"
     ranks = QUICK_RANKS if args.quick else args.ranks
     studies = [("truncation", lambda ctx: truncation_study(ctx, 64, args.length), plot_truncation),
                ("reduction", lambda ctx: reduction_study(ctx, args.channels, args.length, ranks), plot_reduction)]
-    if args.model:
-        studies.append(("reduction_model", model_reduction, lambda rows, out: []))
     for name, study, draw in studies:
         ctx = harness.Context(device=device, quick=False, floors=harness.Floors(math.nan, math.nan))
         ctx.family = "accuracy"
@@ -372,8 +336,6 @@ def main(argv: list[str] | None = None) -> int:
         print(*draw(ctx.rows, plots), sep="\n")
         if name == "reduction":
             print(reduction_table(ctx.rows))
-        elif name == "reduction_model":
-            print(*(f"{row['provider']} {row['metric']} {row['p50']:.4g}" for row in ctx.rows), sep="\n")
     return 0
 
 

@@ -438,11 +438,12 @@ def test_the_memoryformer_model_is_within_5_percent_of_the_glu_at_equal_steps():
 
 @pytest.mark.parametrize("mixer", ["glu", "memory"])
 def test_held_out_windows_reproduce_the_recorded_test_figure(mixer):
-    """16 chunks of 4 KiB spread over the test split, each scored as the record scores the whole split (windows
-    of n with stride n/2), land within 5% of the whole-split figure the training record holds."""
+    """64 chunks of 4 KiB spread over the test split (15% of it), each scored as the record scores the whole split
+    (windows of n with stride n/2), land within 5% of the whole-split figure the training record holds. (16
+    chunks measured 6.8% below for the GLU model, 64 chunks 0.3% above: the files differ that much.)"""
     model, record = load_shipped(mixer)
     tokens = load_split("test")
-    chunks = eval_windows(tokens, 16, 4096)
+    chunks = eval_windows(tokens, 64, 4096)
     scored = [stream_bits_per_byte(model, chunk) for chunk in chunks]
     here = sum(s["bits_per_byte"] * s["bytes_scored"] for s in scored) / sum(s["bytes_scored"] for s in scored)
     assert abs(here - record["test_bpb"]) <= 0.05 * record["test_bpb"], (here, record["test_bpb"])

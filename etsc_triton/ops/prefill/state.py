@@ -103,7 +103,7 @@ def _write_pool_rows_kernel(
     channels = (tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
     slot = tl.load(index_ptr + seq).to(tl.int64)
     live = (slot >= 0) & (slot < pool)
-    rows_ok = tl.where(live, channels < n_channels, False)  # not &: the interpreter mistypes scalar & vector
+    rows_ok = tl.where(live, channels < n_channels, channels < 0)  # no literal False: triton 3.3 interpreter
     src_rows = states_ptr + (seq * n_channels + channels)[:, None] * (2 * n_modes)
     dst_rows = pool_ptr + tl.where(live, slot, 0) * stride_pp + channels[:, None] * stride_pd
     for first in range(0, 2 * n_modes, BLOCK_M):

@@ -130,7 +130,7 @@ def _chunk_carry_kernel(
     if POOLED:
         slot, _, from_pool, _ = pool_slot(index_ptr, flag_ptr, pid_b, pool, HAS_FLAGS)
         state_rows = state_ptr + slot * stride_sb + channels64[:, None] * stride_sd
-        start_mask = tl.where(from_pool, row_mask, False)  # not &: the interpreter mistypes scalar & tile
+        start_mask = tl.where(from_pool, row_mask, row_mask & (channels64[:, None] < 0))  # a false tile: see scan.py
         s_re, s_im = load_complex(state_rows, start_mask, first, n_modes, stride_sn, BLOCK_D, BLOCK_N, False)
     elif HAS_STATE:
         state_rows = state_ptr + pid_b * stride_sb + channels64[:, None] * stride_sd

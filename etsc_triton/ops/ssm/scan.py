@@ -152,7 +152,8 @@ def _ssm_scan_kernel(
                     u_re, u_im = load_modes_by_channels(init_rows, row_mask, first, n_modes, 2, BLOCK_D, BLOCK_N)
                 else:
                     # tl.where, not &: the interpreter mistypes a scalar & a tile as an integer mask
-                    start_mask = tl.where(from_pool, row_mask, False)
+                    # a false tile, not the literal False: triton 3.3's interpreter has no int1 constant
+                    start_mask = tl.where(from_pool, row_mask, row_mask & (channels64[:, None] < 0))
                     u_re, u_im = load_modes_by_channels(pool_rows, start_mask, first, n_modes, stride_sn, BLOCK_D,
                                                         BLOCK_N)
                 if walk:

@@ -12,6 +12,7 @@ names the sha256 of the weights it was computed from; for other weights the main
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import time
@@ -32,6 +33,13 @@ TOLS = (1e-3, 1e-4)  # every tolerance a preset of the main job asks for
 
 
 def weights_digest(path: Path) -> str:
+    """sha256 of a weights file, read once per version of the file (the main job asks once per tolerance)."""
+    stat = path.stat()
+    return _digest(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(path: Path, mtime_ns: int, size: int) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
